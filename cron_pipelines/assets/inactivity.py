@@ -1,0 +1,148 @@
+"""Inactivity warnings, and deactivation of users warned long enough ago."""
+
+from collections import Counter
+from collections.abc import Sequence
+
+import dagster as dg
+
+from cron_pipelines.assets.common import (
+    AssetFactoryOptions,
+    DeliveryThresholds,
+    Stopwatch,
+    business_day,
+    delivery_check_result,
+    delivery_check_spec,
+    mail_transport,
+    new_pipeline,
+    summary_metadata,
+)
+from cron_pipelines.assets.external import NOTIFICATION_LEDGER, USER_ACTIVITY
+from cron_pipelines.clients.http import MAX_BATCH_ITEMS, RejectedRecord, chunked
+from cron_pipelines.clients.models import ClaimResult, Deactivation, InactiveUser
+from cron_pipelines.clients.mongo_service import MongoServiceClient
+from cron_pipelines.notifications.messages import Notification
+from cron_pipelines.notifications.pipeline import Gate
+from cron_pipelines.resources import MailerResource, MongoServiceResource
+from cron_pipelines.rules import inactivity as rules
+from cron_pipelines.rules.confirmations import confirmation_skip_reason
+
+
+class InactivityConfig(dg.Config, rules.InactivityPolicy, DeliveryThresholds):
+    pass
+
+
+def inactivity_warnings(
+    context: dg.AssetExecutionContext,
+    config: InactivityConfig,
+    mongo_service: MongoServiceResource,
+    mailer: MailerResource,
+) -> dg.MaterializeResult:
+    """Warns each user inactive for 30 days, once per inactive stretch, naming the deactivation day."""
+    stopwatch = Stopwatch()
+    day = business_day(context)
+    cutoff = day.days_before_start(config.warn_after_days)
+    with mail_transport(mailer) as transport:
+        pipeline = new_pipeline(context, mongo_service, mailer, transport)
+        users = mongo_service.client.iter_inactive_users(last_active_before=cutoff)
+        pipeline.deliver(rules.inactivity_warnings(users, day, config))
+    return dg.MaterializeResult(
+        metadata=summary_metadata(day, stopwatch, inactive_before=cutoff.isoformat(), **pipeline.metadata()),
+        check_results=[delivery_check_result(context.asset_key, pipeline.stats.counts, config)],
+    )
+
+
+def inactive_user_deactivations(
+    context: dg.AssetExecutionContext,
+    config: InactivityConfig,
+    mongo_service: MongoServiceResource,
+    mailer: MailerResource,
+) -> dg.MaterializeResult:
+    """Deactivates users inactive for 90 days whose warning was sent at least 7 days ago; warns the rest.
+
+    Claiming each candidate's warning key answers both questions in one batch: a
+    `claimed` warning was never sent (it is sent now), a `duplicate` carries the sent
+    warning's record and its date.
+    """
+    stopwatch = Stopwatch()
+    day = business_day(context)
+    cutoff = day.days_before_start(config.deactivate_after_days)
+    warning_states: Counter[str] = Counter()
+    write_outcomes: Counter[str] = Counter()
+    with mail_transport(mailer) as transport:
+        pipeline = new_pipeline(context, mongo_service, mailer, transport)
+        users = mongo_service.client.iter_inactive_users(last_active_before=cutoff)
+        for chunk in chunked(users, MAX_BATCH_ITEMS):
+            candidates: list[InactiveUser] = []
+            for user in chunk:
+                if isinstance(user, RejectedRecord):
+                    pipeline.stats.count_rejected(user)
+                elif rules.is_inactive(user, day, config.deactivate_after_days):
+                    candidates.append(user)
+            warnings = pipeline.deliver_chunk([rules.inactivity_warning(user, day, config) for user in candidates])
+            eligible = []
+            for user, (_, claim) in zip(candidates, warnings, strict=True):
+                state = rules.warning_state(claim.outcome, claim.record, day, config)
+                warning_states[state] += 1
+                if state == "deactivate":
+                    eligible.append(user)
+            gate = _deactivation_gate(mongo_service.client, eligible, write_outcomes)
+            pipeline.deliver_chunk([rules.account_deactivated(user, day) for user in eligible], gate=gate)
+    return dg.MaterializeResult(
+        metadata=summary_metadata(
+            day,
+            stopwatch,
+            inactive_before=cutoff.isoformat(),
+            deactivated=write_outcomes["deactivated"],
+            already_inactive=write_outcomes["already_inactive"],
+            active_again=write_outcomes["active_again"],
+            not_found=write_outcomes["not_found"],
+            warning_states=dict(warning_states),
+            **pipeline.metadata(),
+        ),
+        check_results=[delivery_check_result(context.asset_key, pipeline.stats.counts, config)],
+    )
+
+
+def _deactivation_gate(
+    client: MongoServiceClient, users: Sequence[InactiveUser], write_outcomes: Counter[str]
+) -> Gate:
+    """Deactivates the users whose `account_deactivated` email this run claimed; sends it where that worked."""
+    user_by_key = {rules.account_deactivated_key(user.id, user.last_active_at): user for user in users}
+
+    def deactivate(owned: Sequence[tuple[Notification, ClaimResult]]) -> list[str | None]:
+        requests = [
+            Deactivation(user_id=user.id, last_active_at=user.last_active_at)
+            for user in (user_by_key[notification.key] for notification, _ in owned)
+        ]
+        reasons = []
+        for (_, claim), (_, result) in zip(owned, client.deactivate_users(requests), strict=True):
+            write_outcomes[result.outcome] += 1
+            reasons.append(
+                confirmation_skip_reason(
+                    result.outcome, applied="deactivated", already="already_inactive",
+                    claim_attempts=claim.record.attempts,
+                )
+            )
+        return reasons
+
+    return deactivate
+
+
+def build_inactivity_assets(options: AssetFactoryOptions) -> list[dg.AssetsDefinition]:
+    common = dict(
+        partitions_def=options.partitions_def,
+        retry_policy=options.retry_policy,
+        group_name="user_lifecycle",
+        owners=["team:accounts"],
+        deps=[USER_ACTIVITY, NOTIFICATION_LEDGER],
+    )
+    return [
+        dg.asset(
+            name="inactivity_warnings", kinds={"python", "email"},
+            check_specs=[delivery_check_spec("inactivity_warnings")], **common,
+        )(inactivity_warnings),
+        dg.asset(
+            name="inactive_user_deactivations", kinds={"python", "email", "mongodb"},
+            check_specs=[delivery_check_spec("inactive_user_deactivations")], **common,
+        )(inactive_user_deactivations),
+    ]

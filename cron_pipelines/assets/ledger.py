@@ -1,0 +1,91 @@
+"""Ledger health: notifications claimed but never finished, reported and never resent."""
+
+from collections import Counter
+from datetime import datetime, timezone
+
+import dagster as dg
+
+from cron_pipelines.assets.common import AssetFactoryOptions, Stopwatch, business_day, summary_metadata
+from cron_pipelines.assets.external import NOTIFICATION_LEDGER
+from cron_pipelines.clients.http import RejectedRecord, RejectedTally
+from cron_pipelines.resources import MongoServiceResource
+from cron_pipelines.rules.ledger import StaleClaimPolicy, is_stale_claim
+
+STALE_CLAIMS_CHECK = "no_stale_claims"
+
+
+class LedgerHealthConfig(dg.Config, StaleClaimPolicy):
+    pass
+
+
+def ledger_health(
+    context: dg.AssetExecutionContext, config: LedgerHealthConfig, mongo_service: MongoServiceResource
+) -> dg.MaterializeResult:
+    """Counts ledger records still `claimed` 15 minutes after their claim: a run died between claim and send.
+
+    They are at-most-once by design: nothing resends them. The report names them and
+    their runs so an operator can check the mail server's logs and settle each one.
+    """
+    stopwatch = Stopwatch()
+    day = business_day(context)
+    cutoff = config.cutoff(day.as_of(datetime.now(timezone.utc)))
+    by_kind: Counter[str] = Counter()
+    by_run: Counter[str] = Counter()
+    sample: list[str] = []
+    rejected = RejectedTally()
+    oldest: str | None = None
+    for record in mongo_service.client.iter_notifications(status="claimed", until=cutoff):
+        if isinstance(record, RejectedRecord):
+            rejected.add(record)
+            continue
+        if not is_stale_claim(record, cutoff):
+            continue
+        by_kind[record.kind] += 1
+        by_run[record.run_id or "<none>"] += 1
+        oldest = record.claimed_at if oldest is None else min(oldest, record.claimed_at)
+        if len(sample) < config.sample_size:
+            sample.append(record.idempotency_key)
+    stale = sum(by_kind.values())
+    if stale:
+        context.log.warning("%d notification(s) claimed but never finished, in %d run(s)", stale, len(by_run))
+    return dg.MaterializeResult(
+        metadata=summary_metadata(
+            day,
+            stopwatch,
+            stale_claims=stale,
+            claimed_before=cutoff.isoformat(),
+            oldest_stale_claim=oldest or "none",
+            stale_by_kind=dict(by_kind),
+            stale_by_run=dict(by_run.most_common(config.sample_size)),
+            sample_stale_keys=sample,
+            rejected_records=rejected.count,
+        ),
+        check_results=[
+            dg.AssetCheckResult(
+                check_name=STALE_CLAIMS_CHECK,
+                passed=stale == 0,
+                severity=dg.AssetCheckSeverity.WARN,
+                metadata={"stale_claims": stale, "sample_stale_keys": sample[:10]},
+            )
+        ],
+    )
+
+
+def build_ledger_assets(options: AssetFactoryOptions) -> list[dg.AssetsDefinition]:
+    return [
+        dg.asset(
+            name="ledger_health",
+            deps=[NOTIFICATION_LEDGER],
+            partitions_def=options.partitions_def,
+            retry_policy=options.retry_policy,
+            group_name="maintenance",
+            kinds={"python", "mongodb"},
+            owners=["team:platform"],
+            check_specs=[
+                dg.AssetCheckSpec(
+                    STALE_CLAIMS_CHECK, asset="ledger_health",
+                    description="Warns when notifications were claimed and never sent, failed or skipped.",
+                )
+            ],
+        )(ledger_health),
+    ]

@@ -1,0 +1,177 @@
+"""Employee verification decisions and reminders, from one pass over pending verifications."""
+
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from datetime import datetime, timezone
+
+import dagster as dg
+from pydantic import Field
+
+from cron_pipelines.assets.common import (
+    AssetFactoryOptions,
+    DeliveryThresholds,
+    Stopwatch,
+    business_day,
+    delivery_check_result,
+    delivery_check_spec,
+    mail_transport,
+    new_pipeline,
+    summary_metadata,
+)
+from cron_pipelines.assets.external import NOTIFICATION_LEDGER, VERIFICATION_ATTEMPTS, VERIFICATIONS
+from cron_pipelines.clients.http import MAX_BATCH_ITEMS, RejectedRecord, RejectedTally, chunked
+from cron_pipelines.clients.models import ClaimResult, Verification, VerificationAttempt, VerificationDecision
+from cron_pipelines.clients.sql_service import SqlServiceClient
+from cron_pipelines.notifications.messages import Notification
+from cron_pipelines.notifications.pipeline import Gate
+from cron_pipelines.resources import MailerResource, MongoServiceResource, SqlServiceResource
+from cron_pipelines.rules import verifications as rules
+from cron_pipelines.rules.confirmations import confirmation_skip_reason
+
+DECISIONS = dg.AssetKey("verification_decisions")
+REMINDERS = dg.AssetKey("verification_reminders")
+
+
+class VerifyEmployeesConfig(dg.Config, rules.VerificationPolicy, DeliveryThresholds):
+    verification_ids: list[str] = Field(
+        default=[],
+        description="Only these verifications (set by verification_attempts_sensor); empty: every pending one.",
+    )
+
+
+def verify_employees(
+    context: dg.AssetExecutionContext,
+    config: VerifyEmployeesConfig,
+    sql_service: SqlServiceResource,
+    mongo_service: MongoServiceResource,
+    mailer: MailerResource,
+):
+    """Decides pending verifications (verified, rejected, expired) and reminds the undecided ones."""
+    stopwatch = Stopwatch()
+    day = business_day(context)
+    as_of = day.as_of(datetime.now(timezone.utc))
+    only = set(config.verification_ids)
+    decided: Counter[str] = Counter()
+    write_outcomes: Counter[str] = Counter()
+    rejected = RejectedTally()
+    unassessed = 0
+    with mail_transport(mailer) as transport:
+        decisions = new_pipeline(context, mongo_service, mailer, transport)
+        reminders = new_pipeline(context, mongo_service, mailer, transport)
+        pending = sql_service.client.iter_verifications(statuses=["pending"])
+        for chunk in chunked(pending, MAX_BATCH_ITEMS):
+            verifications = []
+            for verification in chunk:
+                if isinstance(verification, RejectedRecord):
+                    rejected.add(verification)
+                elif not only or verification.id in only:
+                    verifications.append(verification)
+            if not verifications:
+                continue
+            attempts, unreadable = _attempts_by_verification(mongo_service, verifications, rejected)
+            results, reminder_notifications = [], []
+            for verification in verifications:
+                if verification.id in unreadable:
+                    unassessed += 1  # a malformed attempt might be the success: decide next time
+                    continue
+                verdict = rules.assess_verification(verification, attempts[verification.id], day, as_of, config)
+                if isinstance(verdict, rules.Decision):
+                    decided[verdict.status] += 1
+                    results.append((verification, verdict))
+                elif isinstance(verdict, rules.Reminder):
+                    reminder_notifications.append(rules.verification_reminder(verification, verdict, day, config))
+            decisions.deliver_chunk(
+                [rules.verification_result(verification, decision, day) for verification, decision in results],
+                gate=_decision_gate(sql_service.client, results, write_outcomes),
+            )
+            reminders.deliver_chunk(reminder_notifications)
+    common = dict(
+        only_verification_ids=len(only), rejected_verifications=rejected.count, unassessed=unassessed
+    )
+    if rejected.sample:
+        common["rejected_records_sample"] = rejected.sample
+    yield dg.MaterializeResult(
+        asset_key=DECISIONS,
+        metadata=summary_metadata(
+            day, stopwatch,
+            verified=decided["verified"], rejected=decided["rejected"], expired=decided["expired"],
+            updated=write_outcomes["updated"], unchanged=write_outcomes["unchanged"],
+            invalid_state=write_outcomes["invalid_state"], not_found=write_outcomes["not_found"],
+            **{f"email_{name}": value for name, value in decisions.metadata().items()}, **common,
+        ),
+        check_results=[delivery_check_result(DECISIONS, decisions.stats.counts, config)],
+    )
+    yield dg.MaterializeResult(
+        asset_key=REMINDERS,
+        metadata=summary_metadata(day, stopwatch, **reminders.metadata(), **common),
+        check_results=[delivery_check_result(REMINDERS, reminders.stats.counts, config)],
+    )
+
+
+def _attempts_by_verification(
+    mongo_service: MongoServiceResource, verifications: Sequence[Verification], rejected: RejectedTally
+) -> tuple[dict[str, list[VerificationAttempt]], set[str]]:
+    """Every attempt of these verifications, and the ids that had an unreadable attempt."""
+    attempts: dict[str, list[VerificationAttempt]] = defaultdict(list)
+    unreadable: set[str] = set()
+    ids = [verification.id for verification in verifications]
+    for attempt in mongo_service.client.iter_verification_attempts(verification_ids=ids):
+        if isinstance(attempt, RejectedRecord):
+            rejected.add(attempt)
+            raw = attempt.raw if isinstance(attempt.raw, dict) else {}
+            unreadable.add(str(raw.get("verification_id")))
+        else:
+            attempts[attempt.verification_id].append(attempt)
+    return attempts, unreadable
+
+
+def _decision_gate(
+    client: SqlServiceClient,
+    results: Sequence[tuple[Verification, rules.Decision]],
+    write_outcomes: Counter[str],
+) -> Gate:
+    """Writes the decisions whose `verification_result` email this run claimed; sends it where that worked."""
+    decision_by_key = {
+        rules.verification_result_key(verification.id, decision.status): (verification, decision)
+        for verification, decision in results
+    }
+
+    def decide(owned: Sequence[tuple[Notification, ClaimResult]]) -> list[str | None]:
+        requests = [
+            VerificationDecision(verification_id=verification.id, status=decision.status, reason=decision.reason)
+            for verification, decision in (decision_by_key[notification.key] for notification, _ in owned)
+        ]
+        reasons = []
+        for (_, claim), (_, result) in zip(owned, client.decide_verifications(requests), strict=True):
+            write_outcomes[result.outcome] += 1
+            reasons.append(
+                confirmation_skip_reason(
+                    result.outcome, applied="updated", already="unchanged", claim_attempts=claim.record.attempts
+                )
+            )
+        return reasons
+
+    return decide
+
+
+def build_verification_assets(options: AssetFactoryOptions) -> list[dg.AssetsDefinition]:
+    return [
+        dg.multi_asset(
+            name="verify_employees_assets",
+            specs=[
+                dg.AssetSpec(
+                    DECISIONS, deps=[VERIFICATIONS, VERIFICATION_ATTEMPTS, NOTIFICATION_LEDGER],
+                    kinds={"python", "email", "sql"}, group_name="verifications", owners=["team:people"],
+                    description="Pending verifications decided verified, rejected or expired, and the result emails.",
+                ),
+                dg.AssetSpec(
+                    REMINDERS, deps=[VERIFICATIONS, VERIFICATION_ATTEMPTS, NOTIFICATION_LEDGER],
+                    kinds={"python", "email"}, group_name="verifications", owners=["team:people"],
+                    description="Reminders to employees whose verification is still open on day 3, 7 and 10.",
+                ),
+            ],
+            check_specs=[delivery_check_spec(DECISIONS), delivery_check_spec(REMINDERS)],
+            partitions_def=options.partitions_def,
+            retry_policy=options.retry_policy,
+        )(verify_employees),
+    ]

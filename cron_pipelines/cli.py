@@ -1,0 +1,278 @@
+"""`cron-pipelines`: the operator's and auditor's command line.
+
+  run JOB --date D | --from D1 --to D2   run a job for days, on the Dagster instance (like the old seed-jobs.sh)
+  audit [--user ID] [--key K] [--run R] [--kind K] [--since D] [--json]
+                                         which email went to whom, when, why and from which run
+  demo-services [--sql-port P] [--mongo-port P]
+                                         serve the stand-in services for curl
+  demo-seed [--reset]                    (re)fill the embedded demo data for today
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from datetime import date, datetime, time, timedelta, timezone
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from cron_pipelines.settings import Settings, SettingsError, load_settings
+
+
+def _dates(args: argparse.Namespace) -> list[date]:
+    if args.date:
+        return [args.date]
+    if args.start > args.end:
+        raise SystemExit("--from must not be after --to")
+    return [args.start + timedelta(days=offset) for offset in range((args.end - args.start).days + 1)]
+
+
+def _instance(settings: Settings):
+    import dagster as dg
+
+    # The same instance the webserver and daemon use: DAGSTER_HOME, or the project's default.
+    os.environ.setdefault("DAGSTER_HOME", str(settings.dagster_home))
+    Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
+    return dg.DagsterInstance.get()
+
+
+# --- run ------------------------------------------------------------------------
+
+
+def command_run(settings: Settings, args: argparse.Namespace) -> int:
+    from cron_pipelines.assembly import build_definitions
+    from cron_pipelines.jobs import JOB_SELECTIONS
+
+    if args.job not in JOB_SELECTIONS:
+        raise SystemExit(f"unknown job {args.job!r}; jobs: {', '.join(JOB_SELECTIONS)}")
+    job = build_definitions(settings).resolve_job_def(args.job)
+    failures = 0
+    with _instance(settings) as instance:
+        for day in _dates(args):
+            result = job.execute_in_process(
+                partition_key=day.isoformat(),
+                instance=instance,
+                tags={"cron_pipelines/trigger": "cli"},
+                # The console shows warnings and errors; the full log is in the run's page.
+                run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+                raise_on_error=False,
+            )
+            counts = {}
+            for event in result.get_asset_materialization_events():
+                metadata = event.event_specific_data.materialization.metadata  # type: ignore[union-attr]
+                counts[event.asset_key.to_user_string()] = {
+                    name: value.value for name, value in metadata.items() if isinstance(value.value, int)
+                }
+            status = "succeeded" if result.success else "FAILED"
+            print(f"{args.job} {day} {status} run_id={result.run_id} {json.dumps(counts)}")
+            print(f"  {settings.dagster_webserver_url}/runs/{result.run_id}")
+            failures += not result.success
+    return 1 if failures else 0
+
+
+# --- audit ------------------------------------------------------------------------
+
+
+def mask_recipient(address: str | None) -> str:
+    """`a***@example.com`: enough to recognise, not enough to harvest."""
+    if not address:
+        return ""
+    local, at, domain = address.partition("@")
+    return f"{local[:1]}***{at}{domain}" if at else "***"
+
+
+def _audit_records(client, args: argparse.Namespace, run_window: tuple[datetime, datetime] | None) -> Iterator[Any]:
+    from cron_pipelines.clients.http import RejectedRecord
+
+    kind = args.kind or (args.key.split(":", 1)[0] if args.key else None)
+    since = datetime.combine(args.since, time(0), tzinfo=timezone.utc) if args.since else None
+    until = None
+    if run_window is not None:
+        since, until = run_window
+    for record in client.iter_notifications(user_id=args.user, kind=kind, status=args.status, since=since, until=until):
+        if isinstance(record, RejectedRecord):
+            print(f"warning: unreadable ledger record {record.record_id}: {record.reason}", file=sys.stderr)
+            continue
+        if args.key and record.idempotency_key != args.key:
+            continue
+        if args.run and record.run_id != args.run:
+            continue
+        yield record
+
+
+def _run_summary(instance, run_id: str | None, cache: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    if not run_id:
+        return {}
+    if run_id not in cache:
+        record = instance.get_run_record_by_id(run_id) if instance is not None else None
+        if record is None:
+            cache[run_id] = {"run_status": "unknown to this Dagster instance"}
+        else:
+            run = record.dagster_run
+            cache[run_id] = {
+                "run_status": run.status.value,
+                "run_job": run.job_name,
+                "run_partition": run.tags.get("dagster/partition"),
+                "run_trigger": run.tags.get("cron_pipelines/trigger")
+                or ("schedule" if run.tags.get("dagster/schedule_name") else None)
+                or ("backfill" if run.tags.get("dagster/backfill") else None)
+                or ("sensor" if run.tags.get("dagster/sensor_name") else "manual"),
+                "run_started_at": datetime.fromtimestamp(record.start_time, timezone.utc).isoformat()
+                if record.start_time
+                else None,
+            }
+    return cache[run_id]
+
+
+def command_audit(settings: Settings, args: argparse.Namespace) -> int:
+    from cron_pipelines.resources import build_resources
+
+    instance = None
+    try:
+        instance = _instance(settings)
+    except Exception as exc:  # the ledger alone still answers most questions
+        print(f"warning: no Dagster instance ({type(exc).__name__}: {exc}); runs are not joined", file=sys.stderr)
+    run_window = None
+    if args.run and instance is not None:
+        record = instance.get_run_record_by_id(args.run)
+        if record is not None and record.start_time:
+            # Narrow the ledger query to the run's lifetime (claims happen inside it).
+            started = datetime.fromtimestamp(record.start_time, timezone.utc) - timedelta(minutes=1)
+            ended = datetime.fromtimestamp(record.end_time, timezone.utc) if record.end_time else datetime.now(timezone.utc)
+            run_window = (started, ended + timedelta(minutes=1))
+    rows: list[dict[str, Any]] = []
+    runs: dict[str, dict[str, Any]] = {}
+    # Resolves EnvVar secrets and opens the client the way a run does.
+    with build_resources(settings)["mongo_service"].process_config_and_initialize_cm() as mongo:
+        for record in _audit_records(mongo.client, args, run_window):
+            row = record.model_dump()
+            if not args.show_recipients:
+                row["recipient"] = mask_recipient(record.recipient)
+            row.update(_run_summary(instance, record.run_id, runs))
+            row["run_url"] = f"{settings.dagster_webserver_url}/runs/{record.run_id}" if record.run_id else None
+            rows.append(row)
+            if len(rows) >= args.limit:
+                break
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+    else:
+        _print_table(rows)
+    if instance is not None:
+        instance.dispose()
+    return 0 if rows else 3
+
+
+AUDIT_COLUMNS = ("claimed_at", "kind", "status", "recipient", "idempotency_key", "partition_key", "run_status", "run_url")
+
+
+def _print_table(rows: Sequence[dict[str, Any]]) -> None:
+    if not rows:
+        print("no notifications match")
+        return
+    cells = [[str(row.get(column) or "") for column in AUDIT_COLUMNS] for row in rows]
+    widths = [max(len(column), *(len(cell[index]) for cell in cells)) for index, column in enumerate(AUDIT_COLUMNS)]
+    print("  ".join(column.ljust(width) for column, width in zip(AUDIT_COLUMNS, widths)))
+    for cell in cells:
+        print("  ".join(value.ljust(width) for value, width in zip(cell, widths)))
+    for row in rows:
+        if row.get("error"):
+            print(f"{row['idempotency_key']}: {row['status']}: {row['error']}")
+
+
+# --- demo services ---------------------------------------------------------------------
+
+
+def command_demo_services(settings: Settings, args: argparse.Namespace) -> int:
+    from cron_pipelines.clients.tokens import TokenIssuer, TokenVerifier
+    from cron_pipelines.demo_services.embedded import open_demo_store
+    from cron_pipelines.demo_services.server import serve_demo_services
+
+    issuer = TokenIssuer(
+        algorithm=settings.internal_jwt_algorithm,
+        signing_key=settings.jwt_signing_key,
+        issuer=settings.internal_jwt_issuer,
+        key_id=settings.internal_jwt_key_id,
+    )
+    db_path = args.db or settings.demo_services_db_path
+    open_demo_store(db_path, timezone=settings.cron_timezone)
+    serve_demo_services(
+        db_path=db_path,
+        sql_port=args.sql_port,
+        mongo_port=args.mongo_port,
+        verifier_for=lambda service: TokenVerifier.for_issuer(issuer, service),
+        host=args.host,
+    )
+    return 0
+
+
+def command_demo_seed(settings: Settings, args: argparse.Namespace) -> int:
+    from cron_pipelines.demo_services.embedded import open_demo_store
+
+    db_path = args.db or settings.demo_services_db_path
+    store, seeded = open_demo_store(db_path, timezone=settings.cron_timezone, reseed=args.reset)
+    if seeded:
+        print(f"seeded {db_path} for {datetime.now(ZoneInfo(settings.cron_timezone)).date()}: {seeded}")
+    else:
+        print(f"{db_path} already holds data ({store.table_counts()}); use --reset to start over")
+    return 0
+
+
+# --- entry point -----------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cron-pipelines", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run a job for a day or a range of days")
+    run.add_argument("job")
+    days = run.add_mutually_exclusive_group(required=True)
+    days.add_argument("--date", type=date.fromisoformat, help="the business day D (YYYY-MM-DD)")
+    days.add_argument("--from", dest="start", type=date.fromisoformat, help="first day of a range")
+    run.add_argument("--to", dest="end", type=date.fromisoformat, help="last day of a range (with --from)")
+    run.set_defaults(handler=command_run)
+
+    audit = commands.add_parser("audit", help="which notifications were sent, to whom, when, why, by which run")
+    audit.add_argument("--user", help="user or employee id")
+    audit.add_argument("--key", help="one idempotency key")
+    audit.add_argument("--run", help="a Dagster run id")
+    audit.add_argument("--kind", help="notification kind, e.g. payment_reminder")
+    audit.add_argument("--status", choices=["claimed", "sent", "failed", "skipped"])
+    audit.add_argument("--since", type=date.fromisoformat, help="claimed on or after this day (UTC)")
+    audit.add_argument("--limit", type=int, default=1000)
+    audit.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    audit.add_argument("--show-recipients", action="store_true", help="print addresses unmasked")
+    audit.set_defaults(handler=command_audit)
+
+    serve = commands.add_parser("demo-services", help="serve the stand-in services on loopback")
+    serve.add_argument("--sql-port", type=int, default=8101)
+    serve.add_argument("--mongo-port", type=int, default=8102)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--db", type=Path, help="SQLite file (default: DEMO_SERVICES_DB)")
+    serve.set_defaults(handler=command_demo_services)
+
+    seed = commands.add_parser("demo-seed", help="fill the demo services with data for today")
+    seed.add_argument("--reset", action="store_true", help="empty them first")
+    seed.add_argument("--db", type=Path, help="SQLite file (default: DEMO_SERVICES_DB)")
+    seed.set_defaults(handler=command_demo_seed)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if getattr(args, "start", None) and not getattr(args, "end", None):
+        raise SystemExit("--from needs --to")
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    return args.handler(settings, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

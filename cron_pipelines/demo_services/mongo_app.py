@@ -1,0 +1,167 @@
+"""The mongo-service stand-in (contract §4): user activity, verification attempts, the notification ledger."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, FastAPI, Query
+from fastapi.responses import JSONResponse
+
+from cron_pipelines.clients.models import (
+    ClaimResult,
+    Deactivation,
+    DeactivationResult,
+    InactiveUser,
+    InstantStr,
+    NotificationClaim,
+    NotificationOutcome,
+    NotificationRecord,
+    NotificationStatus,
+    OutcomeResult,
+    Page,
+    VerificationAttempt,
+    parse_instant,
+)
+from cron_pipelines.clients.tokens import TokenVerifier
+from cron_pipelines.demo_services.common import (
+    DEFAULT_PAGE_SIZE,
+    BatchRequest,
+    BatchResponse,
+    Cursor,
+    Limit,
+    Store,
+    batch_response,
+    create_service_app,
+    decode_cursor,
+    page_response,
+)
+from cron_pipelines.demo_services.faults import FaultInjector, RequestLog
+from cron_pipelines.demo_services.store import DemoStore
+
+SERVICE = "mongo-service"
+MAX_VERIFICATION_IDS = 100
+
+routes = APIRouter(prefix="/v1")
+
+
+def _instant(value: str | None) -> datetime | None:
+    return None if value is None else parse_instant(value)
+
+
+@routes.get(
+    "/users/inactive",
+    response_model=Page[InactiveUser],
+    tags=["users"],
+    summary="Active users whose last activity is before an instant",
+)
+def list_inactive_users(
+    store: Store,
+    last_active_before: Annotated[
+        InstantStr, Query(description="RFC 3339 instant with offset; last activity strictly before it.")
+    ],
+    limit: Limit = DEFAULT_PAGE_SIZE,
+    cursor: Cursor = None,
+) -> JSONResponse:
+    return page_response(
+        store.page_inactive_users(
+            last_active_before=parse_instant(last_active_before), after=decode_cursor(cursor), limit=limit
+        )
+    )
+
+
+@routes.post(
+    "/users/deactivations",
+    response_model=BatchResponse[DeactivationResult],
+    tags=["users"],
+    summary="Deactivate users still inactive since the instant the decision was based on",
+)
+def deactivate_users(store: Store, body: BatchRequest[Deactivation]) -> JSONResponse:
+    return batch_response(store.deactivate_users(body.items))
+
+
+@routes.get(
+    "/verification-attempts",
+    response_model=Page[VerificationAttempt],
+    tags=["verifications"],
+    summary="Verification attempts in (attempted_at, id) order",
+)
+def list_verification_attempts(
+    store: Store,
+    verification_id: Annotated[
+        list[str] | None, Query(max_length=MAX_VERIFICATION_IDS, description="Repeatable, at most 100.")
+    ] = None,
+    since: Annotated[InstantStr | None, Query(description="Inclusive.")] = None,
+    limit: Limit = DEFAULT_PAGE_SIZE,
+    cursor: Cursor = None,
+) -> JSONResponse:
+    return page_response(
+        store.page_attempts(
+            verification_ids=verification_id, since=_instant(since), after=decode_cursor(cursor), limit=limit
+        )
+    )
+
+
+@routes.post(
+    "/notifications/claims",
+    response_model=BatchResponse[ClaimResult],
+    tags=["notifications"],
+    summary="Claim notifications before sending them (one transaction a batch)",
+)
+def claim_notifications(store: Store, body: BatchRequest[NotificationClaim]) -> JSONResponse:
+    return batch_response(store.claim_notifications(body.items))
+
+
+@routes.post(
+    "/notifications/outcomes",
+    response_model=BatchResponse[OutcomeResult],
+    tags=["notifications"],
+    summary="Record what happened to claimed notifications",
+)
+def record_outcomes(store: Store, body: BatchRequest[NotificationOutcome]) -> JSONResponse:
+    return batch_response(store.record_outcomes(body.items))
+
+
+@routes.get(
+    "/notifications",
+    response_model=Page[NotificationRecord],
+    tags=["notifications"],
+    summary="Ledger records in (claimed_at, idempotency_key) order",
+)
+def list_notifications(
+    store: Store,
+    user_id: str | None = None,
+    kind: str | None = None,
+    status: Annotated[
+        list[NotificationStatus] | None, Query(description="Repeatable; all statuses when absent.")
+    ] = None,
+    since: Annotated[InstantStr | None, Query(description="claimed_at at or after (inclusive).")] = None,
+    until: Annotated[InstantStr | None, Query(description="claimed_at before (exclusive).")] = None,
+    limit: Limit = DEFAULT_PAGE_SIZE,
+    cursor: Cursor = None,
+) -> JSONResponse:
+    return page_response(
+        store.page_notifications(
+            user_id=user_id, kind=kind, statuses=status, since=_instant(since), until=_instant(until),
+            after=decode_cursor(cursor), limit=limit,
+        )
+    )
+
+
+def create_mongo_app(
+    store: DemoStore,
+    verifier: TokenVerifier,
+    *,
+    faults: FaultInjector | None = None,
+    request_log: RequestLog | None = None,
+) -> FastAPI:
+    return create_service_app(
+        service=SERVICE,
+        description="Stand-in for mongo-service: user activity, verification attempts and the "
+        "notification ledger (contract §4).",
+        routes=routes,
+        store=store,
+        verifier=verifier,
+        faults=faults,
+        request_log=request_log,
+    )

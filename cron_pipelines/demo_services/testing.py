@@ -1,0 +1,58 @@
+"""Both stand-ins running on loopback, as one value: for tests, the benchmark and the embedded demo."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from cron_pipelines.clients.tokens import TokenIssuer, TokenVerifier
+from cron_pipelines.demo_services.faults import FaultInjector, RequestLog
+from cron_pipelines.demo_services.mongo_app import SERVICE as MONGO_SERVICE
+from cron_pipelines.demo_services.mongo_app import create_mongo_app
+from cron_pipelines.demo_services.server import ServiceServer, serving
+from cron_pipelines.demo_services.sql_app import SERVICE as SQL_SERVICE
+from cron_pipelines.demo_services.sql_app import create_sql_app
+from cron_pipelines.demo_services.store import DemoStore
+
+
+@dataclass
+class ServiceWorld:
+    """The running stand-ins, their shared store, their fault injectors and request logs."""
+
+    store: DemoStore
+    sql_url: str
+    mongo_url: str
+    sql_faults: FaultInjector
+    mongo_faults: FaultInjector
+    sql_requests: RequestLog
+    mongo_requests: RequestLog
+    issuer: TokenIssuer
+
+    def auth_headers(self, service: str) -> dict[str, str]:
+        """Headers carrying a valid token for `service` ("sql-service" or "mongo-service")."""
+        return {"Authorization": f"Bearer {self.issuer.token_for(service)}"}
+
+
+@contextmanager
+def start_service_world(store: DemoStore, issuer: TokenIssuer, *, host: str = "127.0.0.1") -> Iterator[ServiceWorld]:
+    """Serve both stand-ins on free loopback ports, accepting tokens from `issuer`; stop them on exit."""
+    sql_faults, mongo_faults = FaultInjector(), FaultInjector()
+    sql_requests, mongo_requests = RequestLog(), RequestLog()
+    sql_app = create_sql_app(
+        store, TokenVerifier.for_issuer(issuer, SQL_SERVICE), faults=sql_faults, request_log=sql_requests
+    )
+    mongo_app = create_mongo_app(
+        store, TokenVerifier.for_issuer(issuer, MONGO_SERVICE), faults=mongo_faults, request_log=mongo_requests
+    )
+    with serving(ServiceServer(sql_app, host), ServiceServer(mongo_app, host)) as (sql, mongo):
+        yield ServiceWorld(
+            store=store,
+            sql_url=sql.url,
+            mongo_url=mongo.url,
+            sql_faults=sql_faults,
+            mongo_faults=mongo_faults,
+            sql_requests=sql_requests,
+            mongo_requests=mongo_requests,
+            issuer=issuer,
+        )

@@ -1,0 +1,263 @@
+"""The one delivery path for every notification kind: claim, send, record (contract §4).
+
+Notifications stream through in chunks of at most 500: each chunk is claimed in the
+ledger with one request, only what came back `claimed` is composed and sent, and
+every outcome is recorded with one more request. Memory holds one chunk at a time.
+
+Exactly once: a `duplicate` is never sent; a message the server refused is recorded
+`failed` (a later run claims it again); when the mail server is unreachable, the rest
+of the chunk is recorded `failed` and the step fails, so a retry sends each remaining
+notification once. A crash between claim and outcome leaves the record `claimed`:
+never resent automatically, reported by the maintenance job.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from cron_pipelines.clients.http import MAX_BATCH_ITEMS, RejectedRecord, RejectedTally, chunked
+from cron_pipelines.clients.models import ClaimResult, NotificationClaim, NotificationOutcome, format_instant
+from cron_pipelines.clients.mongo_service import MongoServiceClient
+from cron_pipelines.notifications.messages import MessageComposer, Notification, OutgoingMessage, UnsendableNotification
+from cron_pipelines.notifications.transports import MailServerUnavailable, MailTransport
+
+logger = logging.getLogger("cron_pipelines.notifications")
+
+OUTCOMES = ("claimed", "duplicate", "sent", "failed", "skipped", "rejected")
+PROGRESS_LOG_INTERVAL_SECONDS = 10.0
+
+# Decides, after the claim, whether each owned notification is still to be sent:
+# None to send it, or the reason it is recorded `skipped`. Used where a service
+# write must happen between the claim and the send (deactivations, decisions).
+Gate = Callable[[Sequence[tuple[Notification, ClaimResult]]], Sequence[str | None]]
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """Where notifications come from, written into every ledger record for the audit trail."""
+
+    run_id: str
+    job_name: str
+    partition_key: str | None
+
+
+@dataclass
+class DeliveryStats:
+    """Counts and bounded samples of one run's deliveries, for run metadata."""
+
+    sample_size: int = 10
+    counts: Counter[str] = field(default_factory=Counter)
+    counts_by_kind: dict[str, Counter[str]] = field(default_factory=dict)
+    skip_reasons: Counter[str] = field(default_factory=Counter)
+    samples: dict[str, list[str]] = field(default_factory=dict)
+    rejected: RejectedTally = field(default_factory=RejectedTally)
+
+    def count(self, outcome: str, kind: str, key: str) -> None:
+        self.counts[outcome] += 1
+        self.counts_by_kind.setdefault(kind, Counter())[outcome] += 1
+        sample = self.samples.setdefault(outcome, [])
+        if len(sample) < self.sample_size:
+            sample.append(key)
+
+    def count_skip(self, kind: str, key: str, reason: str) -> None:
+        self.count("skipped", kind, key)
+        # Reasons are short, fixed phrases plus field names; cap distinct ones all the same.
+        if reason in self.skip_reasons or len(self.skip_reasons) < 50:
+            self.skip_reasons[reason] += 1
+
+    def count_rejected(self, record: RejectedRecord) -> None:
+        self.counts["rejected"] += 1
+        self.rejected.add(record)
+
+
+class NotificationPipeline:
+    def __init__(
+        self,
+        *,
+        ledger: MongoServiceClient,
+        composer: MessageComposer,
+        transport: MailTransport,
+        run: RunInfo,
+        stats: DeliveryStats | None = None,
+        log: logging.Logger | logging.LoggerAdapter = logger,
+    ) -> None:
+        self._ledger = ledger
+        self._composer = composer
+        self._transport = transport
+        self._run = run
+        self._log = log
+        self.stats = stats or DeliveryStats()
+        self._last_progress_log = time.monotonic()
+        self._claim_token = ""
+        self._last_unavailable_error: str | None = None
+
+    def deliver(self, items: Iterable[Notification | RejectedRecord], *, gate: Gate | None = None) -> None:
+        """Deliver a stream of notifications chunk by chunk; RejectedRecords are counted, not sent."""
+        for chunk in chunked(items, MAX_BATCH_ITEMS):
+            self.deliver_chunk(chunk, gate=gate)
+
+    def deliver_chunk(
+        self, items: Sequence[Notification | RejectedRecord], *, gate: Gate | None = None
+    ) -> list[tuple[Notification, ClaimResult]]:
+        """Claim, send and record one chunk (≤ 500); each notification with its claim result."""
+        notifications: list[Notification] = []
+        for item in items:
+            if isinstance(item, RejectedRecord):
+                self.stats.count_rejected(item)
+            else:
+                notifications.append(item)
+        if not notifications:
+            return []
+        claim_results = self._claim(notifications)
+        owned = [
+            (notification, result)
+            for notification, result in zip(notifications, claim_results)
+            if self._owns(result)
+        ]
+        for notification, result in zip(notifications, claim_results):
+            if not self._owns(result):
+                self.stats.count("duplicate", notification.kind, notification.key)
+        for notification, _ in owned:
+            self.stats.count("claimed", notification.kind, notification.key)
+
+        outcomes: list[NotificationOutcome] = []
+        messages: list[tuple[Notification, OutgoingMessage]] = []
+        for notification, reason in zip(owned, self._skip_reasons(owned, gate)):
+            self._prepare(notification[0], reason, outcomes, messages)
+        unavailable = self._send(messages, outcomes)
+        self._record(outcomes)
+        self._log_progress()
+        if unavailable:
+            raise MailServerUnavailable(
+                f"{unavailable} notification(s) could not be sent and were recorded `failed` "
+                f"for a later run: {self._last_unavailable_error}"
+            )
+        return list(zip(notifications, claim_results))
+
+    # -- steps -----------------------------------------------------------------
+
+    def _claim(self, notifications: Sequence[Notification]) -> list[ClaimResult]:
+        # A token per chunk, reused when the HTTP request is retried: a `duplicate` that
+        # carries it was claimed by this very request, whose first answer was lost.
+        self._claim_token = uuid.uuid4().hex
+        claims = [
+            NotificationClaim(
+                idempotency_key=notification.key,
+                kind=notification.kind,
+                user_id=notification.user_id,
+                recipient=notification.email,
+                run_id=self._run.run_id,
+                job_name=self._run.job_name,
+                partition_key=self._run.partition_key,
+                metadata={**notification.metadata, "claim_token": self._claim_token},
+            )
+            for notification in notifications
+        ]
+        return self._ledger.claim_notifications(claims)
+
+    def _owns(self, result: ClaimResult) -> bool:
+        return result.outcome == "claimed" or (
+            result.record.status == "claimed" and result.record.metadata.get("claim_token") == self._claim_token
+        )
+
+    def _skip_reasons(
+        self, owned: Sequence[tuple[Notification, ClaimResult]], gate: Gate | None
+    ) -> list[str | None]:
+        reasons: list[str | None] = [notification.skip_reason for notification, _ in owned]
+        gated = [index for index, reason in enumerate(reasons) if reason is None]
+        if gate is not None and gated:
+            verdicts = gate([owned[index] for index in gated])
+            for index, verdict in zip(gated, verdicts, strict=True):
+                reasons[index] = verdict
+        return reasons
+
+    def _prepare(
+        self,
+        notification: Notification,
+        skip_reason: str | None,
+        outcomes: list[NotificationOutcome],
+        messages: list[tuple[Notification, OutgoingMessage]],
+    ) -> None:
+        if skip_reason is not None:
+            outcomes.append(self._outcome(notification, "skipped", error=skip_reason))
+            self.stats.count_skip(notification.kind, notification.key, skip_reason)
+            return
+        try:
+            messages.append((notification, self._composer.compose(notification)))
+        except UnsendableNotification as exc:
+            outcomes.append(self._outcome(notification, "skipped", error=str(exc)))
+            self.stats.count_skip(notification.kind, notification.key, str(exc))
+        except Exception as exc:  # a template bug must not strand the claim: record it, retry later
+            error = f"could not render: {type(exc).__name__}: {exc}"[:500]
+            outcomes.append(self._outcome(notification, "failed", error=error))
+            self.stats.count("failed", notification.kind, notification.key)
+            self._log.error("%s %s", notification.key, error)
+
+    def _send(
+        self, messages: list[tuple[Notification, OutgoingMessage]], outcomes: list[NotificationOutcome]
+    ) -> int:
+        if not messages:
+            return 0
+        results = self._transport.send_batch([message for _, message in messages])
+        unavailable = 0
+        for (notification, message), result in zip(messages, results, strict=True):
+            if result.status == "sent":
+                outcomes.append(self._outcome(notification, "sent", message_id=message.message_id))
+                self.stats.count("sent", notification.kind, notification.key)
+                continue
+            if result.status == "unavailable":
+                unavailable += 1
+                self._last_unavailable_error = result.error
+            outcomes.append(self._outcome(notification, "failed", error=result.error))
+            self.stats.count("failed", notification.kind, notification.key)
+        return unavailable
+
+    def _record(self, outcomes: list[NotificationOutcome]) -> None:
+        if not outcomes:
+            return
+        missing = [result.idempotency_key for result in self._ledger.record_outcomes(outcomes) if result.outcome == "not_found"]
+        if missing:
+            # Only possible if the ledger lost records between claim and outcome.
+            self._log.error("ledger had no record for %d outcome(s), e.g. %s", len(missing), missing[:5])
+
+    def _outcome(
+        self, notification: Notification, status: str, *, message_id: str | None = None, error: str | None = None
+    ) -> NotificationOutcome:
+        return NotificationOutcome(
+            idempotency_key=notification.key,
+            status=status,  # type: ignore[arg-type]
+            message_id=message_id,
+            error=error,
+            at=format_instant(datetime.now(timezone.utc)),
+        )
+
+    def _log_progress(self) -> None:
+        # Throttled: one line per interval, not per chunk, so a run's event log stays
+        # the same size however many notifications it sends.
+        now = time.monotonic()
+        if now - self._last_progress_log >= PROGRESS_LOG_INTERVAL_SECONDS:
+            self._last_progress_log = now
+            self._log.info("progress: %s", dict(self.stats.counts))
+
+    def metadata(self) -> dict[str, Any]:
+        """Counts (numeric, plotted by the UI) and bounded samples of keys and reasons."""
+        metadata: dict[str, Any] = {outcome: self.stats.counts.get(outcome, 0) for outcome in OUTCOMES}
+        if len(self.stats.counts_by_kind) > 1:
+            for kind, counts in sorted(self.stats.counts_by_kind.items()):
+                for outcome in OUTCOMES:
+                    if counts.get(outcome):
+                        metadata[f"{kind}.{outcome}"] = counts[outcome]
+        for outcome, keys in sorted(self.stats.samples.items()):
+            metadata[f"sample_{outcome}_keys"] = list(keys)
+        if self.stats.skip_reasons:
+            metadata["skip_reasons"] = dict(self.stats.skip_reasons.most_common(10))
+        if self.stats.rejected.sample:
+            metadata["rejected_records_sample"] = list(self.stats.rejected.sample)
+        return metadata

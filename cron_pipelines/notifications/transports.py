@@ -1,0 +1,248 @@
+"""Where composed messages go: an outbox folder of `.eml` files, or an SMTP server.
+
+Both answer a batch with one result per message, so the notification pipeline
+records every outcome the same way. A message the server refuses is that
+message's failure; a server that cannot be reached at all marks the rest of the
+batch `unavailable` without trying them, and the pipeline fails the step after
+recording them (contract §4).
+"""
+
+from __future__ import annotations
+
+import os
+import smtplib
+import ssl
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from queue import Queue
+from typing import Literal, Protocol
+
+from cron_pipelines.notifications.messages import OutgoingMessage
+
+SendStatus = Literal["sent", "failed", "unavailable"]
+
+
+@dataclass(frozen=True)
+class SendResult:
+    key: str
+    status: SendStatus
+    error: str | None = None
+
+
+class MailTransport(Protocol):
+    def send_batch(self, messages: Sequence[OutgoingMessage]) -> list[SendResult]: ...
+
+    def close(self) -> None: ...
+
+
+class OutboxTransport:
+    """One `.eml` file per message, written atomically; names sort by time of writing."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._sequence = 0
+
+    def send_batch(self, messages: Sequence[OutgoingMessage]) -> list[SendResult]:
+        results = []
+        for message in messages:
+            try:
+                self._write(message)
+            except OSError as exc:
+                # A full or read-only disk fails every later message the same way.
+                results.append(SendResult(message.key, "unavailable", f"outbox not writable: {exc.strerror}"))
+            else:
+                results.append(SendResult(message.key, "sent"))
+        return results
+
+    def _write(self, message: OutgoingMessage) -> None:
+        self._sequence += 1
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+        name = f"{stamp}-{os.getpid()}-{self._sequence:06d}-{uuid.uuid4().hex[:8]}.eml"
+        temporary = self.directory / f".{name}.tmp"
+        with open(temporary, "wb") as handle:
+            handle.write(message.data)
+        # A reader never sees a half-written message: the rename is atomic.
+        os.replace(temporary, self.directory / name)
+
+    def close(self) -> None:
+        pass
+
+
+SmtpSecurity = Literal["none", "starttls", "ssl"]
+
+# Dropped sessions, resets and timeouts; every smtplib error is an OSError too, so the
+# clauses that handle server replies must come before this one.
+_CONNECTION_ERRORS = (smtplib.SMTPServerDisconnected, OSError)
+
+
+class MailServerUnavailable(Exception):
+    """The SMTP server could not be reached or refused us as a client (not a single message)."""
+
+
+def _reply_text(code: int, reply: bytes | str) -> str:
+    text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
+    return f"{code} {text}".strip()
+
+
+class RateLimiter:
+    """At most `per_second` acquisitions per second across threads (a token bucket of one second)."""
+
+    def __init__(self, per_second: float) -> None:
+        self._interval = 1.0 / per_second
+        self._next = time.monotonic()
+        self._lock = threading.Lock()
+
+    def acquire(self) -> None:
+        with self._lock:
+            now = time.monotonic()
+            slot = max(self._next, now)
+            self._next = slot + self._interval
+        if slot > now:
+            time.sleep(slot - now)
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    host: str
+    port: int
+    security: SmtpSecurity = "none"
+    username: str | None = None
+    password: str | None = None
+    timeout: float = 30.0
+    ssl_context: ssl.SSLContext | None = None
+
+
+class _SmtpConnection:
+    """One SMTP session, opened lazily and reopened once when the server drops it."""
+
+    def __init__(self, settings: SmtpSettings) -> None:
+        self._settings = settings
+        self._smtp: smtplib.SMTP | None = None
+
+    def _open(self) -> smtplib.SMTP:
+        settings = self._settings
+        context = settings.ssl_context or ssl.create_default_context()
+        try:
+            if settings.security == "ssl":
+                smtp: smtplib.SMTP = smtplib.SMTP_SSL(
+                    settings.host, settings.port, timeout=settings.timeout, context=context
+                )
+            else:
+                smtp = smtplib.SMTP(settings.host, settings.port, timeout=settings.timeout)
+                if settings.security == "starttls":
+                    smtp.starttls(context=context)
+            if settings.username:
+                smtp.login(settings.username, settings.password or "")
+        except smtplib.SMTPAuthenticationError as exc:
+            raise MailServerUnavailable(f"SMTP login refused: {_reply_text(exc.smtp_code, exc.smtp_error)}") from None
+        except (smtplib.SMTPException, OSError) as exc:
+            raise MailServerUnavailable(
+                f"cannot connect to SMTP server {settings.host}:{settings.port}: {type(exc).__name__}: {exc}"
+            ) from None
+        return smtp
+
+    def send(self, message: OutgoingMessage) -> SendResult:
+        for attempt in (1, 2):
+            if self._smtp is None:
+                try:
+                    self._smtp = self._open()
+                except MailServerUnavailable as exc:
+                    return SendResult(message.key, "unavailable", str(exc))
+            try:
+                refused = self._smtp.sendmail(message.sender, [message.recipient], message.data)
+            except smtplib.SMTPRecipientsRefused as exc:
+                code, reply = exc.recipients.get(message.recipient, (550, b"recipient refused"))
+                return SendResult(message.key, "failed", f"recipient refused: {_reply_text(code, reply)}")
+            except smtplib.SMTPResponseException as exc:  # sender refused, data refused, ...
+                self._reset_after_error()
+                return SendResult(message.key, "failed", f"refused: {_reply_text(exc.smtp_code, exc.smtp_error)}")
+            except _CONNECTION_ERRORS as exc:
+                self._discard()
+                if attempt == 2:
+                    return SendResult(message.key, "unavailable", f"SMTP connection lost: {type(exc).__name__}")
+                continue
+            if refused:
+                code, reply = refused[message.recipient]
+                return SendResult(message.key, "failed", f"recipient refused: {_reply_text(code, reply)}")
+            return SendResult(message.key, "sent")
+        raise AssertionError("unreachable")
+
+    def _reset_after_error(self) -> None:
+        try:
+            if self._smtp is not None:
+                self._smtp.rset()
+        except _CONNECTION_ERRORS:
+            self._discard()
+
+    def _discard(self) -> None:
+        if self._smtp is not None:
+            try:
+                self._smtp.close()
+            finally:
+                self._smtp = None
+
+    def close(self) -> None:
+        if self._smtp is not None:
+            try:
+                self._smtp.quit()
+            except (smtplib.SMTPException, OSError):
+                pass
+            finally:
+                self._discard()
+
+
+class SmtpTransport:
+    """Sends through up to `max_connections` reused SMTP sessions in parallel.
+
+    Each session sends one message at a time; a batch is spread over the sessions so
+    that a provider's per-command latency is paid in parallel. `rate_limit_per_second`
+    caps messages per second across all sessions.
+    """
+
+    def __init__(
+        self, settings: SmtpSettings, *, max_connections: int = 4, rate_limit_per_second: float | None = None
+    ) -> None:
+        if max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
+        self._connections: Queue[_SmtpConnection] = Queue()
+        self._all = [_SmtpConnection(settings) for _ in range(max_connections)]
+        for connection in self._all:
+            self._connections.put(connection)
+        self._rate_limiter = RateLimiter(rate_limit_per_second) if rate_limit_per_second else None
+        self._pool = ThreadPoolExecutor(max_workers=max_connections, thread_name_prefix="smtp") if max_connections > 1 else None
+        self._server_down = threading.Event()
+        self._down_reason = ""
+
+    def send_batch(self, messages: Sequence[OutgoingMessage]) -> list[SendResult]:
+        if self._pool is None:
+            return [self._send_one(message) for message in messages]
+        return list(self._pool.map(self._send_one, messages))
+
+    def _send_one(self, message: OutgoingMessage) -> SendResult:
+        if self._server_down.is_set():
+            return SendResult(message.key, "unavailable", self._down_reason)
+        if self._rate_limiter is not None:
+            self._rate_limiter.acquire()
+        connection = self._connections.get()
+        try:
+            result = connection.send(message)
+        finally:
+            self._connections.put(connection)
+        if result.status == "unavailable":
+            # Once the server is gone, don't pay a connect timeout per remaining message.
+            self._down_reason = result.error or "SMTP server unavailable"
+            self._server_down.set()
+        return result
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+        for connection in self._all:
+            connection.close()

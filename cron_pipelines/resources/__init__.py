@@ -1,0 +1,75 @@
+"""Resources of the code location, built from the validated settings.
+
+Secrets are passed as `EnvVar`s, so the Dagster UI and run config show the
+variable's name, never its value.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from dagster import EnvVar
+from pydantic import SecretStr
+
+from cron_pipelines.resources.mailer import MailerResource
+from cron_pipelines.resources.services import (
+    InternalJwtResource,
+    MongoServiceResource,
+    ServiceResource,
+    SqlServiceResource,
+)
+from cron_pipelines.settings import Settings
+
+__all__ = [
+    "InternalJwtResource",
+    "MailerResource",
+    "MongoServiceResource",
+    "ServiceResource",
+    "SqlServiceResource",
+    "build_resources",
+]
+
+
+def _secret(name: str, value: SecretStr | str | None) -> Any:
+    """EnvVar(name) when the environment holds the value (the UI then shows the name only),
+    else the value itself (settings built in code, e.g. by tests, or the public demo key)."""
+    plain = value.get_secret_value() if isinstance(value, SecretStr) else value
+    if plain is not None and os.environ.get(name) == plain:
+        return EnvVar(name)
+    return plain
+
+
+def build_resources(settings: Settings) -> dict[str, Any]:
+    auth = InternalJwtResource(
+        algorithm=settings.internal_jwt_algorithm,
+        secret=_secret("INTERNAL_JWT_SECRET", settings.jwt_signing_key if settings.internal_jwt_algorithm == "HS256" else None),
+        private_key=_secret("INTERNAL_JWT_PRIVATE_KEY", settings.internal_jwt_private_key),
+        key_id=settings.internal_jwt_key_id,
+        issuer=settings.internal_jwt_issuer,
+    )
+    service_options = dict(
+        auth=auth,
+        demo_database=str(settings.demo_services_db_path),
+        demo_timezone=settings.cron_timezone,
+        connect_timeout_seconds=settings.service_connect_timeout_seconds,
+        read_timeout_seconds=settings.service_read_timeout_seconds,
+        max_attempts=settings.service_max_attempts,
+    )
+    return {
+        "sql_service": SqlServiceResource(base_url=settings.sql_service_url, **service_options),
+        "mongo_service": MongoServiceResource(base_url=settings.mongo_service_url, **service_options),
+        "mailer": MailerResource(
+            backend=settings.mailer_backend,
+            mail_from=settings.mail_from,
+            outbox_dir=str(settings.outbox_dir),
+            smtp_host=settings.smtp_host,
+            smtp_port=settings.smtp_port,
+            smtp_security=settings.smtp_security,
+            smtp_username=settings.smtp_username,
+            smtp_password=_secret("SMTP_PASSWORD", settings.smtp_password),
+            smtp_timeout_seconds=settings.smtp_timeout_seconds,
+            max_connections=settings.mail_max_connections,
+            rate_limit_per_second=settings.mail_rate_limit_per_second,
+        ),
+    }

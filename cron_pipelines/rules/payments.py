@@ -1,0 +1,171 @@
+"""Who is reminded of a payment, which dues become overdue, who gets an overdue notice.
+
+Pure functions of the business day, the dues and a policy; no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from datetime import date, timedelta
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError, field_validator
+
+from cron_pipelines.clients.http import RejectedRecord
+from cron_pipelines.clients.models import Due
+from cron_pipelines.notifications.messages import Notification, NotificationKind
+
+# ISO 4217 currencies without minor units; every other one is shown with two decimals.
+_ZERO_DECIMAL_CURRENCIES = frozenset({"BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG", "RWF", "UGX", "VND", "VUV", "XAF", "XOF", "XPF"})
+
+
+def format_amount(amount_cents: int, currency: str) -> str:
+    """`INR 1,250.00` from 125000 and `INR`."""
+    if currency.upper() in _ZERO_DECIMAL_CURRENCIES:
+        return f"{currency.upper()} {amount_cents:,}"
+    sign = "-" if amount_cents < 0 else ""
+    whole, cents = divmod(abs(amount_cents), 100)
+    return f"{currency.upper()} {sign}{whole:,}.{cents:02d}"
+
+
+def _non_negative_days(days: list[int]) -> list[int]:
+    if not days or any(value < 0 for value in days):
+        raise ValueError("must be a non-empty list of non-negative day counts")
+    return sorted(set(days), reverse=True)
+
+
+class PaymentReminderPolicy(BaseModel):
+    reminder_days_before: list[int] = Field(
+        default=[7, 3, 1, 0], description="Remind when a pending due is this many days away."
+    )
+
+    _check_days = field_validator("reminder_days_before")(_non_negative_days)
+
+    def window(self, day: date) -> tuple[date, date]:
+        """The `due_from`, `due_to` range of dues that may need a reminder on `day`."""
+        return day, day + timedelta(days=max(self.reminder_days_before))
+
+
+class OverduePolicy(BaseModel):
+    notice_days_past_due: list[int] = Field(
+        default=[1, 7, 14, 30], description="Send a notice when an overdue due is this many days late."
+    )
+
+    _check_days = field_validator("notice_days_past_due")(_non_negative_days)
+
+    def notice_window(self, day: date) -> tuple[date, date]:
+        """The `due_from`, `due_to` range of overdue dues that may need a notice on `day`."""
+        return day - timedelta(days=max(self.notice_days_past_due)), day - timedelta(days=1)
+
+
+def _due_context(due: Due) -> dict[str, Any]:
+    return {
+        "amount": format_amount(due.amount_cents, due.currency),
+        "description": due.description or "your dues",
+        "due_date": due.due_date.isoformat(),
+    }
+
+
+def payment_reminder_key(due_id: str, due_date: date, days_before: int) -> str:
+    return f"payment_reminder:{due_id}:{due_date.isoformat()}:{days_before}"
+
+
+def overdue_notice_key(due_id: str, due_date: date, days_past_due: int) -> str:
+    return f"overdue_notice:{due_id}:{due_date.isoformat()}:{days_past_due}"
+
+
+def payment_reminder(due: Due, day: date, policy: PaymentReminderPolicy) -> Notification | None:
+    days_before = (due.due_date - day).days
+    if due.status != "pending" or days_before not in policy.reminder_days_before:
+        return None
+    return Notification(
+        key=payment_reminder_key(due.id, due.due_date, days_before),
+        kind=NotificationKind.PAYMENT_REMINDER,
+        user_id=due.user_id,
+        email=due.user.email,
+        name=due.user.full_name,
+        context={**_due_context(due), "days_before": days_before},
+        metadata={"due_id": due.id, "due_date": due.due_date.isoformat(), "days_before": days_before},
+    )
+
+
+def overdue_notice(due: Due, day: date, policy: OverduePolicy) -> Notification | None:
+    days_past_due = (day - due.due_date).days
+    if due.status != "overdue" or days_past_due not in policy.notice_days_past_due:
+        return None
+    return Notification(
+        key=overdue_notice_key(due.id, due.due_date, days_past_due),
+        kind=NotificationKind.OVERDUE_NOTICE,
+        user_id=due.user_id,
+        email=due.user.email,
+        name=due.user.full_name,
+        context={**_due_context(due), "days_past_due": days_past_due},
+        metadata={"due_id": due.id, "due_date": due.due_date.isoformat(), "days_past_due": days_past_due},
+    )
+
+
+def must_mark_overdue(due: Due, day: date) -> bool:
+    return due.status == "pending" and due.due_date < day
+
+
+class _DueKeyFields(BaseModel):
+    """The part of a due its idempotency key needs, to record a skip for an otherwise malformed due."""
+
+    id: str
+    due_date: date
+
+
+def _skip_for_malformed_due(
+    rejected: RejectedRecord,
+    kind: NotificationKind,
+    offset_of: Callable[[date], int],
+    offsets: list[int],
+    key_of: Callable[[str, date, int], str],
+) -> Notification | None:
+    try:
+        fields = _DueKeyFields.model_validate(rejected.raw)
+    except ValidationError:
+        return None  # not even a key can be formed: the caller counts it as rejected
+    offset = offset_of(fields.due_date)
+    if offset not in offsets:
+        return None
+    raw = rejected.raw if isinstance(rejected.raw, Mapping) else {}
+    user = raw.get("user")
+    return Notification(
+        key=key_of(fields.id, fields.due_date, offset),
+        kind=kind,
+        # Whatever else is wrong, keep what identifies the user for the audit trail.
+        user_id=str(raw["user_id"]) if raw.get("user_id") is not None else None,
+        email=str(user.get("email")) if isinstance(user, Mapping) and user.get("email") else None,
+        name=None,
+        metadata={"due_id": fields.id, "due_date": fields.due_date.isoformat()},
+        skip_reason=f"malformed due record: {rejected.reason}",
+    )
+
+
+def payment_reminders(
+    dues: Iterable[Due | RejectedRecord], day: date, policy: PaymentReminderPolicy
+) -> Iterator[Notification | RejectedRecord]:
+    """The reminders `day` owes, in the order of `dues`; malformed dues become recorded skips where keyable."""
+    for due in dues:
+        if isinstance(due, RejectedRecord):
+            yield _skip_for_malformed_due(
+                due, NotificationKind.PAYMENT_REMINDER, lambda due_date: (due_date - day).days,
+                policy.reminder_days_before, payment_reminder_key,
+            ) or due
+        elif (notification := payment_reminder(due, day, policy)) is not None:
+            yield notification
+
+
+def overdue_notices(
+    dues: Iterable[Due | RejectedRecord], day: date, policy: OverduePolicy
+) -> Iterator[Notification | RejectedRecord]:
+    """The overdue notices `day` owes; malformed dues become recorded skips where keyable."""
+    for due in dues:
+        if isinstance(due, RejectedRecord):
+            yield _skip_for_malformed_due(
+                due, NotificationKind.OVERDUE_NOTICE, lambda due_date: (day - due_date).days,
+                policy.notice_days_past_due, overdue_notice_key,
+            ) or due
+        elif (notification := overdue_notice(due, day, policy)) is not None:
+            yield notification

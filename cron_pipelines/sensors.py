@@ -1,0 +1,161 @@
+"""Sensors: new verification attempts launch `verify_employees`; failed runs mail the operators."""
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+from datetime import datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
+
+import dagster as dg
+
+from cron_pipelines.clients.http import RejectedRecord
+from cron_pipelines.clients.models import VerificationAttempt, format_instant, parse_instant
+from cron_pipelines.notifications.messages import Notification, NotificationKind
+from cron_pipelines.notifications.pipeline import NotificationPipeline, RunInfo
+from cron_pipelines.resources import MailerResource, MongoServiceResource
+from cron_pipelines.schedules import SCHEDULED_RUN_PRIORITY
+
+if TYPE_CHECKING:  # the public API has no name for the type define_asset_job returns
+    from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
+
+VERIFY_EMPLOYEES_OP = "verify_employees_assets"
+# One tick launches one run for at most this many new attempts; the next tick continues.
+MAX_ATTEMPTS_PER_TICK = 5000
+MAX_ALERT_ERROR_CHARACTERS = 4000
+
+
+@dataclass(frozen=True, order=True)
+class AttemptCursor:
+    """The last attempt a tick launched a run for, in the service's (attempted_at, id) order."""
+
+    attempted_at: datetime
+    id: str
+
+    def to_json(self) -> str:
+        return json.dumps({"attempted_at": format_instant(self.attempted_at), "id": self.id})
+
+    @classmethod
+    def from_json(cls, value: str) -> "AttemptCursor":
+        data = json.loads(value)
+        return cls(parse_instant(data["attempted_at"]), str(data["id"]))
+
+    @classmethod
+    def of(cls, attempt: VerificationAttempt) -> "AttemptCursor":
+        return cls(attempt.attempted_at_dt, attempt.id)
+
+
+def attempts_run_key(attempts: list[VerificationAttempt]) -> str:
+    """The same attempts always give the same key, so they never launch twice."""
+    digest = hashlib.sha256(",".join(sorted(attempt.id for attempt in attempts)).encode()).hexdigest()
+    return f"verify_employees:attempts:{digest[:32]}"
+
+
+def build_verification_attempts_sensor(
+    job: "UnresolvedAssetJobDefinition", cron_timezone: str, lookback_hours: int
+) -> dg.SensorDefinition:
+    @dg.sensor(
+        name="verification_attempts_sensor",
+        job=job,
+        minimum_interval_seconds=60,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Launches verify_employees for the verifications that new attempts touched.",
+    )
+    def verification_attempts_sensor(
+        context: dg.SensorEvaluationContext, mongo_service: MongoServiceResource
+    ) -> dg.SensorResult | dg.SkipReason:
+        now = datetime.now(timezone.utc)
+        cursor = (
+            AttemptCursor.from_json(context.cursor)
+            if context.cursor
+            else AttemptCursor(now - timedelta(hours=lookback_hours), "")
+        )
+        new_attempts: list[VerificationAttempt] = []
+        malformed = 0
+        with mongo_service.open_client() as client:
+            for attempt in client.iter_verification_attempts(since=cursor.attempted_at):
+                if isinstance(attempt, RejectedRecord):
+                    malformed += 1
+                elif AttemptCursor.of(attempt) > cursor:
+                    new_attempts.append(attempt)
+                    if len(new_attempts) >= MAX_ATTEMPTS_PER_TICK:
+                        break
+        if malformed:
+            context.log.warning("%d malformed verification attempt(s) ignored", malformed)
+        if not new_attempts:
+            return dg.SkipReason(f"no verification attempts after {cursor.to_json()}")
+        touched = sorted({attempt.verification_id for attempt in new_attempts})
+        today = now.astimezone(ZoneInfo(cron_timezone)).date().isoformat()
+        request = dg.RunRequest(
+            run_key=attempts_run_key(new_attempts),
+            partition_key=today,
+            run_config={"ops": {VERIFY_EMPLOYEES_OP: {"config": {"verification_ids": touched}}}},
+            tags={
+                "dagster/priority": SCHEDULED_RUN_PRIORITY,
+                "cron_pipelines/trigger": "verification_attempts_sensor",
+                "cron_pipelines/attempts": str(len(new_attempts)),
+            },
+        )
+        # The cursor moves only with the request built: a failed tick re-reads the same attempts.
+        last = max(AttemptCursor.of(attempt) for attempt in new_attempts)
+        return dg.SensorResult(run_requests=[request], cursor=last.to_json())
+
+    return verification_attempts_sensor
+
+
+def failure_summary(context: dg.RunFailureSensorContext) -> str:
+    """The run's failure message and each failed step's error, bounded in length."""
+    parts = [context.failure_event.message or "run failed"]
+    for event in context.get_step_failure_events():
+        error = event.event_specific_data.error if event.event_specific_data else None
+        if error is not None:
+            parts.append(f"{event.step_key}: {error.message.strip()}")
+    return "\n".join(parts)[:MAX_ALERT_ERROR_CHARACTERS]
+
+
+def build_run_failure_alert_sensor(ops_alert_email: str | None, webserver_url: str) -> dg.SensorDefinition:
+    @dg.run_failure_sensor(
+        name="run_failure_alert_sensor",
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=30,
+        description="Mails OPS_ALERT_EMAIL once per failed run of this code location.",
+    )
+    def run_failure_alert_sensor(
+        context: dg.RunFailureSensorContext, mongo_service: MongoServiceResource, mailer: MailerResource
+    ) -> None:
+        run = context.dagster_run
+        if not ops_alert_email:
+            context.log.info("run %s failed; OPS_ALERT_EMAIL is unset, so no alert mail", run.run_id)
+            return
+        partition_key = run.tags.get("dagster/partition")
+        alert = Notification(
+            key=f"ops_alert:{run.run_id}",
+            kind=NotificationKind.OPS_ALERT,
+            user_id=None,
+            email=ops_alert_email,
+            name=None,
+            context={
+                "job_name": run.job_name,
+                "partition_key": partition_key,
+                "run_id": run.run_id,
+                "run_url": f"{webserver_url}/runs/{run.run_id}",
+                "error": failure_summary(context),
+            },
+            metadata={"failed_job": run.job_name},
+        )
+        with mongo_service.open_client() as client:
+            transport = mailer.open_transport()
+            try:
+                pipeline = NotificationPipeline(
+                    ledger=client,  # type: ignore[arg-type]
+                    composer=mailer.composer,
+                    transport=transport,
+                    run=RunInfo(run_id=run.run_id, job_name="run_failure_alert_sensor", partition_key=partition_key),
+                    log=context.log,
+                )
+                pipeline.deliver_chunk([alert])
+            finally:
+                transport.close()
+        context.log.info("ops alert for run %s: %s", run.run_id, dict(pipeline.stats.counts))
+
+    return run_failure_alert_sensor

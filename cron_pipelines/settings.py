@@ -1,0 +1,216 @@
+"""The environment this code location runs on (contract §7 plus this project's own knobs).
+
+Read and validated once when the definitions load, so a wrong value stops the code
+location with a message naming the variable, instead of failing the first run at 03:00.
+Secrets are SecretStr: they never appear in a repr, a log line or run metadata.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import zoneinfo
+from datetime import date
+from email.utils import parseaddr
+from pathlib import Path
+from typing import Literal
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from email_validator import EmailNotValidError, validate_email
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+from cron_pipelines.clients.tokens import MIN_HS256_SECRET_BYTES
+
+# Public by design: it only opens the embedded demo services, and it is refused as
+# soon as a real service URL is configured.
+DEMO_JWT_SECRET = "cron-pipelines-demo-only-secret-never-use-in-production"
+
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+_PRIVATE_KEY_TYPES = {
+    "RS256": (rsa.RSAPrivateKey, "an RSA private key"),
+    "ES256": (ec.EllipticCurvePrivateKey, "an EC P-256 private key"),
+    "EdDSA": (ed25519.Ed25519PrivateKey, "an Ed25519 private key"),
+}
+
+
+class SettingsError(Exception):
+    """The environment is invalid; the message lists each variable and what is wrong with it."""
+
+
+def check_mail_address(value: str, variable: str) -> str:
+    """A `Name <address>` or bare address that is safe to put in a header."""
+    if _CONTROL_CHARACTERS.search(value):
+        raise ValueError(f"{variable} contains control characters")
+    _, address = parseaddr(value)
+    try:
+        validate_email(address, check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise ValueError(f"{variable} is not a valid e-mail address: {exc}") from None
+    return value
+
+
+class Settings(BaseModel):
+    """Every variable this code location reads; field names are the variable names, lower-cased."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Where Dagster keeps its state; the demo services and the outbox live under it too.
+    dagster_home: Path = Field(default_factory=lambda: Path.cwd() / ".dagster_home")
+    dagster_webserver_url: str = "http://localhost:3000"
+
+    sql_service_url: str | None = None
+    mongo_service_url: str | None = None
+    demo_services_db: Path | None = None
+    service_connect_timeout_seconds: float = Field(5.0, gt=0)
+    service_read_timeout_seconds: float = Field(30.0, gt=0)
+    service_max_attempts: int = Field(5, ge=1, le=20)
+
+    internal_jwt_secret: SecretStr | None = None
+    internal_jwt_issuer: str = Field("cron-pipelines", min_length=1)
+    internal_jwt_algorithm: Literal["HS256", "RS256", "ES256", "EdDSA"] = "HS256"
+    internal_jwt_private_key: SecretStr | None = None
+    internal_jwt_key_id: str | None = None
+
+    mailer_backend: Literal["smtp", "outbox"] = "outbox"
+    mail_outbox_dir: Path | None = None
+    smtp_host: str = "localhost"
+    smtp_port: int = Field(25, ge=1, le=65535)
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_security: Literal["none", "starttls", "ssl"] = "none"
+    smtp_timeout_seconds: float = Field(30.0, gt=0)
+    mail_from: str = "Cron Pipelines <no-reply@localhost>"
+    mail_max_connections: int = Field(4, ge=1, le=64)
+    mail_rate_limit_per_second: float | None = Field(None, gt=0)
+
+    cron_timezone: str = "UTC"
+    partitions_start_date: date = date(2026, 1, 1)
+    ops_alert_email: str | None = None
+
+    step_max_retries: int = Field(3, ge=0, le=10)
+    step_retry_delay_seconds: float = Field(30.0, ge=0)
+    schedule_catchup_days: int = Field(3, ge=1, le=31)
+    verification_sensor_lookback_hours: int = Field(24, ge=1)
+
+    @field_validator("sql_service_url", "mongo_service_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", value):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/") if value else value
+
+    @field_validator("dagster_webserver_url")
+    @classmethod
+    def _webserver_url(cls, value: str) -> str:
+        if not re.fullmatch(r"https?://\S+", value):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @field_validator("cron_timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError("is not an IANA time zone (e.g. UTC, Europe/Berlin)") from None
+        return value
+
+    @field_validator("mail_from")
+    @classmethod
+    def _mail_from(cls, value: str) -> str:
+        return check_mail_address(value, "the sender")
+
+    @field_validator("ops_alert_email")
+    @classmethod
+    def _ops_alert_email(cls, value: str | None) -> str | None:
+        return check_mail_address(value, "the alert recipient") if value is not None else None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Settings":
+        problems: list[str] = []
+        if (self.sql_service_url is None) != (self.mongo_service_url is None):
+            problems.append(
+                "SQL_SERVICE_URL, MONGO_SERVICE_URL: set both (real services) or neither (embedded demo)"
+            )
+        if self.internal_jwt_algorithm == "HS256":
+            secret = self.internal_jwt_secret.get_secret_value() if self.internal_jwt_secret else None
+            if secret is not None and len(secret.encode()) < MIN_HS256_SECRET_BYTES:
+                problems.append(f"INTERNAL_JWT_SECRET: must be at least {MIN_HS256_SECRET_BYTES} bytes")
+            if self.uses_real_services and secret in (None, DEMO_JWT_SECRET):
+                problems.append(
+                    "INTERNAL_JWT_SECRET: the demo key is refused when SQL_SERVICE_URL/MONGO_SERVICE_URL are set"
+                )
+        else:
+            problems.extend(self._private_key_problems())
+        if self.smtp_username is not None and self.smtp_password is None:
+            problems.append("SMTP_PASSWORD: required when SMTP_USERNAME is set")
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    def _private_key_problems(self) -> list[str]:
+        algorithm = self.internal_jwt_algorithm
+        problems = []
+        if not self.internal_jwt_key_id:
+            problems.append(f"INTERNAL_JWT_KEY_ID: required with INTERNAL_JWT_ALGORITHM={algorithm}")
+        if self.internal_jwt_private_key is None:
+            return [*problems, f"INTERNAL_JWT_PRIVATE_KEY: required with INTERNAL_JWT_ALGORITHM={algorithm}"]
+        pem = self.internal_jwt_private_key.get_secret_value().encode()
+        try:
+            key = serialization.load_pem_private_key(pem, password=None)
+        except (ValueError, TypeError):
+            return [*problems, "INTERNAL_JWT_PRIVATE_KEY: not a readable unencrypted PEM private key"]
+        key_type, description = _PRIVATE_KEY_TYPES[algorithm]
+        if not isinstance(key, key_type) or (
+            algorithm == "ES256" and not isinstance(key.curve, ec.SECP256R1)  # type: ignore[attr-defined]
+        ):
+            problems.append(f"INTERNAL_JWT_PRIVATE_KEY: {algorithm} needs {description}")
+        return problems
+
+    # -- derived values ------------------------------------------------------
+
+    @property
+    def uses_real_services(self) -> bool:
+        return self.sql_service_url is not None or self.mongo_service_url is not None
+
+    @property
+    def jwt_signing_key(self) -> str:
+        """The HS256 secret or the PEM private key, whichever the algorithm signs with."""
+        if self.internal_jwt_algorithm == "HS256":
+            return self.internal_jwt_secret.get_secret_value() if self.internal_jwt_secret else DEMO_JWT_SECRET
+        assert self.internal_jwt_private_key is not None  # guaranteed by validation
+        return self.internal_jwt_private_key.get_secret_value()
+
+    @property
+    def demo_services_db_path(self) -> Path:
+        return self.demo_services_db or self.dagster_home / "demo_services.sqlite3"
+
+    @property
+    def outbox_dir(self) -> Path:
+        return self.mail_outbox_dir or self.dagster_home / "outbox"
+
+
+_SECRET_FIELDS = frozenset({"internal_jwt_secret", "internal_jwt_private_key", "smtp_password"})
+
+
+def _describe(error: dict) -> list[str]:
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if not error["loc"]:  # a cross-field check: its message already names the variables
+        return message.splitlines()
+    variable = str(error["loc"][0]).upper()
+    if str(error["loc"][0]) in _SECRET_FIELDS:
+        return [f"{variable}: {message}"]
+    return [f"{variable}={error.get('input')!r}: {message}"]
+
+
+def load_settings(environ: dict[str, str] | None = None) -> Settings:
+    """Settings from `environ` (default: the process environment), or SettingsError listing every problem."""
+    source = os.environ if environ is None else environ
+    # An empty variable counts as unset, as in most deployment tools' env files.
+    values = {name: source[name.upper()] for name in Settings.model_fields if source.get(name.upper())}
+    try:
+        return Settings.model_validate(values)
+    except ValidationError as exc:
+        lines = "\n".join(f"  - {line}" for error in exc.errors() for line in _describe(error))
+        raise SettingsError(f"invalid configuration:\n{lines}") from None

@@ -1,0 +1,27 @@
+"""Every job test runs against the stand-ins on loopback and a real SMTP server."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from cron_pipelines.demo_services.testing import ServiceWorld
+from cron_pipelines_tests.support.job_world import JobWorld, job_environment
+from cron_pipelines_tests.support.smtp_sink import SmtpSink
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpSink]:
+    with SmtpSink() as sink:
+        yield sink
+
+
+@pytest.fixture
+def world(services: ServiceWorld, smtp: SmtpSink, tmp_path: Path) -> Iterator[JobWorld]:
+    dagster_home = tmp_path / "dagster_home"
+    dagster_home.mkdir()
+    with dg.instance_for_test(temp_dir=str(dagster_home)) as instance:
+        yield JobWorld(services, smtp, job_environment(services, smtp, str(dagster_home)), instance)

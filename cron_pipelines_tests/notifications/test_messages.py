@@ -1,0 +1,149 @@
+"""Messages per contract §6: headers, both parts, escaping, and refusal of unsafe recipients."""
+
+from __future__ import annotations
+
+import email
+from email import policy
+
+import pytest
+
+from cron_pipelines.notifications.messages import (
+    MessageComposer,
+    Notification,
+    NotificationKind,
+    UnsendableNotification,
+    check_recipient,
+)
+
+KIND_CONTEXTS = {
+    NotificationKind.PAYMENT_REMINDER: {"amount": "INR 1,250.00", "description": "Membership fee", "due_date": "2026-12-05", "days_before": 7},
+    NotificationKind.OVERDUE_NOTICE: {"amount": "INR 1,250.00", "description": "Membership fee", "due_date": "2026-11-21", "days_past_due": 7},
+    NotificationKind.INACTIVITY_WARNING: {"last_active_date": "2026-10-29", "deactivation_date": "2027-01-27"},
+    NotificationKind.ACCOUNT_DEACTIVATED: {"last_active_date": "2026-08-30"},
+    NotificationKind.VERIFICATION_RESULT: {"status": "verified", "requested_date": "2026-11-20"},
+    NotificationKind.VERIFICATION_REMINDER: {"days_since_request": 3, "requested_date": "2026-11-25", "expiry_date": "2026-12-09"},
+    NotificationKind.OPS_ALERT: {"job_name": "send_payment_reminders", "partition_key": "2026-11-28", "run_id": "abc", "run_url": "http://localhost:3000/runs/abc", "error": "boom"},
+}
+
+
+@pytest.fixture(scope="module")
+def composer() -> MessageComposer:
+    return MessageComposer("Cron Pipelines <no-reply@example.com>")
+
+
+def _notification(kind: NotificationKind, *, email_address: str | None = "asha@example.com", name: str | None = "Asha Rao", key: str | None = None, **context) -> Notification:
+    return Notification(
+        key=key or f"{kind.value}:x_1:2026-12-05:7",
+        kind=kind,
+        user_id="usr_1",
+        email=email_address,
+        name=name,
+        context={**KIND_CONTEXTS[kind], **context},
+    )
+
+
+def _parse(data: bytes) -> email.message.EmailMessage:
+    message = email.message_from_bytes(data, policy=policy.default)
+    assert not message.defects
+    return message  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("kind", list(NotificationKind))
+def test_every_kind_renders_a_complete_message(composer: MessageComposer, kind: NotificationKind) -> None:
+    notification = _notification(kind)
+    outgoing = composer.compose(notification)
+    message = _parse(outgoing.data)
+
+    assert message["From"] == "Cron Pipelines <no-reply@example.com>"
+    assert message["To"].addresses[0].addr_spec == "asha@example.com"
+    assert message["To"].addresses[0].display_name == "Asha Rao"
+    assert message["Subject"].strip()
+    assert message["Date"].datetime is not None
+    assert message["Message-ID"] == outgoing.message_id
+    assert outgoing.message_id.endswith("@example.com>")
+    assert message["X-Notification-Kind"] == kind.value
+    assert message["X-Notification-Id"] == notification.key
+    assert message.get_content_type() == "multipart/alternative"
+    text = message.get_body(("plain",)).get_content()
+    html = message.get_body(("html",)).get_content()
+    assert notification.key in text and notification.key in html
+    assert outgoing.recipient == "asha@example.com" and outgoing.sender == "no-reply@example.com"
+    assert b"\r\n" in outgoing.data and b"\n" not in outgoing.data.replace(b"\r\n", b"")
+
+
+def test_payment_reminder_wording_depends_on_days_before(composer: MessageComposer) -> None:
+    today = _parse(composer.compose(_notification(NotificationKind.PAYMENT_REMINDER, days_before=0)).data)
+    week = _parse(composer.compose(_notification(NotificationKind.PAYMENT_REMINDER, days_before=7)).data)
+    one = _parse(composer.compose(_notification(NotificationKind.PAYMENT_REMINDER, days_before=1)).data)
+    assert today["Subject"] == "Payment due today: INR 1,250.00"
+    assert week["Subject"] == "Payment due in 7 days: INR 1,250.00"
+    assert one["Subject"] == "Payment due in 1 day: INR 1,250.00"
+    assert "due today (2026-12-05)" in today.get_body(("plain",)).get_content()
+
+
+def test_html_part_escapes_data_and_text_part_keeps_it(composer: MessageComposer) -> None:
+    hostile = "<script>alert(1)</script> & Co"
+    message = _parse(composer.compose(_notification(NotificationKind.PAYMENT_REMINDER, name=hostile, description="<b>fee</b>")).data)
+    html = message.get_body(("html",)).get_content()
+    text = message.get_body(("plain",)).get_content()
+    assert "<script>" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; Co" in html
+    assert "&lt;b&gt;fee&lt;/b&gt;" in html
+    assert f"Hello {hostile}," in text
+    assert message["To"].addresses[0].display_name == hostile
+
+
+def test_non_ascii_names_and_subjects_are_encoded(composer: MessageComposer) -> None:
+    outgoing = composer.compose(
+        _notification(NotificationKind.PAYMENT_REMINDER, name="Åsa Öberg, Jr.", amount="€ 12,00")
+    )
+    assert outgoing.data.isascii()
+    message = _parse(outgoing.data)
+    assert message["To"].addresses[0].display_name == "Åsa Öberg, Jr."
+    assert message["Subject"] == "Payment due in 7 days: € 12,00"
+    assert "Hello Åsa Öberg, Jr.," in message.get_body(("plain",)).get_content()
+
+
+def test_data_in_subject_cannot_inject_headers(composer: MessageComposer) -> None:
+    outgoing = composer.compose(
+        _notification(NotificationKind.PAYMENT_REMINDER, amount="10\r\nBcc: victim@example.com")
+    )
+    message = _parse(outgoing.data)
+    assert message["Bcc"] is None
+    assert message["Subject"] == "Payment due in 7 days: 10 Bcc: victim@example.com"
+
+
+@pytest.mark.parametrize(
+    ("email_address", "name", "reason"),
+    [
+        (None, "Asha", "missing e-mail address"),
+        ("   ", "Asha", "missing e-mail address"),
+        ("not-an-email", "Asha", "invalid e-mail address"),
+        ("a@example.com\r\nBcc: victim@example.com", "Asha", "header injection"),
+        ("a@example.com", "Eve\r\nBcc: victim@example.com", "header injection"),
+        ("a@example.com", "Eve\nX-Evil: 1", "header injection"),
+        ("a@example.com", "Eve\x00", "header injection"),
+        ("two@example.com, three@example.com", "Asha", "invalid e-mail address"),
+        ("Asha <a@example.com>", None, "invalid e-mail address"),
+    ],
+)
+def test_unsafe_or_invalid_recipients_are_refused_with_a_reason(
+    composer: MessageComposer, email_address: str | None, name: str | None, reason: str
+) -> None:
+    with pytest.raises(UnsendableNotification, match=reason):
+        composer.compose(_notification(NotificationKind.PAYMENT_REMINDER, email_address=email_address, name=name))
+
+
+def test_unsafe_idempotency_key_is_refused(composer: MessageComposer) -> None:
+    with pytest.raises(UnsendableNotification, match="idempotency key"):
+        composer.compose(_notification(NotificationKind.PAYMENT_REMINDER, key="payment_reminder:a\r\nBcc: x"))
+
+
+def test_check_recipient_normalises_the_address() -> None:
+    assert check_recipient(" asha@EXAMPLE.com ", "  Asha  ") == ("asha@example.com", "Asha")
+    assert check_recipient("asha@example.com", "") == ("asha@example.com", None)
+
+
+def test_message_ids_are_unique(composer: MessageComposer) -> None:
+    ids = {composer.compose(_notification(NotificationKind.PAYMENT_REMINDER)).message_id for _ in range(200)}
+    assert len(ids) == 200

@@ -1,0 +1,209 @@
+"""The outbox and SMTP transports, against a real aiosmtpd server on loopback."""
+
+from __future__ import annotations
+
+import email
+import os
+import time
+from email import policy
+from pathlib import Path
+
+import pytest
+
+from cron_pipelines.notifications.messages import MessageComposer, Notification, NotificationKind, OutgoingMessage
+from cron_pipelines.notifications.transports import OutboxTransport, SmtpSettings, SmtpTransport
+from cron_pipelines_tests.support.certificates import self_signed_localhost
+from cron_pipelines_tests.support.smtp_sink import SmtpSink, free_port
+
+COMPOSER = MessageComposer("Cron Pipelines <no-reply@example.com>")
+
+
+def _messages(count: int, *, prefix: str = "u") -> list[OutgoingMessage]:
+    return [
+        COMPOSER.compose(
+            Notification(
+                key=f"account_deactivated:{prefix}{index}:2026-08-01T00:00:00Z",
+                kind=NotificationKind.ACCOUNT_DEACTIVATED,
+                user_id=f"{prefix}{index}",
+                email=f"{prefix}{index}@example.com",
+                name=f"User {index}",
+                context={"last_active_date": "2026-08-01"},
+            )
+        )
+        for index in range(count)
+    ]
+
+
+@pytest.fixture
+def smtp_sink():
+    with SmtpSink() as sink:
+        yield sink
+
+
+def _smtp(sink: SmtpSink, **options) -> SmtpTransport:
+    return SmtpTransport(SmtpSettings(host=sink.host, port=sink.port, timeout=5), **options)
+
+
+# --- outbox -----------------------------------------------------------------
+
+
+def test_outbox_writes_one_parseable_eml_per_message_in_time_order(tmp_path: Path) -> None:
+    transport = OutboxTransport(tmp_path / "outbox")
+    messages = _messages(5)
+    results = transport.send_batch(messages[:3]) + transport.send_batch(messages[3:])
+
+    assert [result.status for result in results] == ["sent"] * 5
+    files = sorted(os.listdir(tmp_path / "outbox"))
+    assert len(files) == 5 and all(name.endswith(".eml") for name in files)
+    parsed = [email.message_from_bytes((tmp_path / "outbox" / name).read_bytes(), policy=policy.default) for name in files]
+    # Sorting the names gives the order of sending.
+    assert [message["X-Notification-Id"] for message in parsed] == [message.key for message in messages]
+    assert [message["Message-ID"] for message in parsed] == [message.message_id for message in messages]
+
+
+def test_outbox_that_cannot_be_written_reports_every_message_unavailable(tmp_path: Path) -> None:
+    transport = OutboxTransport(tmp_path / "outbox")
+    (tmp_path / "outbox").chmod(0o500)
+    try:
+        if os.access(tmp_path / "outbox", os.W_OK):  # running as root: permissions do not bind
+            (tmp_path / "outbox").chmod(0o700)
+            (tmp_path / "outbox").rmdir()
+            (tmp_path / "outbox").write_text("a file where the folder should be")
+        results = transport.send_batch(_messages(2))
+    finally:
+        if (tmp_path / "outbox").is_dir():
+            (tmp_path / "outbox").chmod(0o700)
+    assert [result.status for result in results] == ["unavailable", "unavailable"]
+    assert all("outbox not writable" in (result.error or "") for result in results)
+
+
+# --- smtp -------------------------------------------------------------------
+
+
+def test_smtp_delivers_over_one_reused_connection(smtp_sink: SmtpSink) -> None:
+    transport = _smtp(smtp_sink, max_connections=1)
+    messages = _messages(20)
+    try:
+        results = transport.send_batch(messages)
+    finally:
+        transport.close()
+    assert [result.status for result in results] == ["sent"] * 20
+    received = smtp_sink.wait_for(20)
+    assert [mail.notification_id for mail in received] == [message.key for message in messages]
+    assert received[0].mail_from == "no-reply@example.com" and received[0].rcpt_tos == ("u0@example.com",)
+    assert received[0].data.rstrip(b"\r\n") == messages[0].data.rstrip(b"\r\n")
+
+
+def test_a_refused_recipient_fails_only_its_own_message(smtp_sink: SmtpSink) -> None:
+    smtp_sink.refused_recipients.add("u1@example.com")
+    transport = _smtp(smtp_sink, max_connections=1)
+    try:
+        results = transport.send_batch(_messages(3))
+    finally:
+        transport.close()
+    assert [result.status for result in results] == ["sent", "failed", "sent"]
+    assert results[1].error is not None and results[1].error.startswith("recipient refused: 550")
+    assert {mail.rcpt_tos[0] for mail in smtp_sink.wait_for(2)} == {"u0@example.com", "u2@example.com"}
+
+
+def test_a_dropped_connection_is_reopened_once(smtp_sink: SmtpSink) -> None:
+    transport = _smtp(smtp_sink, max_connections=1)
+    messages = _messages(4)
+    try:
+        assert [r.status for r in transport.send_batch(messages[:2])] == ["sent", "sent"]
+        smtp_sink.restart()  # the server drops the session the transport holds
+        assert [r.status for r in transport.send_batch(messages[2:])] == ["sent", "sent"]
+    finally:
+        transport.close()
+    assert [mail.notification_id for mail in smtp_sink.wait_for(4)] == [message.key for message in messages]
+
+
+def test_a_server_that_is_down_marks_the_batch_unavailable_quickly() -> None:
+    transport = SmtpTransport(SmtpSettings(host="127.0.0.1", port=free_port(), timeout=5), max_connections=2)
+    started = time.monotonic()
+    try:
+        results = transport.send_batch(_messages(50))
+    finally:
+        transport.close()
+    assert {result.status for result in results} == {"unavailable"}
+    assert "cannot connect to SMTP server" in (results[0].error or "")
+    assert time.monotonic() - started < 5
+
+
+def test_server_going_down_mid_batch_keeps_what_was_sent(smtp_sink: SmtpSink) -> None:
+    transport = _smtp(smtp_sink, max_connections=1)
+    try:
+        first = transport.send_batch(_messages(2, prefix="a"))
+        smtp_sink.stop()
+        second = transport.send_batch(_messages(3, prefix="b"))
+    finally:
+        transport.close()
+    assert [r.status for r in first] == ["sent", "sent"]
+    assert [r.status for r in second] == ["unavailable"] * 3
+
+
+def test_login_when_credentials_are_configured() -> None:
+    with SmtpSink(credentials=("mailer", "s3cret-password")) as sink:
+        transport = SmtpTransport(
+            SmtpSettings(host=sink.host, port=sink.port, username="mailer", password="s3cret-password", timeout=5)
+        )
+        try:
+            assert [r.status for r in transport.send_batch(_messages(2))] == ["sent", "sent"]
+        finally:
+            transport.close()
+        assert sink.logins and set(sink.logins) == {"mailer"}
+
+        wrong = SmtpTransport(SmtpSettings(host=sink.host, port=sink.port, username="mailer", password="nope", timeout=5))
+        try:
+            results = wrong.send_batch(_messages(1))
+        finally:
+            wrong.close()
+        assert results[0].status == "unavailable"
+        assert "login refused" in (results[0].error or "") and "nope" not in (results[0].error or "")
+
+
+@pytest.mark.parametrize("security", ["starttls", "ssl"])
+def test_tls_modes(tmp_path: Path, security: str) -> None:
+    tls = self_signed_localhost(tmp_path)
+    server_options = (
+        {"starttls_context": tls.server_context()} if security == "starttls" else {"implicit_tls_context": tls.server_context()}
+    )
+    with SmtpSink(**server_options) as sink:
+        transport = SmtpTransport(
+            SmtpSettings(host="127.0.0.1", port=sink.port, security=security, timeout=5, ssl_context=tls.client_context())
+        )
+        try:
+            assert [r.status for r in transport.send_batch(_messages(2))] == ["sent", "sent"]
+        finally:
+            transport.close()
+        assert len(sink.wait_for(2)) == 2
+
+
+def test_parallel_connections_share_the_work_and_pay_latency_in_parallel() -> None:
+    with SmtpSink(latency=0.02) as sink:  # 3 commands a message: ~60 ms each on one connection
+        transport = SmtpTransport(SmtpSettings(host=sink.host, port=sink.port, timeout=5), max_connections=8)
+        messages = _messages(40)
+        try:
+            started = time.monotonic()
+            results = transport.send_batch(messages)
+            elapsed = time.monotonic() - started
+        finally:
+            transport.close()
+        assert [r.key for r in results] == [m.key for m in messages]  # results in input order
+        assert {r.status for r in results} == {"sent"}
+        assert sorted(mail.notification_id for mail in sink.wait_for(40)) == sorted(m.key for m in messages)
+        # Sequentially this is 40 x 60 ms = 2.4 s; eight sessions must do far better.
+        assert elapsed < 1.2
+
+
+def test_rate_limit_is_never_exceeded(smtp_sink: SmtpSink) -> None:
+    transport = _smtp(smtp_sink, max_connections=4, rate_limit_per_second=50)
+    try:
+        started = time.monotonic()
+        transport.send_batch(_messages(30))
+        elapsed = time.monotonic() - started
+    finally:
+        transport.close()
+    assert len(smtp_sink.wait_for(30)) == 30
+    # 30 messages at 50/s need at least 29 intervals of 20 ms.
+    assert elapsed >= 29 / 50

@@ -1,0 +1,1 @@
+"""Real peers for the tests (and the benchmark): an SMTP server, certificates."""

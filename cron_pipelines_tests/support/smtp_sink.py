@@ -1,0 +1,143 @@
+"""A real SMTP server (aiosmtpd) on loopback that keeps what it receives.
+
+It can refuse chosen recipients, require a login, speak STARTTLS or implicit TLS,
+add latency to every command like a remote provider, and be restarted on the same
+port to drop every open session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import socket
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from email import policy
+from email.message import EmailMessage
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
+
+
+@dataclass(frozen=True)
+class ReceivedMail:
+    mail_from: str
+    rcpt_tos: tuple[str, ...]
+    data: bytes
+
+    @property
+    def message(self) -> EmailMessage:
+        return email.message_from_bytes(self.data, policy=policy.default)  # type: ignore[return-value]
+
+    @property
+    def notification_id(self) -> str:
+        return str(self.message["X-Notification-Id"])
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class _Handler:
+    def __init__(self, sink: "SmtpSink") -> None:
+        self.sink = sink
+
+    async def _latency(self) -> None:
+        if self.sink.latency:
+            await asyncio.sleep(self.sink.latency)
+
+    async def handle_MAIL(self, server, session: Session, envelope: Envelope, address: str, options) -> str:
+        await self._latency()
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 OK"
+
+    async def handle_RCPT(self, server, session: Session, envelope: Envelope, address: str, options) -> str:
+        await self._latency()
+        if address in self.sink.refused_recipients:
+            return "550 5.1.1 <%s>: mailbox unavailable" % address
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session: Session, envelope: Envelope) -> str:
+        await self._latency()
+        self.sink._record(ReceivedMail(envelope.mail_from, tuple(envelope.rcpt_tos), envelope.original_content))
+        return "250 Message accepted for delivery"
+
+
+class SmtpSink:
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        credentials: tuple[str, str] | None = None,
+        starttls_context: ssl.SSLContext | None = None,
+        implicit_tls_context: ssl.SSLContext | None = None,
+        latency: float = 0.0,
+    ) -> None:
+        self.host = "127.0.0.1"
+        self.port = port or free_port()
+        self.refused_recipients: set[str] = set()
+        self.latency = latency
+        self.logins: list[str] = []
+        self._credentials = credentials
+        self._starttls_context = starttls_context
+        self._implicit_tls_context = implicit_tls_context
+        self._received: list[ReceivedMail] = []
+        self._lock = threading.Lock()
+        self._controller: Controller | None = None
+
+    def _authenticate(self, server, session, envelope, mechanism, auth_data) -> AuthResult:
+        if isinstance(auth_data, LoginPassword) and self._credentials is not None:
+            username, password = auth_data.login.decode(), auth_data.password.decode()
+            if (username, password) == self._credentials:
+                self.logins.append(username)
+                return AuthResult(success=True)
+        return AuthResult(success=False, handled=False)
+
+    def start(self) -> "SmtpSink":
+        options: dict = {"ready_timeout": 10.0}
+        if self._credentials is not None:
+            options.update(authenticator=self._authenticate, auth_require_tls=False, auth_required=True)
+        if self._starttls_context is not None:
+            options.update(tls_context=self._starttls_context, require_starttls=True)
+        if self._implicit_tls_context is not None:
+            options.update(ssl_context=self._implicit_tls_context)
+        self._controller = Controller(_Handler(self), hostname=self.host, port=self.port, **options)
+        self._controller.start()
+        return self
+
+    def stop(self) -> None:
+        if self._controller is not None:
+            self._controller.stop()
+            self._controller = None
+
+    def restart(self) -> None:
+        """Stop and start on the same port: every open session is dropped."""
+        self.stop()
+        self.start()
+
+    def _record(self, mail: ReceivedMail) -> None:
+        with self._lock:
+            self._received.append(mail)
+
+    @property
+    def received(self) -> list[ReceivedMail]:
+        with self._lock:
+            return list(self._received)
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> list[ReceivedMail]:
+        deadline = time.monotonic() + timeout
+        while len(self.received) < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return self.received
+
+    def __enter__(self) -> "SmtpSink":
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
