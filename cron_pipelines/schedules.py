@@ -68,9 +68,11 @@ def build_daily_schedule(
         today = context.scheduled_execution_time.astimezone(ZoneInfo(timezone)).date()
 
         def is_settled(day: date) -> bool:
-            if context.instance is None:
+            try:
+                instance = context.instance
+            except dg.DagsterInvariantViolationError:  # evaluated without an instance: no history to check
                 return True
-            records = context.instance.get_run_records(
+            records = instance.get_run_records(
                 dg.RunsFilter(
                     job_name=job.name, tags={"dagster/partition": day.isoformat()}, statuses=ACTIVE_RUN_STATUSES
                 ),

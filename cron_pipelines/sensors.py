@@ -72,14 +72,13 @@ def build_verification_attempts_sensor(
         )
         new_attempts: list[VerificationAttempt] = []
         malformed = 0
-        with mongo_service.open_client() as client:
-            for attempt in client.iter_verification_attempts(since=cursor.attempted_at):
-                if isinstance(attempt, RejectedRecord):
-                    malformed += 1
-                elif AttemptCursor.of(attempt) > cursor:
-                    new_attempts.append(attempt)
-                    if len(new_attempts) >= MAX_ATTEMPTS_PER_TICK:
-                        break
+        for attempt in mongo_service.client.iter_verification_attempts(since=cursor.attempted_at):
+            if isinstance(attempt, RejectedRecord):
+                malformed += 1
+            elif AttemptCursor.of(attempt) > cursor:
+                new_attempts.append(attempt)
+                if len(new_attempts) >= MAX_ATTEMPTS_PER_TICK:
+                    break
         if malformed:
             context.log.warning("%d malformed verification attempt(s) ignored", malformed)
         if not new_attempts:
@@ -143,19 +142,18 @@ def build_run_failure_alert_sensor(ops_alert_email: str | None, webserver_url: s
             },
             metadata={"failed_job": run.job_name},
         )
-        with mongo_service.open_client() as client:
-            transport = mailer.open_transport()
-            try:
-                pipeline = NotificationPipeline(
-                    ledger=client,  # type: ignore[arg-type]
-                    composer=mailer.composer,
-                    transport=transport,
-                    run=RunInfo(run_id=run.run_id, job_name="run_failure_alert_sensor", partition_key=partition_key),
-                    log=context.log,
-                )
-                pipeline.deliver_chunk([alert])
-            finally:
-                transport.close()
+        transport = mailer.open_transport()
+        try:
+            pipeline = NotificationPipeline(
+                ledger=mongo_service.client,
+                composer=mailer.composer,
+                transport=transport,
+                run=RunInfo(run_id=run.run_id, job_name="run_failure_alert_sensor", partition_key=partition_key),
+                log=context.log,
+            )
+            pipeline.deliver_chunk([alert])
+        finally:
+            transport.close()
         context.log.info("ops alert for run %s: %s", run.run_id, dict(pipeline.stats.counts))
 
     return run_failure_alert_sensor

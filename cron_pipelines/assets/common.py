@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -11,6 +13,7 @@ from typing import Any
 import dagster as dg
 from pydantic import BaseModel, Field
 
+from cron_pipelines.clients.errors import ServiceAuthError, ServiceProtocolError, ServiceRequestError
 from cron_pipelines.notifications.pipeline import NotificationPipeline, RunInfo
 from cron_pipelines.notifications.transports import MailTransport
 from cron_pipelines.resources import MailerResource, MongoServiceResource
@@ -34,6 +37,37 @@ class DeliveryThresholds(BaseModel):
     max_skipped_ratio: float = Field(
         0.05, ge=0, le=1, description="The check warns when more than this share of claimed notifications was skipped."
     )
+
+
+PERMANENT_ERRORS = (ServiceAuthError, ServiceRequestError, ServiceProtocolError)
+
+
+@contextmanager
+def _permanent_errors_fail_at_once() -> Iterator[None]:
+    try:
+        yield
+    except PERMANENT_ERRORS as exc:
+        # A refused token or request fails the same way on every retry: fail now, clearly.
+        raise dg.Failure(description=str(exc), allow_retries=False) from exc
+
+
+def no_retry_on_permanent_errors(fn: Callable) -> Callable:
+    """Asset bodies: the step RetryPolicy applies to transient failures only."""
+    if inspect.isgeneratorfunction(fn):
+
+        @functools.wraps(fn)
+        def generator(*args, **kwargs):
+            with _permanent_errors_fail_at_once():
+                yield from fn(*args, **kwargs)
+
+        return generator
+
+    @functools.wraps(fn)
+    def function(*args, **kwargs):
+        with _permanent_errors_fail_at_once():
+            return fn(*args, **kwargs)
+
+    return function
 
 
 def business_day(context: dg.AssetExecutionContext) -> BusinessDay:

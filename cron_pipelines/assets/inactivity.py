@@ -13,6 +13,7 @@ from cron_pipelines.assets.common import (
     delivery_check_result,
     delivery_check_spec,
     mail_transport,
+    no_retry_on_permanent_errors,
     new_pipeline,
     summary_metadata,
 )
@@ -140,9 +141,9 @@ def build_inactivity_assets(options: AssetFactoryOptions) -> list[dg.AssetsDefin
         dg.asset(
             name="inactivity_warnings", kinds={"python", "email"},
             check_specs=[delivery_check_spec("inactivity_warnings")], **common,
-        )(inactivity_warnings),
+        )(no_retry_on_permanent_errors(inactivity_warnings)),
         dg.asset(
             name="inactive_user_deactivations", kinds={"python", "email", "mongodb"},
             check_specs=[delivery_check_spec("inactive_user_deactivations")], **common,
-        )(inactive_user_deactivations),
+        )(no_retry_on_permanent_errors(inactive_user_deactivations)),
     ]

@@ -5,7 +5,13 @@ from datetime import datetime, timezone
 
 import dagster as dg
 
-from cron_pipelines.assets.common import AssetFactoryOptions, Stopwatch, business_day, summary_metadata
+from cron_pipelines.assets.common import (
+    AssetFactoryOptions,
+    Stopwatch,
+    business_day,
+    no_retry_on_permanent_errors,
+    summary_metadata,
+)
 from cron_pipelines.assets.external import NOTIFICATION_LEDGER
 from cron_pipelines.clients.http import RejectedRecord, RejectedTally
 from cron_pipelines.resources import MongoServiceResource
@@ -87,5 +93,5 @@ def build_ledger_assets(options: AssetFactoryOptions) -> list[dg.AssetsDefinitio
                     description="Warns when notifications were claimed and never sent, failed or skipped.",
                 )
             ],
-        )(ledger_health),
+        )(no_retry_on_permanent_errors(ledger_health)),
     ]

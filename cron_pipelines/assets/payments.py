@@ -13,6 +13,7 @@ from cron_pipelines.assets.common import (
     delivery_check_result,
     delivery_check_spec,
     mail_transport,
+    no_retry_on_permanent_errors,
     new_pipeline,
     summary_metadata,
 )
@@ -123,10 +124,10 @@ def build_payment_assets(options: AssetFactoryOptions) -> list[dg.AssetsDefiniti
         dg.asset(
             name="payment_reminders", deps=[DUES, NOTIFICATION_LEDGER], kinds={"python", "email"},
             check_specs=[delivery_check_spec("payment_reminders")], **common,
-        )(payment_reminders),
-        dg.asset(name="overdue_marks", deps=[DUES], kinds={"python", "sql"}, **common)(overdue_marks),
+        )(no_retry_on_permanent_errors(payment_reminders)),
+        dg.asset(name="overdue_marks", deps=[DUES], kinds={"python", "sql"}, **common)(no_retry_on_permanent_errors(overdue_marks)),
         dg.asset(
             name="overdue_notices", deps=["overdue_marks", NOTIFICATION_LEDGER], kinds={"python", "email"},
             check_specs=[delivery_check_spec("overdue_notices")], **common,
-        )(overdue_notices),
+        )(no_retry_on_permanent_errors(overdue_notices)),
     ]

@@ -15,6 +15,7 @@ from cron_pipelines.assets.common import (
     delivery_check_result,
     delivery_check_spec,
     mail_transport,
+    no_retry_on_permanent_errors,
     new_pipeline,
     summary_metadata,
 )
@@ -173,5 +174,5 @@ def build_verification_assets(options: AssetFactoryOptions) -> list[dg.AssetsDef
             check_specs=[delivery_check_spec(DECISIONS), delivery_check_spec(REMINDERS)],
             partitions_def=options.partitions_def,
             retry_policy=options.retry_policy,
-        )(verify_employees),
+        )(no_retry_on_permanent_errors(verify_employees)),
     ]

@@ -105,8 +105,12 @@ def check_result(result: dg.ExecuteInProcessResult, asset: str, check: str) -> d
 
 
 def failure_messages(result: dg.ExecuteInProcessResult) -> str:
-    return "\n".join(
-        (event.message or "") + "\n" + (str(event.event_specific_data.error.message) if getattr(event.event_specific_data, "error", None) else "")
-        for event in result.all_events
-        if event.is_failure
-    )
+    """Every failure event's message and error, causes included."""
+    parts = []
+    for event in result.all_events:
+        if event.is_failure:
+            parts.append(event.message or "")
+            error = getattr(event.event_specific_data, "error", None)
+            if error is not None:
+                parts.append(error.to_string())
+    return "\n".join(parts)

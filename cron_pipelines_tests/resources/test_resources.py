@@ -1,0 +1,59 @@
+"""Resources on the embedded demo: what `make dev` runs when no service URL is set."""
+
+from __future__ import annotations
+
+import email
+from datetime import datetime, timezone
+from email import policy
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from cron_pipelines.assembly import build_definitions
+from cron_pipelines.clients.models import Due
+from cron_pipelines.resources import MailerResource, build_resources
+from cron_pipelines.settings import load_settings
+
+
+@pytest.fixture
+def demo_settings(tmp_path: Path):
+    return load_settings({"DAGSTER_HOME": str(tmp_path)})
+
+
+def test_with_no_url_the_embedded_demo_is_served_seeded_and_shared(demo_settings, tmp_path: Path) -> None:
+    resources = build_resources(demo_settings)
+    with resources["sql_service"].process_config_and_initialize_cm() as sql:
+        dues = [item for item in sql.client.iter_dues(statuses=["pending"])]
+        first_url = str(sql.client._http.base_url)
+    assert (tmp_path / "demo_services.sqlite3").exists()
+    assert any(isinstance(item, Due) and item.id == "due_pending_in_7d" for item in dues)
+    assert first_url.startswith("http://127.0.0.1:")
+    with resources["sql_service"].process_config_and_initialize_cm() as again:
+        assert str(again.client._http.base_url) == first_url  # one embedded server per process
+        assert len(list(again.client.iter_dues(statuses=["pending"]))) == len(dues)  # seeded once
+
+
+def test_each_job_runs_on_the_embedded_demo_and_fills_the_outbox(demo_settings, tmp_path: Path) -> None:
+    defs = build_definitions(demo_settings)
+    today = datetime.now(timezone.utc).date().isoformat()
+    (tmp_path / "instance").mkdir()
+    with dg.instance_for_test(temp_dir=str(tmp_path / "instance")) as instance:
+        for job in ("mark_overdue_dues", "send_payment_reminders", "notify_inactive_users",
+                    "deactivate_inactive_users", "verify_employees", "maintenance"):
+            assert defs.resolve_job_def(job).execute_in_process(partition_key=today, instance=instance).success, job
+    files = sorted((tmp_path / "outbox").glob("*.eml"))
+    kinds = {email.message_from_bytes(f.read_bytes(), policy=policy.default)["X-Notification-Kind"] for f in files}
+    assert kinds == {"payment_reminder", "overdue_notice", "inactivity_warning", "account_deactivated",
+                     "verification_result", "verification_reminder"}
+    ids = [email.message_from_bytes(f.read_bytes(), policy=policy.default)["X-Notification-Id"] for f in files]
+    assert len(ids) == len(set(ids))
+    assert "payment_reminder:due_pending_in_7d:" in " ".join(ids)
+    assert not any("due_header_injection" in key or "due_no_email" in key for key in ids)
+
+
+def test_the_mailer_refuses_an_unknown_backend() -> None:
+    with pytest.raises(ValueError, match="unknown mailer backend 'pigeon'"):
+        MailerResource(backend="pigeon").open_transport()
+    with pytest.raises(ValueError, match="outbox_dir"):
+        MailerResource(backend="outbox").open_transport()

@@ -1,0 +1,92 @@
+"""`cron-pipelines run` and `cron-pipelines audit` as an operator and an auditor use them: real processes,
+the embedded demo, a real Dagster instance in DAGSTER_HOME."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from cron_pipelines.cli import mask_recipient
+
+
+def _cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    environment = {**os.environ, "DAGSTER_HOME": str(home)}
+    for name in ("SQL_SERVICE_URL", "MONGO_SERVICE_URL", "MAILER_BACKEND"):
+        environment.pop(name, None)
+    return subprocess.run(
+        [sys.executable, "-m", "cron_pipelines.cli", *args], env=environment, capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    home = tmp_path_factory.mktemp("dagster_home")
+    (home / "dagster.yaml").write_text((Path(__file__).parents[1] / "dagster.yaml").read_text())
+    return home
+
+
+@pytest.fixture(scope="module")
+def reminder_run(home: Path) -> str:
+    today = datetime.now(timezone.utc).date().isoformat()
+    result = _cli(home, "run", "send_payment_reminders", "--date", today)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"send_payment_reminders {today} succeeded run_id=" in result.stdout
+    return result.stdout.split("run_id=")[1].split()[0]
+
+
+def test_run_goes_through_the_instance_and_the_ledger(home: Path, reminder_run: str) -> None:
+    today = datetime.now(timezone.utc).date().isoformat()
+    again = _cli(home, "run", "send_payment_reminders", "--date", today)
+    assert again.returncode == 0
+    counts = json.loads(again.stdout.splitlines()[0].split(" ", 4)[4])
+    assert counts["payment_reminders"]["sent"] == 0 and counts["payment_reminders"]["duplicate"] > 0
+    assert (home / "storage").exists()  # the runs are in this instance's history
+
+
+def test_audit_a_user_shows_kind_status_masked_recipient_and_the_run(home: Path, reminder_run: str) -> None:
+    result = _cli(home, "audit", "--user", "usr_pending_in_7d", "--json")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    (row,) = [r for r in rows if r["run_id"] == reminder_run]
+    assert row["kind"] == "payment_reminder" and row["status"] == "sent"
+    assert row["idempotency_key"].startswith("payment_reminder:due_pending_in_7d:")
+    assert "***@" in row["recipient"]
+    assert row["run_status"] == "SUCCESS" and row["run_job"] == "send_payment_reminders"
+    assert row["run_trigger"] == "cli"
+    assert row["run_url"] == f"http://localhost:3000/runs/{reminder_run}"
+    assert row["message_id"] and row["sent_at"]
+
+    table = _cli(home, "audit", "--user", "usr_pending_in_7d")
+    assert "payment_reminder" in table.stdout and reminder_run in table.stdout
+    shown = _cli(home, "audit", "--user", "usr_pending_in_7d", "--json", "--show-recipients")
+    assert "***" not in json.loads(shown.stdout)[0]["recipient"]
+
+
+def test_audit_by_key_and_by_run(home: Path, reminder_run: str) -> None:
+    by_run = json.loads(_cli(home, "audit", "--run", reminder_run, "--json").stdout)
+    assert by_run and {row["run_id"] for row in by_run} == {reminder_run}
+    skipped = [row for row in by_run if row["status"] == "skipped"]
+    assert {row["error"] for row in skipped} >= {"missing e-mail address"}
+    key = by_run[0]["idempotency_key"]
+    (only,) = json.loads(_cli(home, "audit", "--key", key, "--json").stdout)
+    assert only["idempotency_key"] == key
+    nothing = _cli(home, "audit", "--key", "payment_reminder:none:2026-01-01:7")
+    assert nothing.returncode == 3 and "no notifications match" in nothing.stdout
+
+
+def test_bad_configuration_is_reported_not_raised(home: Path) -> None:
+    environment = {**os.environ, "DAGSTER_HOME": str(home), "MAILER_BACKEND": "pigeon"}
+    result = subprocess.run([sys.executable, "-m", "cron_pipelines.cli", "audit"], env=environment,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "MAILER_BACKEND='pigeon'" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(("address", "masked"), [("asha@example.com", "a***@example.com"), (None, ""), ("x", "***")])
+def test_mask_recipient(address: str | None, masked: str) -> None:
+    assert mask_recipient(address) == masked

@@ -1,0 +1,81 @@
+"""The code location loads from the environment with every job, schedule, sensor and resource."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+
+from cron_pipelines.assembly import build_definitions
+from cron_pipelines.settings import load_settings
+
+JOBS = {
+    "send_payment_reminders": {"payment_reminders"},
+    "mark_overdue_dues": {"overdue_marks", "overdue_notices"},
+    "notify_inactive_users": {"inactivity_warnings"},
+    "deactivate_inactive_users": {"inactive_user_deactivations"},
+    "verify_employees": {"verification_decisions", "verification_reminders"},
+    "maintenance": {"ledger_health"},
+}
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+def test_the_six_jobs_are_daily_partitioned_in_the_business_time_zone() -> None:
+    defs = build_definitions(load_settings({"CRON_TIMEZONE": "Europe/Berlin", "DAGSTER_HOME": "/tmp/unused"}))
+    for name, assets in JOBS.items():
+        job = defs.resolve_job_def(name)
+        partitions_def = job.partitions_def
+        assert isinstance(partitions_def, dg.DailyPartitionsDefinition)
+        assert partitions_def.timezone == "Europe/Berlin" and partitions_def.end_offset == 1
+        selected = {key.to_user_string() for key in job.asset_layer.executable_asset_keys}
+        assert selected == assets
+    assert {sensor.name for sensor in defs.sensors} == {"verification_attempts_sensor", "run_failure_alert_sensor"}
+    assert all(sensor.default_status == dg.DefaultSensorStatus.RUNNING for sensor in defs.sensors)
+
+
+def test_lineage_starts_at_the_services_data() -> None:
+    defs = build_definitions(load_settings({"DAGSTER_HOME": "/tmp/unused"}))
+    graph = defs.resolve_asset_graph()
+    parents = lambda name: {key.to_user_string() for key in graph.get(dg.AssetKey.from_user_string(name)).parent_keys}  # noqa: E731
+    assert parents("payment_reminders") == {"sql_service/dues", "mongo_service/notification_ledger"}
+    assert parents("overdue_notices") == {"overdue_marks", "mongo_service/notification_ledger"}
+    assert parents("verification_decisions") == {
+        "sql_service/verifications", "mongo_service/verification_attempts", "mongo_service/notification_ledger"}
+    assert parents("ledger_health") == {"mongo_service/notification_ledger"}
+    assert not graph.get(dg.AssetKey(["sql_service", "dues"])).is_materializable
+
+
+def test_secrets_from_the_environment_stay_env_vars_in_the_resource_config(monkeypatch) -> None:
+    monkeypatch.setenv("INTERNAL_JWT_SECRET", "a-real-secret-that-is-long-enough-000")
+    monkeypatch.setenv("SMTP_PASSWORD", "smtp-secret")
+    settings = load_settings({
+        "DAGSTER_HOME": "/tmp/unused", "SQL_SERVICE_URL": "https://sql.internal", "MONGO_SERVICE_URL": "https://mongo.internal",
+        "INTERNAL_JWT_SECRET": "a-real-secret-that-is-long-enough-000", "SMTP_USERNAME": "mailer", "SMTP_PASSWORD": "smtp-secret",
+    })
+    resources = build_definitions(settings).resources
+    assert resources["sql_service"].auth.secret == dg.EnvVar("INTERNAL_JWT_SECRET")
+    assert resources["mailer"].smtp_password == dg.EnvVar("SMTP_PASSWORD")
+    assert "a-real-secret" not in repr(resources["sql_service"]) and "smtp-secret" not in repr(resources["mailer"])
+
+
+def test_dagster_validates_the_code_location(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=PROJECT, env={"PATH": str(Path(sys.executable).parent), "DAGSTER_HOME": str(tmp_path), "HOME": str(tmp_path)},
+        capture_output=True, text=True, timeout=180,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "All code locations passed validation" in result.stdout + result.stderr
+
+
+def test_a_bad_environment_stops_the_code_location_naming_the_variable(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=PROJECT, env={"PATH": str(Path(sys.executable).parent), "DAGSTER_HOME": str(tmp_path), "HOME": str(tmp_path),
+                          "SMTP_PORT": "abc"},
+        capture_output=True, text=True, timeout=180,
+    )
+    assert result.returncode != 0
+    assert "SMTP_PORT='abc'" in result.stdout + result.stderr
