@@ -25,6 +25,9 @@ class InjectedFault:
     retry_after: float | None
     delay: float
     code: str
+    # The request is handled first and only its answer replaced: the work is done but the
+    # client sees a failure, as when a proxy loses a response.
+    after_handling: bool = False
 
 
 @dataclass
@@ -52,17 +55,21 @@ class FaultInjector:
         retry_after: float | None = None,
         delay: float = 0.0,
         code: str = "injected_fault",
+        after_handling: bool = False,
     ) -> None:
         """The next `times` requests to `method path` get `status` with a contract error body
-        (after sleeping `delay`), or, with no status, are served normally after `delay` seconds."""
+        (after sleeping `delay`), or, with no status, are served normally after `delay` seconds.
+        With `after_handling`, the service does the work and the answer is then lost."""
         if times < 1:
             raise ValueError("times must be at least 1")
         if status is None and delay <= 0:
             raise ValueError("a fault needs a status, a delay or both")
         if status is not None and not 400 <= status <= 599:
             raise ValueError("an injected status must be an error status (4xx or 5xx)")
+        if after_handling and status is None:
+            raise ValueError("a lost answer needs the status the client sees instead")
         with self._lock:
-            self._rules.append(_Rule(method.upper(), path, times, InjectedFault(status, retry_after, delay, code)))
+            self._rules.append(_Rule(method.upper(), path, times, InjectedFault(status, retry_after, delay, code, after_handling)))
 
     def clear(self) -> None:
         with self._lock:
@@ -146,6 +153,10 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
+async def _discard(message: Message) -> None:
+    """Swallows an answer that is to be lost."""
+
+
 def _retry_after_value(seconds: float) -> str:
     # Whole seconds as HTTP defines Retry-After; fractions kept so tests can retry fast.
     return str(int(seconds)) if float(seconds).is_integer() else f"{seconds:g}"
@@ -181,6 +192,8 @@ class InstrumentationMiddleware:
             if fault is not None and fault.delay > 0:
                 await asyncio.sleep(fault.delay)
             if fault is not None and fault.status is not None:
+                if fault.after_handling:
+                    await self.app(scope, receive, _discard)
                 await self._send_fault(fault, send_tagged)
             else:
                 await self.app(scope, receive, send_tagged)

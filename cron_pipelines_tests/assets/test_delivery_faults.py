@@ -205,3 +205,17 @@ def test_no_secret_reaches_the_event_log_or_the_output(world: JobWorld, capfd: p
     for secret in ("smtp-password-do-not-log", world.environment["INTERNAL_JWT_SECRET"],
                    "test-secret-0123456789abcdef0123456789abcdef", "eyJ"):  # "eyJ" starts every JWT
         assert secret not in everything  # ...no credential is
+
+
+def test_a_lost_claim_answer_is_recognised_on_retry_and_sent_once(world: JobWorld) -> None:
+    _seed_two(world)
+    # The ledger claims the chunk, then the answer is lost: the client retries the same request.
+    world.services.mongo_faults.add(method="POST", path="/v1/notifications/claims", status=502, after_handling=True)
+    result = world.run("send_payment_reminders", D)
+
+    assert result.success
+    assert world.sent_keys() == GOOD_KEYS  # sent, not stranded as `claimed` by its own retry
+    assert {record["status"] for record in world.ledger().values()} == {"sent"}
+    assert world.services.mongo_requests.count(path="/v1/notifications/claims") == 2
+    summary = metadata(result, "payment_reminders")
+    assert (summary["claimed"], summary["duplicate"]) == (2, 0)
