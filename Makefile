@@ -7,7 +7,7 @@ export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test install lock clean
+.PHONY: dev test bench install lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ dev: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# Performance figures (README, "Performance"): N=100000 by default; see benchmarks/run.py for modes.
+N ?= 100000
+bench: install
+	$(BIN)/python -m benchmarks.run --size $(N)
 
 # Re-resolve every pin after changing a dependency in pyproject.toml.
 lock:

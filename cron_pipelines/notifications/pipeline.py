@@ -13,11 +13,13 @@ never resent automatically, reported by the maintenance job.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -26,7 +28,7 @@ from cron_pipelines.clients.http import MAX_BATCH_ITEMS, RejectedRecord, Rejecte
 from cron_pipelines.clients.models import ClaimResult, NotificationClaim, NotificationOutcome, format_instant
 from cron_pipelines.clients.mongo_service import MongoServiceClient
 from cron_pipelines.notifications.messages import MessageComposer, Notification, OutgoingMessage, UnsendableNotification
-from cron_pipelines.notifications.transports import MailServerUnavailable, MailTransport
+from cron_pipelines.notifications.transports import MailServerUnavailable, MailTransport, SendResult
 
 logger = logging.getLogger("cron_pipelines.notifications")
 
@@ -77,6 +79,22 @@ class DeliveryStats:
         self.rejected.add(record)
 
 
+@dataclass
+class _Prepared:
+    """A claimed chunk: its claim results, the outcomes known already (skips), the composed messages."""
+
+    notifications: list[Notification]
+    claim_results: list[ClaimResult] = field(default_factory=list)
+    outcomes: list[NotificationOutcome] = field(default_factory=list)
+    messages: list[tuple[Notification, OutgoingMessage]] = field(default_factory=list)
+
+
+@dataclass
+class _InFlight:
+    prepared: _Prepared
+    sending: Future[list[SendResult]] | None
+
+
 class NotificationPipeline:
     def __init__(
         self,
@@ -95,51 +113,98 @@ class NotificationPipeline:
         self._log = log
         self.stats = stats or DeliveryStats()
         self._last_progress_log = time.monotonic()
+        self._progress_interval = PROGRESS_LOG_INTERVAL_SECONDS
         self._claim_token = ""
         self._last_unavailable_error: str | None = None
+        self._unavailable = 0
 
     def deliver(self, items: Iterable[Notification | RejectedRecord], *, gate: Gate | None = None) -> None:
-        """Deliver a stream of notifications chunk by chunk; RejectedRecords are counted, not sent."""
-        for chunk in chunked(items, MAX_BATCH_ITEMS):
-            self.deliver_chunk(chunk, gate=gate)
+        """Deliver a stream of notifications chunk by chunk; RejectedRecords are counted, not sent.
+
+        Pipelined: while one chunk's messages are on their way to the mail server, the
+        next chunk is claimed and composed, so the ledger, the renderer and the mail
+        server work at the same time. At most two chunks are in memory.
+        """
+        in_flight: _InFlight | None = None
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="notification-send") as sender:
+            try:
+                for chunk in chunked(items, MAX_BATCH_ITEMS):
+                    prepared = self._prepare_chunk(chunk, gate)
+                    if in_flight is not None:
+                        finishing, in_flight = in_flight, None
+                        try:
+                            self._complete(finishing)
+                        except MailServerUnavailable:
+                            # The next chunk is claimed but will not be sent now: record it for a later run.
+                            with contextlib.suppress(MailServerUnavailable):
+                                self._complete(_InFlight(prepared, None))
+                            raise self._server_unavailable() from None
+                    in_flight = self._start(prepared, sender)
+            finally:
+                # Whatever failed meanwhile, the chunk handed to the mail server gets its outcomes.
+                if in_flight is not None:
+                    self._complete(in_flight)
 
     def deliver_chunk(
         self, items: Sequence[Notification | RejectedRecord], *, gate: Gate | None = None
     ) -> list[tuple[Notification, ClaimResult]]:
         """Claim, send and record one chunk (≤ 500); each notification with its claim result."""
+        prepared = self._prepare_chunk(items, gate)
+        self._complete(self._start(prepared, None))
+        return list(zip(prepared.notifications, prepared.claim_results))
+
+    # -- a chunk's life: prepare (claim, compose), start (send), complete (record) ------
+
+    def _prepare_chunk(self, items: Sequence[Notification | RejectedRecord], gate: Gate | None) -> "_Prepared":
         notifications: list[Notification] = []
         for item in items:
             if isinstance(item, RejectedRecord):
                 self.stats.count_rejected(item)
             else:
                 notifications.append(item)
+        prepared = _Prepared(notifications)
         if not notifications:
-            return []
-        claim_results = self._claim(notifications)
-        owned = [
-            (notification, result)
-            for notification, result in zip(notifications, claim_results)
-            if self._owns(result)
-        ]
-        for notification, result in zip(notifications, claim_results):
-            if not self._owns(result):
+            return prepared
+        prepared.claim_results = self._claim(notifications)
+        owned = []
+        for notification, result in zip(notifications, prepared.claim_results, strict=True):
+            if self._owns(result):
+                owned.append((notification, result))
+                self.stats.count("claimed", notification.kind, notification.key)
+            else:
                 self.stats.count("duplicate", notification.kind, notification.key)
-        for notification, _ in owned:
-            self.stats.count("claimed", notification.kind, notification.key)
+        for (notification, _), reason in zip(owned, self._skip_reasons(owned, gate)):
+            self._prepare(notification, reason, prepared.outcomes, prepared.messages)
+        return prepared
 
-        outcomes: list[NotificationOutcome] = []
-        messages: list[tuple[Notification, OutgoingMessage]] = []
-        for notification, reason in zip(owned, self._skip_reasons(owned, gate)):
-            self._prepare(notification[0], reason, outcomes, messages)
-        unavailable = self._send(messages, outcomes)
-        self._record(outcomes)
+    def _start(self, prepared: "_Prepared", sender: ThreadPoolExecutor | None) -> "_InFlight":
+        """Hand the messages to the transport: in the background with `sender`, else now."""
+        messages = [message for _, message in prepared.messages]
+        if sender is not None:
+            return _InFlight(prepared, sender.submit(self._transport.send_batch, messages))
+        sent: Future[list[SendResult]] = Future()
+        sent.set_result(self._transport.send_batch(messages) if messages else [])
+        return _InFlight(prepared, sent)
+
+    def _complete(self, in_flight: "_InFlight") -> None:
+        """Record the chunk's outcomes; MailServerUnavailable once they are recorded, if the server was gone."""
+        prepared = in_flight.prepared
+        if in_flight.sending is None:
+            results = [SendResult(message.key, "unavailable", "not sent: the mail server was unavailable")
+                       for _, message in prepared.messages]
+        else:
+            results = in_flight.sending.result()
+        self._unavailable += self._outcomes_of_sending(prepared, results)
+        self._record(prepared.outcomes)
         self._log_progress()
-        if unavailable:
-            raise MailServerUnavailable(
-                f"{unavailable} notification(s) could not be sent and were recorded `failed` "
-                f"for a later run: {self._last_unavailable_error}"
-            )
-        return list(zip(notifications, claim_results))
+        if self._unavailable:
+            raise self._server_unavailable()
+
+    def _server_unavailable(self) -> MailServerUnavailable:
+        return MailServerUnavailable(
+            f"{self._unavailable} notification(s) could not be sent and were recorded `failed` "
+            f"for a later run: {self._last_unavailable_error}"
+        )
 
     # -- steps -----------------------------------------------------------------
 
@@ -200,22 +265,18 @@ class NotificationPipeline:
             self.stats.count("failed", notification.kind, notification.key)
             self._log.error("%s %s", notification.key, error)
 
-    def _send(
-        self, messages: list[tuple[Notification, OutgoingMessage]], outcomes: list[NotificationOutcome]
-    ) -> int:
-        if not messages:
-            return 0
-        results = self._transport.send_batch([message for _, message in messages])
+    def _outcomes_of_sending(self, prepared: "_Prepared", results: Sequence[SendResult]) -> int:
+        """Turn send results into outcomes and counts; how many found the server unavailable."""
         unavailable = 0
-        for (notification, message), result in zip(messages, results, strict=True):
+        for (notification, message), result in zip(prepared.messages, results, strict=True):
             if result.status == "sent":
-                outcomes.append(self._outcome(notification, "sent", message_id=message.message_id))
+                prepared.outcomes.append(self._outcome(notification, "sent", message_id=message.message_id))
                 self.stats.count("sent", notification.kind, notification.key)
                 continue
             if result.status == "unavailable":
                 unavailable += 1
-                self._last_unavailable_error = result.error
-            outcomes.append(self._outcome(notification, "failed", error=result.error))
+                self._last_unavailable_error = self._last_unavailable_error or result.error
+            prepared.outcomes.append(self._outcome(notification, "failed", error=result.error))
             self.stats.count("failed", notification.kind, notification.key)
         return unavailable
 
@@ -239,11 +300,12 @@ class NotificationPipeline:
         )
 
     def _log_progress(self) -> None:
-        # Throttled: one line per interval, not per chunk, so a run's event log stays
-        # the same size however many notifications it sends.
+        # After 10 s, 30 s, 70 s, 150 s, ... (the interval doubles): a long run shows
+        # progress, and the event log does not grow with the number of notifications.
         now = time.monotonic()
-        if now - self._last_progress_log >= PROGRESS_LOG_INTERVAL_SECONDS:
+        if now - self._last_progress_log >= self._progress_interval:
             self._last_progress_log = now
+            self._progress_interval *= 2
             self._log.info("progress: %s", dict(self.stats.counts))
 
     def metadata(self) -> dict[str, Any]:

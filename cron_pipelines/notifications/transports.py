@@ -9,14 +9,17 @@ recording them (contract §4).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import smtplib
 import ssl
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -92,20 +95,38 @@ def _reply_text(code: int, reply: bytes | str) -> str:
 
 
 class RateLimiter:
-    """At most `per_second` acquisitions per second across threads (a token bucket of one second)."""
+    """At most `per_second` messages in any one-second window, as the mail server counts them.
+
+    A send may start only while fewer than the allowed number are in flight or finished
+    within the window. Every message arrives at the server after it starts and before it
+    finishes, so no window at the server can hold more, whatever threads or the GIL do.
+    """
 
     def __init__(self, per_second: float) -> None:
-        self._interval = 1.0 / per_second
-        self._next = time.monotonic()
-        self._lock = threading.Lock()
+        self._permits = max(1, int(per_second))
+        self._window = self._permits / per_second
+        self._finished: deque[float] = deque()
+        self._in_flight = 0
+        self._changed = threading.Condition()
 
-    def acquire(self) -> None:
-        with self._lock:
-            now = time.monotonic()
-            slot = max(self._next, now)
-            self._next = slot + self._interval
-        if slot > now:
-            time.sleep(slot - now)
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        with self._changed:
+            while True:
+                now = time.monotonic()
+                while self._finished and self._finished[0] <= now - self._window:
+                    self._finished.popleft()
+                if self._in_flight + len(self._finished) < self._permits:
+                    self._in_flight += 1
+                    break
+                self._changed.wait(self._finished[0] + self._window - now if self._finished else None)
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._in_flight -= 1
+                self._finished.append(time.monotonic())
+                self._changed.notify_all()
 
 
 @dataclass(frozen=True)
@@ -228,11 +249,10 @@ class SmtpTransport:
     def _send_one(self, message: OutgoingMessage) -> SendResult:
         if self._server_down.is_set():
             return SendResult(message.key, "unavailable", self._down_reason)
-        if self._rate_limiter is not None:
-            self._rate_limiter.acquire()
         connection = self._connections.get()
         try:
-            result = connection.send(message)
+            with self._rate_limiter.slot() if self._rate_limiter is not None else contextlib.nullcontext():
+                result = connection.send(message)
         finally:
             self._connections.put(connection)
         if result.status == "unavailable":

@@ -219,3 +219,22 @@ def test_a_lost_claim_answer_is_recognised_on_retry_and_sent_once(world: JobWorl
     assert world.services.mongo_requests.count(path="/v1/notifications/claims") == 2
     summary = metadata(result, "payment_reminders")
     assert (summary["claimed"], summary["duplicate"]) == (2, 0)
+
+
+def test_smtp_down_across_chunks_leaves_nothing_claimed_and_a_later_run_sends_all_once(world: JobWorld) -> None:
+    # 1,200 reminders are three chunks; the second is claimed while the first is being sent.
+    world.services.store.add_users([user(f"usr_{n}") for n in range(1200)])
+    world.services.store.add_dues([due(f"due_{n}", user_id=f"usr_{n}", due_date="2026-12-01") for n in range(1200)])
+    world.smtp.stop()
+    down = world.run("send_payment_reminders", D)
+
+    assert not down.success
+    ledger = world.ledger()
+    assert len(ledger) == 1000 and {record["status"] for record in ledger.values()} == {"failed"}
+    assert "1000 notification(s) could not be sent and were recorded `failed`" in failure_messages(down)
+
+    world.smtp.start()
+    assert world.run("send_payment_reminders", D).success
+    keys = [mail.notification_id for mail in world.smtp.wait_for(1200)]
+    assert len(keys) == 1200 and len(set(keys)) == 1200
+    assert {record["status"] for record in world.ledger().values()} == {"sent"}

@@ -36,6 +36,15 @@ class ReceivedMail:
         return str(self.message["X-Notification-Id"])
 
 
+def _header_value(data: bytes, name: bytes) -> bytes:
+    """A header's raw value, found without parsing the whole message."""
+    start = data.find(b"\r\n" + name + b": ")
+    if start < 0:
+        return b""
+    start += len(name) + 4
+    return data[start : data.find(b"\r\n", start)]
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -78,6 +87,7 @@ class SmtpSink:
         starttls_context: ssl.SSLContext | None = None,
         implicit_tls_context: ssl.SSLContext | None = None,
         latency: float = 0.0,
+        keep_messages: bool = True,
     ) -> None:
         self.host = "127.0.0.1"
         self.port = port or free_port()
@@ -88,6 +98,12 @@ class SmtpSink:
         self._starttls_context = starttls_context
         self._implicit_tls_context = implicit_tls_context
         self._received: list[ReceivedMail] = []
+        # For volume runs: count and remember ids only, not every message's bytes.
+        self._keep_messages = keep_messages
+        self.count = 0
+        self.notification_ids: set[bytes] = set()
+        self.duplicate_ids = 0
+        self.arrivals: list[float] = []
         self._lock = threading.Lock()
         self._controller: Controller | None = None
 
@@ -122,8 +138,15 @@ class SmtpSink:
         self.start()
 
     def _record(self, mail: ReceivedMail) -> None:
+        notification_id = _header_value(mail.data, b"X-Notification-Id")
         with self._lock:
-            self._received.append(mail)
+            self.count += 1
+            self.arrivals.append(time.monotonic())
+            if notification_id in self.notification_ids:
+                self.duplicate_ids += 1
+            self.notification_ids.add(notification_id)
+            if self._keep_messages:
+                self._received.append(mail)
 
     @property
     def received(self) -> list[ReceivedMail]:

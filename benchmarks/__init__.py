@@ -1,0 +1,1 @@
+"""Benchmarks: the send path at scale, measured end to end (see README, "Performance")."""

@@ -1,0 +1,32 @@
+"""The benchmark still works and counts right (a small size; the figures come from `make bench`)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+def test_benchmark_runs_both_sides_end_to_end_and_counts_correctly() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--size", "2000", "--json"],
+        cwd=PROJECT, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    project, baseline = report["measurements"]
+    assert (project["side"], baseline["side"]) == ("project", "baseline")
+    for side in (project, baseline):
+        assert side["emails_received"] == 2000 and side["duplicate_emails"] == 0
+        # Two pages of 1,000, four claim batches and four outcome batches of 500: no per-record requests.
+        assert side["http_requests"] == {
+            "mongo-service POST /v1/notifications/claims": 4,
+            "mongo-service POST /v1/notifications/outcomes": 4,
+            "sql-service GET /v1/dues": 2,
+        }
+        assert side["seconds"] > 0 and side["peak_rss_mb"] > 0
+    # A summary per asset, not an event per notification.
+    assert project["dagster_events"] < 40
