@@ -88,6 +88,8 @@ class Settings(BaseModel):
     partitions_start_date: date = date(2026, 1, 1)
     ops_alert_email: str | None = None
 
+    prometheus_pushgateway_url: str | None = None
+
     step_max_retries: int = Field(3, ge=0, le=10)
     step_retry_delay_seconds: float = Field(30.0, ge=0)
     schedule_catchup_days: int = Field(3, ge=1, le=31)
@@ -99,6 +101,13 @@ class Settings(BaseModel):
         if value is not None and not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", value):
             raise ValueError("must be an http:// or https:// URL")
         return value.rstrip("/") if value else value
+
+    @field_validator("prometheus_pushgateway_url")
+    @classmethod
+    def _pushgateway_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"https?://\S+", value):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
 
     @field_validator("dagster_webserver_url")
     @classmethod

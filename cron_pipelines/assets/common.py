@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 from cron_pipelines.clients.errors import ServiceAuthError, ServiceProtocolError, ServiceRequestError
 from cron_pipelines.notifications.pipeline import NotificationPipeline, RunInfo
 from cron_pipelines.notifications.transports import MailTransport
-from cron_pipelines.resources import MailerResource, MongoServiceResource
+from cron_pipelines.resources import MailerResource, MetricsResource, MongoServiceResource
 from cron_pipelines.rules.calendar import BusinessDay
 
 DELIVERY_CHECK = "delivery_within_thresholds"
@@ -94,14 +94,17 @@ def new_pipeline(
     mongo_service: MongoServiceResource,
     mailer: MailerResource,
     transport: MailTransport,
+    metrics: MetricsResource,
 ) -> NotificationPipeline:
-    return NotificationPipeline(
+    pipeline = NotificationPipeline(
         ledger=mongo_service.client,
         composer=mailer.composer,
         transport=transport,
         run=run_info(context),
         log=context.log,
     )
+    metrics.track(pipeline.stats)
+    return pipeline
 
 
 class Stopwatch:

@@ -23,7 +23,7 @@ from cron_pipelines.clients.models import ClaimResult, Deactivation, InactiveUse
 from cron_pipelines.clients.mongo_service import MongoServiceClient
 from cron_pipelines.notifications.messages import Notification
 from cron_pipelines.notifications.pipeline import Gate
-from cron_pipelines.resources import MailerResource, MongoServiceResource
+from cron_pipelines.resources import MailerResource, MetricsResource, MongoServiceResource
 from cron_pipelines.rules import inactivity as rules
 from cron_pipelines.rules.confirmations import confirmation_skip_reason
 
@@ -37,13 +37,15 @@ def inactivity_warnings(
     config: InactivityConfig,
     mongo_service: MongoServiceResource,
     mailer: MailerResource,
+    metrics: MetricsResource,
 ) -> dg.MaterializeResult:
     """Warns each user inactive for 30 days, once per inactive stretch, naming the deactivation day."""
     stopwatch = Stopwatch()
+    metrics.observe(mongo_service.client)
     day = business_day(context)
     cutoff = day.days_before_start(config.warn_after_days)
     with mail_transport(mailer) as transport:
-        pipeline = new_pipeline(context, mongo_service, mailer, transport)
+        pipeline = new_pipeline(context, mongo_service, mailer, transport, metrics)
         users = mongo_service.client.iter_inactive_users(last_active_before=cutoff)
         pipeline.deliver(rules.inactivity_warnings(users, day, config))
     return dg.MaterializeResult(
@@ -57,6 +59,7 @@ def inactive_user_deactivations(
     config: InactivityConfig,
     mongo_service: MongoServiceResource,
     mailer: MailerResource,
+    metrics: MetricsResource,
 ) -> dg.MaterializeResult:
     """Deactivates users inactive for 90 days whose warning was sent at least 7 days ago; warns the rest.
 
@@ -65,12 +68,13 @@ def inactive_user_deactivations(
     warning's record and its date.
     """
     stopwatch = Stopwatch()
+    metrics.observe(mongo_service.client)
     day = business_day(context)
     cutoff = day.days_before_start(config.deactivate_after_days)
     warning_states: Counter[str] = Counter()
     write_outcomes: Counter[str] = Counter()
     with mail_transport(mailer) as transport:
-        pipeline = new_pipeline(context, mongo_service, mailer, transport)
+        pipeline = new_pipeline(context, mongo_service, mailer, transport, metrics)
         users = mongo_service.client.iter_inactive_users(last_active_before=cutoff)
         for chunk in chunked(users, MAX_BATCH_ITEMS):
             candidates: list[InactiveUser] = []

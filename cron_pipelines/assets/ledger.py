@@ -14,7 +14,7 @@ from cron_pipelines.assets.common import (
 )
 from cron_pipelines.assets.external import NOTIFICATION_LEDGER
 from cron_pipelines.clients.http import RejectedRecord, RejectedTally
-from cron_pipelines.resources import MongoServiceResource
+from cron_pipelines.resources import MetricsResource, MongoServiceResource
 from cron_pipelines.rules.ledger import StaleClaimPolicy, is_stale_claim
 
 STALE_CLAIMS_CHECK = "no_stale_claims"
@@ -25,7 +25,10 @@ class LedgerHealthConfig(dg.Config, StaleClaimPolicy):
 
 
 def ledger_health(
-    context: dg.AssetExecutionContext, config: LedgerHealthConfig, mongo_service: MongoServiceResource
+    context: dg.AssetExecutionContext,
+    config: LedgerHealthConfig,
+    mongo_service: MongoServiceResource,
+    metrics: MetricsResource,
 ) -> dg.MaterializeResult:
     """Counts ledger records still `claimed` 15 minutes after their claim: a run died between claim and send.
 
@@ -33,6 +36,7 @@ def ledger_health(
     their runs so an operator can check the mail server's logs and settle each one.
     """
     stopwatch = Stopwatch()
+    metrics.observe(mongo_service.client)
     day = business_day(context)
     cutoff = config.cutoff(day.as_of(datetime.now(timezone.utc)))
     by_kind: Counter[str] = Counter()

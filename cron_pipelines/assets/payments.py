@@ -19,7 +19,7 @@ from cron_pipelines.assets.common import (
 )
 from cron_pipelines.assets.external import DUES, NOTIFICATION_LEDGER
 from cron_pipelines.clients.http import RejectedRecord, RejectedTally
-from cron_pipelines.resources import MailerResource, MongoServiceResource, SqlServiceResource
+from cron_pipelines.resources import MailerResource, MetricsResource, MongoServiceResource, SqlServiceResource
 from cron_pipelines.rules import payments as rules
 
 
@@ -37,13 +37,15 @@ def payment_reminders(
     sql_service: SqlServiceResource,
     mongo_service: MongoServiceResource,
     mailer: MailerResource,
+    metrics: MetricsResource,
 ) -> dg.MaterializeResult:
     """Reminds users of pending dues due in 7, 3, 1 and 0 days."""
     stopwatch = Stopwatch()
+    metrics.observe(sql_service.client, mongo_service.client)
     day = business_day(context)
     due_from, due_to = config.window(day.day)
     with mail_transport(mailer) as transport:
-        pipeline = new_pipeline(context, mongo_service, mailer, transport)
+        pipeline = new_pipeline(context, mongo_service, mailer, transport, metrics)
         dues = sql_service.client.iter_dues(statuses=["pending"], due_from=due_from, due_to=due_to)
         pipeline.deliver(rules.payment_reminders(dues, day.day, config))
     return dg.MaterializeResult(
@@ -54,9 +56,12 @@ def payment_reminders(
     )
 
 
-def overdue_marks(context: dg.AssetExecutionContext, sql_service: SqlServiceResource) -> dg.MaterializeResult:
+def overdue_marks(
+    context: dg.AssetExecutionContext, sql_service: SqlServiceResource, metrics: MetricsResource
+) -> dg.MaterializeResult:
     """Marks every pending due whose date has passed as overdue; one paid meanwhile is skipped."""
     stopwatch = Stopwatch()
+    metrics.observe(sql_service.client)
     day = business_day(context)
     rejected = RejectedTally()
 
@@ -96,13 +101,15 @@ def overdue_notices(
     sql_service: SqlServiceResource,
     mongo_service: MongoServiceResource,
     mailer: MailerResource,
+    metrics: MetricsResource,
 ) -> dg.MaterializeResult:
     """Tells users their due is 1, 7, 14 and 30 days overdue."""
     stopwatch = Stopwatch()
+    metrics.observe(sql_service.client, mongo_service.client)
     day = business_day(context)
     due_from, due_to = config.notice_window(day.day)
     with mail_transport(mailer) as transport:
-        pipeline = new_pipeline(context, mongo_service, mailer, transport)
+        pipeline = new_pipeline(context, mongo_service, mailer, transport, metrics)
         dues = sql_service.client.iter_dues(statuses=["overdue"], due_from=due_from, due_to=due_to)
         pipeline.deliver(rules.overdue_notices(dues, day.day, config))
     return dg.MaterializeResult(

@@ -25,7 +25,7 @@ from cron_pipelines.clients.models import ClaimResult, Verification, Verificatio
 from cron_pipelines.clients.sql_service import SqlServiceClient
 from cron_pipelines.notifications.messages import Notification
 from cron_pipelines.notifications.pipeline import Gate
-from cron_pipelines.resources import MailerResource, MongoServiceResource, SqlServiceResource
+from cron_pipelines.resources import MailerResource, MetricsResource, MongoServiceResource, SqlServiceResource
 from cron_pipelines.rules import verifications as rules
 from cron_pipelines.rules.confirmations import confirmation_skip_reason
 
@@ -46,9 +46,11 @@ def verify_employees(
     sql_service: SqlServiceResource,
     mongo_service: MongoServiceResource,
     mailer: MailerResource,
+    metrics: MetricsResource,
 ):
     """Decides pending verifications (verified, rejected, expired) and reminds the undecided ones."""
     stopwatch = Stopwatch()
+    metrics.observe(sql_service.client, mongo_service.client)
     day = business_day(context)
     as_of = day.as_of(datetime.now(timezone.utc))
     only = set(config.verification_ids)
@@ -57,8 +59,8 @@ def verify_employees(
     rejected = RejectedTally()
     unassessed = 0
     with mail_transport(mailer) as transport:
-        decisions = new_pipeline(context, mongo_service, mailer, transport)
-        reminders = new_pipeline(context, mongo_service, mailer, transport)
+        decisions = new_pipeline(context, mongo_service, mailer, transport, metrics)
+        reminders = new_pipeline(context, mongo_service, mailer, transport, metrics)
         pending = sql_service.client.iter_verifications(statuses=["pending"])
         for chunk in chunked(pending, MAX_BATCH_ITEMS):
             verifications = []

@@ -18,7 +18,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import httpx
 from pydantic import BaseModel, ValidationError
@@ -105,6 +105,14 @@ class ClientStats:
             self.rejected_records += 1
 
 
+class RequestObserver(Protocol):
+    """Receives every request's result (metrics); see cron_pipelines.observability.metrics."""
+
+    def request_finished(self, *, service: str, endpoint: str, status: str, seconds: float) -> None: ...
+
+    def request_retried(self, *, service: str, endpoint: str) -> None: ...
+
+
 def describe_validation_error(exc: ValidationError, limit: int = 3) -> str:
     """A short reason naming the failing fields, e.g. `amount_cents: Input should be a valid integer`."""
     parts = []
@@ -169,6 +177,7 @@ class ServiceClient:
         self.service = service
         self.page_size = page_size
         self.stats = ClientStats()
+        self.observer: RequestObserver | None = None
         self._issuer = issuer
         self._backoff = backoff
         self._sleep = sleep
@@ -217,15 +226,22 @@ class ServiceClient:
                 response = self._http.request(method, path, params=params, json=json_body, headers=headers)
             except httpx.TimeoutException as exc:
                 failure, last_status, last_code = f"timed out ({type(exc).__name__})", None, None
+                status_label = "timeout"
             except httpx.TransportError as exc:
                 failure, last_status, last_code = f"connection failed ({type(exc).__name__})", None, None
+                status_label = "connection_error"
             else:
-                elapsed_ms = (time.perf_counter() - started) * 1000
+                status_label = str(response.status_code)
+            elapsed = time.perf_counter() - started
+            context = {"service": self.service, "method": method, "endpoint": path, "status": status_label,
+                       "request_id": request_id, "attempt": attempt, "elapsed_ms": round(elapsed * 1000, 1)}
+            if self.observer is not None:
+                self.observer.request_finished(service=self.service, endpoint=endpoint, status=status_label, seconds=elapsed)
+            if status_label.isdigit():
                 status = response.status_code
-                logger.debug(
-                    "%s %s -> %s in %.1f ms request_id=%s", self.service, endpoint, status, elapsed_ms, request_id
-                )
                 if 200 <= status < 300:
+                    logger.debug("%s %s -> %s in %.1f ms request_id=%s", self.service, endpoint, status,
+                                 elapsed * 1000, request_id, extra={**context, "outcome": "ok"})
                     return self._decode(response, method, path, request_id)
                 code, message = _error_code_and_message(response)
                 error_args = dict(
@@ -233,19 +249,28 @@ class ServiceClient:
                     request_id=request_id, attempts=attempt,
                 )
                 if status in (401, 403):
+                    logger.error("%s %s -> %s request_id=%s: %s", self.service, endpoint, status, request_id,
+                                 message, extra={**context, "outcome": "auth_refused"})
                     raise ServiceAuthError(message, **error_args)
                 if status not in TRANSIENT_STATUSES:
+                    logger.error("%s %s -> %s request_id=%s: %s", self.service, endpoint, status, request_id,
+                                 message, extra={**context, "outcome": "refused"})
                     raise ServiceRequestError(message, **error_args)
                 failure, last_status, last_code = message, status, code
                 retry_after = _retry_after_seconds(response)
             if attempt == self._backoff.max_attempts:
+                logger.error("%s %s gave up after %d attempts (status=%s, %s) request_id=%s", self.service,
+                             endpoint, attempt, last_status, failure, request_id,
+                             extra={**context, "outcome": "gave_up"})
                 break
             delay = self._backoff.delay(attempt - 1, retry_after)
             self.stats.count_retry()
+            if self.observer is not None:
+                self.observer.request_retried(service=self.service, endpoint=endpoint)
             logger.warning(
                 "%s %s failed (status=%s, %s) request_id=%s; retry %d/%d in %.2f s",
                 self.service, endpoint, last_status, failure, request_id,
-                attempt, self._backoff.max_attempts - 1, delay,
+                attempt, self._backoff.max_attempts - 1, delay, extra={**context, "outcome": "retry"},
             )
             self._sleep(delay)
         raise ServiceUnavailable(

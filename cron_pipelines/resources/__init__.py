@@ -12,6 +12,7 @@ from typing import Any
 from dagster import EnvVar
 from pydantic import SecretStr
 
+from cron_pipelines.observability.metrics import MetricsResource
 from cron_pipelines.resources.mailer import MailerResource
 from cron_pipelines.resources.services import (
     InternalJwtResource,
@@ -24,6 +25,7 @@ from cron_pipelines.settings import Settings
 __all__ = [
     "InternalJwtResource",
     "MailerResource",
+    "MetricsResource",
     "MongoServiceResource",
     "ServiceResource",
     "SqlServiceResource",
@@ -72,4 +74,5 @@ def build_resources(settings: Settings) -> dict[str, Any]:
             max_connections=settings.mail_max_connections,
             rate_limit_per_second=settings.mail_rate_limit_per_second,
         ),
+        "metrics": MetricsResource(pushgateway_url=settings.prometheus_pushgateway_url),
     }

@@ -1,0 +1,1 @@
+"""What the project tells operators besides run metadata: JSON log lines and Prometheus metrics."""

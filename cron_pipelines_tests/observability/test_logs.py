@@ -1,0 +1,69 @@
+"""JSON log lines through Dagster's handler config: run context, request ids, outcomes, no secrets or addresses."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from cron_pipelines.demo_services.testing import ServiceWorld
+from cron_pipelines.observability.logs import JsonLogFormatter, mask_emails
+from cron_pipelines_tests.conftest import TEST_JWT_SECRET
+from cron_pipelines_tests.demo_services.helpers import due, user
+from cron_pipelines_tests.support.job_world import JobWorld, job_environment
+from cron_pipelines_tests.support.smtp_sink import SmtpSink
+
+
+@pytest.fixture
+def log_file(tmp_path: Path) -> Path:
+    return tmp_path / "events.jsonl"
+
+
+@pytest.fixture
+def world(services: ServiceWorld, tmp_path: Path, log_file: Path) -> Iterator[JobWorld]:
+    python_logs = {
+        "managed_python_loggers": ["cron_pipelines"],
+        "python_log_level": "INFO",
+        "dagster_handler_config": {
+            "handlers": {"json": {"class": "logging.FileHandler", "filename": str(log_file), "formatter": "json"}},
+            "formatters": {"json": {"()": "cron_pipelines.observability.logs.JsonLogFormatter"}},
+        },
+    }
+    home = tmp_path / "home"
+    home.mkdir()
+    with SmtpSink() as smtp, dg.instance_for_test(temp_dir=str(home), overrides={"python_logs": python_logs}) as instance:
+        yield JobWorld(services, smtp, job_environment(services, smtp, str(home)), instance)
+
+
+def test_every_event_is_one_json_line_with_the_run_context(world: JobWorld, log_file: Path) -> None:
+    world.services.store.add_users([user("usr_a")])
+    world.services.store.add_dues([due("due_a", user_id="usr_a", due_date="2026-12-01")])
+    world.services.sql_faults.add(method="GET", path="/v1/dues", status=503)
+    result = world.run("send_payment_reminders", "2026-11-28")
+    assert result.success
+
+    text = log_file.read_text()
+    lines = [json.loads(line) for line in text.splitlines()]
+    run_lines = [line for line in lines if line.get("run_id") == result.run_id]
+    assert len(run_lines) >= 10
+    assert all(line["job"] == "send_payment_reminders" and line["partition"] == "2026-11-28" for line in run_lines)
+    assert {"RUN_START", "STEP_SUCCESS", "ASSET_MATERIALIZATION", "RUN_SUCCESS"} <= {line.get("event") for line in run_lines}
+    (retry,) = [line for line in run_lines if line.get("outcome") == "retry"]
+    assert retry["level"] == "WARNING" and retry["service"] == "sql-service" and retry["status"] == "503"
+    assert len(retry["request_id"]) == 32 and retry["step"] == "payment_reminders"
+    assert TEST_JWT_SECRET not in text and "eyJ" not in text and "usr_a@example.com" not in text
+
+
+def test_formatter_masks_addresses_at_info_and_keeps_them_at_debug() -> None:
+    formatter = JsonLogFormatter()
+    info = logging.LogRecord("cron_pipelines.x", logging.INFO, __file__, 1, "sent to asha.rao@example.com", None, None)
+    debug = logging.LogRecord("cron_pipelines.x", logging.DEBUG, __file__, 1, "sent to asha.rao@example.com", None, None)
+    info.request_id = "abc"
+    assert json.loads(formatter.format(info)) | {"ts": None} == {
+        "ts": None, "level": "INFO", "logger": "cron_pipelines.x", "message": "sent to a***@example.com", "request_id": "abc"}
+    assert json.loads(formatter.format(debug))["message"] == "sent to asha.rao@example.com"
+    assert mask_emails("a@b.co and bob.smith+x@mail.example.org") == "a***@b.co and b***@mail.example.org"

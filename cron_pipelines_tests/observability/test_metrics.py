@@ -1,0 +1,79 @@
+"""Prometheus metrics pushed at the end of a run, received by a real HTTP receiver and parsed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from cron_pipelines.demo_services.testing import ServiceWorld
+from cron_pipelines_tests.demo_services.helpers import due, user
+from cron_pipelines_tests.support.job_world import JobWorld, job_environment
+from cron_pipelines_tests.support.pushgateway import PushgatewayStandIn
+from cron_pipelines_tests.support.smtp_sink import SmtpSink
+
+D = "2026-11-28"
+
+
+@pytest.fixture
+def gateway() -> Iterator[PushgatewayStandIn]:
+    with PushgatewayStandIn() as receiver:
+        yield receiver
+
+
+@pytest.fixture
+def world(services: ServiceWorld, tmp_path: Path, gateway: PushgatewayStandIn) -> Iterator[JobWorld]:
+    with SmtpSink() as smtp, dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        environment = job_environment(services, smtp, str(tmp_path), PROMETHEUS_PUSHGATEWAY_URL=gateway.url)
+        yield JobWorld(services, smtp, environment, instance)
+
+
+def _value(samples: dict, name: str, **labels: str) -> float:
+    return samples[(name, tuple(sorted(labels.items())))]
+
+
+def test_a_run_pushes_notification_request_retry_and_duration_metrics(world: JobWorld, gateway: PushgatewayStandIn) -> None:
+    world.services.store.add_users([user("usr_a"), user("usr_b"), user("usr_c", email=None)])
+    world.services.store.add_dues([due(f"due_{x}", user_id=f"usr_{x}", due_date="2026-12-01") for x in "abc"])
+    world.smtp.refused_recipients.add("usr_b@example.com")
+    world.services.sql_faults.add(method="GET", path="/v1/dues", status=503)
+
+    assert world.run("send_payment_reminders", D).success
+
+    (push,) = gateway.pushes
+    assert push.method == "PUT"
+    assert push.path == "/metrics/job/cron_pipelines/dagster_job/send_payment_reminders"
+    assert push.content_type.startswith("text/plain")
+    samples = push.samples()
+    notifications = "cron_pipelines_notifications_total"
+    job = {"job": "send_payment_reminders", "kind": "payment_reminder"}
+    assert _value(samples, notifications, **job, outcome="claimed") == 3
+    assert _value(samples, notifications, **job, outcome="sent") == 1
+    assert _value(samples, notifications, **job, outcome="failed") == 1
+    assert _value(samples, notifications, **job, outcome="skipped") == 1
+    requests = "cron_pipelines_service_requests_total"
+    assert _value(samples, requests, service="sql-service", endpoint="GET /v1/dues", status="503") == 1
+    assert _value(samples, requests, service="sql-service", endpoint="GET /v1/dues", status="200") == 1
+    assert _value(samples, requests, service="mongo-service", endpoint="POST /v1/notifications/claims", status="200") == 1
+    assert _value(samples, "cron_pipelines_service_retries_total", service="sql-service", endpoint="GET /v1/dues") == 1
+    latency = "cron_pipelines_service_request_duration_seconds_count"
+    assert _value(samples, latency, service="sql-service", endpoint="GET /v1/dues") == 2
+    assert _value(samples, "cron_pipelines_run_duration_seconds_count", job="send_payment_reminders") == 1
+    assert _value(samples, "cron_pipelines_run_duration_seconds_sum", job="send_payment_reminders") > 0
+
+
+def test_a_failed_run_still_pushes_what_it_did(world: JobWorld, gateway: PushgatewayStandIn) -> None:
+    world.services.store.add_users([user("usr_a")])
+    world.services.store.add_dues([due("due_a", user_id="usr_a", due_date="2026-12-01")])
+    world.smtp.stop()
+    assert not world.run("send_payment_reminders", D).success
+    samples = gateway.pushes[-1].samples()
+    assert _value(samples, "cron_pipelines_notifications_total", job="send_payment_reminders",
+                  kind="payment_reminder", outcome="failed") == 1
+
+
+def test_an_unreachable_pushgateway_does_not_fail_the_run(world: JobWorld) -> None:
+    world.configure(PROMETHEUS_PUSHGATEWAY_URL="http://127.0.0.1:9")
+    assert world.run("maintenance", D).success
