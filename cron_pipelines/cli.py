@@ -3,6 +3,7 @@
   run JOB --date D | --from D1 --to D2   run a job for days, on the Dagster instance (like the old seed-jobs.sh)
   audit [--user ID] [--key K] [--run R] [--kind K] [--since D] [--json]
                                          which email went to whom, when, why and from which run
+  health [--json]                        instance, daemon, services, mail: exit 0 when all are fine
   demo-services [--sql-port P] [--mongo-port P]
                                          serve the stand-in services for curl
   demo-seed [--reset]                    (re)fill the embedded demo data for today
@@ -183,6 +184,29 @@ def _print_table(rows: Sequence[dict[str, Any]]) -> None:
             print(f"{row['idempotency_key']}: {row['status']}: {row['error']}")
 
 
+# --- health ------------------------------------------------------------------------------
+
+
+def command_health(settings: Settings, args: argparse.Namespace) -> int:
+    from cron_pipelines.observability.health import CheckResult, report, run_health_checks
+
+    try:
+        instance = _instance(settings)
+    except Exception as exc:  # reported like every other failed check
+        results = [CheckResult("instance storage", False, f"{type(exc).__name__}: {exc}", 0.0)]
+    else:
+        with instance:
+            results = run_health_checks(settings, instance)
+    summary = report(results)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        for result in results:
+            print(f"{'ok  ' if result.ok else 'FAIL'}  {result.name:18}  {result.detail}  ({result.seconds:.2f} s)")
+        print("healthy" if summary["healthy"] else "UNHEALTHY")
+    return 0 if summary["healthy"] else 1
+
+
 # --- demo services ---------------------------------------------------------------------
 
 
@@ -247,6 +271,10 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--json", action="store_true", help="print JSON instead of a table")
     audit.add_argument("--show-recipients", action="store_true", help="print addresses unmasked")
     audit.set_defaults(handler=command_audit)
+
+    health = commands.add_parser("health", help="check instance, daemon, services and mail; exit 1 if any fails")
+    health.add_argument("--json", action="store_true")
+    health.set_defaults(handler=command_health)
 
     serve = commands.add_parser("demo-services", help="serve the stand-in services on loopback")
     serve.add_argument("--sql-port", type=int, default=8101)
