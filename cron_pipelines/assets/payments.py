@@ -1,7 +1,8 @@
 """Payment reminders, overdue marks and overdue notices for the business day."""
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from datetime import date
 
 import dagster as dg
 
@@ -19,6 +20,8 @@ from cron_pipelines.assets.common import (
 )
 from cron_pipelines.assets.external import DUES, NOTIFICATION_LEDGER
 from cron_pipelines.clients.http import RejectedRecord, RejectedTally
+from cron_pipelines.clients.models import Due, DueStatus
+from cron_pipelines.notifications.messages import Notification
 from cron_pipelines.resources import MailerResource, MetricsResource, MongoServiceResource, SqlServiceResource
 from cron_pipelines.rules import payments as rules
 
@@ -31,6 +34,34 @@ class OverdueNoticesConfig(dg.Config, rules.OverduePolicy, DeliveryThresholds):
     pass
 
 
+def _notify_about_dues(
+    context: dg.AssetExecutionContext,
+    thresholds: DeliveryThresholds,
+    status: DueStatus,
+    window: Callable[[date], tuple[date, date]],
+    notifications: Callable[[Iterable[Due | RejectedRecord], date], Iterable[Notification | RejectedRecord]],
+    sql_service: SqlServiceResource,
+    mongo_service: MongoServiceResource,
+    mailer: MailerResource,
+    metrics: MetricsResource,
+) -> dg.MaterializeResult:
+    """Stream the dues of `status` in the day's window through a rule and deliver what it decides."""
+    stopwatch = Stopwatch()
+    metrics.observe(sql_service.client, mongo_service.client)
+    day = business_day(context)
+    due_from, due_to = window(day.day)
+    with mail_transport(mailer) as transport:
+        pipeline = new_pipeline(context, mongo_service, mailer, transport, metrics)
+        dues = sql_service.client.iter_dues(statuses=[status], due_from=due_from, due_to=due_to)
+        pipeline.deliver(notifications(dues, day.day))
+    return dg.MaterializeResult(
+        metadata=summary_metadata(
+            day, stopwatch, due_from=due_from.isoformat(), due_to=due_to.isoformat(), **pipeline.metadata()
+        ),
+        check_results=[delivery_check_result(context.asset_key, pipeline.stats.counts, thresholds)],
+    )
+
+
 def payment_reminders(
     context: dg.AssetExecutionContext,
     config: PaymentRemindersConfig,
@@ -40,19 +71,10 @@ def payment_reminders(
     metrics: MetricsResource,
 ) -> dg.MaterializeResult:
     """Reminds users of pending dues due in 7, 3, 1 and 0 days."""
-    stopwatch = Stopwatch()
-    metrics.observe(sql_service.client, mongo_service.client)
-    day = business_day(context)
-    due_from, due_to = config.window(day.day)
-    with mail_transport(mailer) as transport:
-        pipeline = new_pipeline(context, mongo_service, mailer, transport, metrics)
-        dues = sql_service.client.iter_dues(statuses=["pending"], due_from=due_from, due_to=due_to)
-        pipeline.deliver(rules.payment_reminders(dues, day.day, config))
-    return dg.MaterializeResult(
-        metadata=summary_metadata(
-            day, stopwatch, due_from=due_from.isoformat(), due_to=due_to.isoformat(), **pipeline.metadata()
-        ),
-        check_results=[delivery_check_result(context.asset_key, pipeline.stats.counts, config)],
+    return _notify_about_dues(
+        context, config, "pending", config.window,
+        lambda dues, day: rules.payment_reminders(dues, day, config),
+        sql_service, mongo_service, mailer, metrics,
     )
 
 
@@ -104,19 +126,10 @@ def overdue_notices(
     metrics: MetricsResource,
 ) -> dg.MaterializeResult:
     """Tells users their due is 1, 7, 14 and 30 days overdue."""
-    stopwatch = Stopwatch()
-    metrics.observe(sql_service.client, mongo_service.client)
-    day = business_day(context)
-    due_from, due_to = config.notice_window(day.day)
-    with mail_transport(mailer) as transport:
-        pipeline = new_pipeline(context, mongo_service, mailer, transport, metrics)
-        dues = sql_service.client.iter_dues(statuses=["overdue"], due_from=due_from, due_to=due_to)
-        pipeline.deliver(rules.overdue_notices(dues, day.day, config))
-    return dg.MaterializeResult(
-        metadata=summary_metadata(
-            day, stopwatch, due_from=due_from.isoformat(), due_to=due_to.isoformat(), **pipeline.metadata()
-        ),
-        check_results=[delivery_check_result(context.asset_key, pipeline.stats.counts, config)],
+    return _notify_about_dues(
+        context, config, "overdue", config.notice_window,
+        lambda dues, day: rules.overdue_notices(dues, day, config),
+        sql_service, mongo_service, mailer, metrics,
     )
 
 

@@ -143,29 +143,41 @@ def _skip_for_malformed_due(
     )
 
 
+def _notifications_for_dues(
+    dues: Iterable[Due | RejectedRecord],
+    notification_for: Callable[[Due], Notification | None],
+    skip_for_malformed: Callable[[RejectedRecord], Notification | None],
+) -> Iterator[Notification | RejectedRecord]:
+    for due in dues:
+        if isinstance(due, RejectedRecord):
+            yield skip_for_malformed(due) or due
+        elif (notification := notification_for(due)) is not None:
+            yield notification
+
+
 def payment_reminders(
     dues: Iterable[Due | RejectedRecord], day: date, policy: PaymentReminderPolicy
 ) -> Iterator[Notification | RejectedRecord]:
     """The reminders `day` owes, in the order of `dues`; malformed dues become recorded skips where keyable."""
-    for due in dues:
-        if isinstance(due, RejectedRecord):
-            yield _skip_for_malformed_due(
-                due, NotificationKind.PAYMENT_REMINDER, lambda due_date: (due_date - day).days,
-                policy.reminder_days_before, payment_reminder_key,
-            ) or due
-        elif (notification := payment_reminder(due, day, policy)) is not None:
-            yield notification
+    return _notifications_for_dues(
+        dues,
+        lambda due: payment_reminder(due, day, policy),
+        lambda rejected: _skip_for_malformed_due(
+            rejected, NotificationKind.PAYMENT_REMINDER, lambda due_date: (due_date - day).days,
+            policy.reminder_days_before, payment_reminder_key,
+        ),
+    )
 
 
 def overdue_notices(
     dues: Iterable[Due | RejectedRecord], day: date, policy: OverduePolicy
 ) -> Iterator[Notification | RejectedRecord]:
     """The overdue notices `day` owes; malformed dues become recorded skips where keyable."""
-    for due in dues:
-        if isinstance(due, RejectedRecord):
-            yield _skip_for_malformed_due(
-                due, NotificationKind.OVERDUE_NOTICE, lambda due_date: (day - due_date).days,
-                policy.notice_days_past_due, overdue_notice_key,
-            ) or due
-        elif (notification := overdue_notice(due, day, policy)) is not None:
-            yield notification
+    return _notifications_for_dues(
+        dues,
+        lambda due: overdue_notice(due, day, policy),
+        lambda rejected: _skip_for_malformed_due(
+            rejected, NotificationKind.OVERDUE_NOTICE, lambda due_date: (day - due_date).days,
+            policy.notice_days_past_due, overdue_notice_key,
+        ),
+    )
