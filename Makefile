@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,deploy]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -23,6 +23,7 @@ dev: install
 	$(BIN)/dagster dev -w workspace.yaml
 
 test: install
+	scripts/ensure-postgres.sh
 	$(BIN)/python -m pytest
 
 # Performance figures (README, "Performance"): N=100000 by default; see benchmarks/run.py for modes.
@@ -33,7 +34,7 @@ bench: install
 # Re-resolve every pin after changing a dependency in pyproject.toml.
 lock:
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
-	.lock-venv/bin/python -m pip install --quiet -e '.[test]'
+	.lock-venv/bin/python -m pip install --quiet -e '.[test,deploy]'
 	{ sed -n '1,3p' constraints.txt; .lock-venv/bin/python -m pip freeze --exclude-editable | sort; } > constraints.new
 	mv constraints.new constraints.txt && rm -rf .lock-venv
 

@@ -36,14 +36,18 @@ def main() -> None:
     started = time.perf_counter()
     sent = claimed = 0
     with httpx.Client(timeout=30) as http, smtplib.SMTP("127.0.0.1", args.smtp_port) as smtp:
-        sql_headers = {"Authorization": f"Bearer {issuer.token_for('sql-service')}"}
-        mongo_headers = {"Authorization": f"Bearer {issuer.token_for('mongo-service')}"}
+        # Tokens live 5 minutes: ask the issuer each time (it re-mints shortly before expiry).
+        def sql_headers() -> dict[str, str]:
+            return {"Authorization": f"Bearer {issuer.token_for('sql-service')}"}
+
+        def mongo_headers() -> dict[str, str]:
+            return {"Authorization": f"Bearer {issuer.token_for('mongo-service')}"}
 
         def dues():
             params = {"status": "pending", "due_from": args.date.isoformat(),
                       "due_to": (args.date + timedelta(days=7)).isoformat(), "limit": 1000}
             while True:
-                page = http.get(f"{args.sql_url}/v1/dues", params=params, headers=sql_headers).json()
+                page = http.get(f"{args.sql_url}/v1/dues", params=params, headers=sql_headers()).json()
                 yield from page["items"]
                 if page["next_cursor"] is None:
                     return
@@ -65,7 +69,7 @@ def main() -> None:
         stream = reminders()
         while chunk := list(itertools.islice(stream, 500)):
             claims = http.post(
-                f"{args.mongo_url}/v1/notifications/claims", headers=mongo_headers,
+                f"{args.mongo_url}/v1/notifications/claims", headers=mongo_headers(),
                 json={"items": [{"idempotency_key": n.key, "kind": n.kind.value, "user_id": n.user_id,
                                  "recipient": n.email, "run_id": "baseline", "job_name": "baseline",
                                  "partition_key": args.date.isoformat(), "metadata": {}} for n in chunk]},
@@ -82,7 +86,7 @@ def main() -> None:
                                  "message_id": message.message_id,
                                  "at": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")})
             if outcomes:
-                http.post(f"{args.mongo_url}/v1/notifications/outcomes", headers=mongo_headers, json={"items": outcomes})
+                http.post(f"{args.mongo_url}/v1/notifications/outcomes", headers=mongo_headers(), json={"items": outcomes})
     print(json.dumps({"seconds": time.perf_counter() - started, "claimed": claimed, "sent": sent}))
 
 

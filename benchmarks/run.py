@@ -153,13 +153,13 @@ def _run_measured(command: list[str], environment: dict[str, str]) -> tuple[floa
 
 def measure(side: str, pristine: Path, work: Path, size: int, *, connections: int, latency: float,
             rate_limit: float | None, profile: Path | None = None) -> Measurement:
-    database = work / f"{side}-{connections}.sqlite3"
+    database = work / f"{side}-{size}-{connections}.sqlite3"
     copy_database(pristine, database)
     with services(database) as (sql_url, mongo_url), smtp_sink(latency) as (smtp_port, status_url):
         before = request_counts(sql_url, mongo_url)
         events = None
         if side == "project":
-            home = work / f"dagster_home-{connections}"
+            home = work / f"dagster_home-{size}-{connections}"
             home.mkdir()
             shutil.copy(PROJECT / "dagster.yaml", home / "dagster.yaml")
             environment = _environment(
@@ -234,9 +234,11 @@ def main(argv: list[str] | None = None) -> int:
             for connections in connection_counts:
                 measurements.append(measure("project", pristine, work, size, connections=connections,
                                             latency=args.smtp_latency, rate_limit=args.rate_limit, profile=args.profile))
+                print(f"done: {asdict(measurements[-1])}", file=sys.stderr, flush=True)
             if not args.no_baseline:
                 measurements.append(measure("baseline", pristine, work, size, connections=1,
                                             latency=args.smtp_latency, rate_limit=None))
+                print(f"done: {asdict(measurements[-1])}", file=sys.stderr, flush=True)
     failures = [m for m in measurements if m.emails_received != m.size or m.duplicate_emails]
     if args.json:
         print(json.dumps({"machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
