@@ -28,6 +28,10 @@ def test_the_production_instance_stores_everything_in_postgres(postgres_home: Po
         assert instance.run_monitoring_enabled and instance.run_monitoring_max_runtime_seconds == 7200
         assert instance.run_retries_enabled and instance.run_retries_max_retries == 2
         assert instance.run_retries_retry_on_asset_or_op_failure is False
+        assert type(instance.scheduler).__name__ == "DagsterDaemonScheduler"
+        assert (instance.scheduler.max_catchup_runs, instance.scheduler.max_tick_retries) == (3, 3)  # type: ignore[union-attr]
+        assert instance.managed_python_loggers == ["cron_pipelines"] and instance.python_log_level == "INFO"
+        assert instance.telemetry_enabled is False
 
 
 def test_runs_and_materializations_are_read_back_from_postgres(

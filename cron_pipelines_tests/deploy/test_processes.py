@@ -1,18 +1,23 @@
-"""The deployment on one machine: supervisord runs the code server, webserver and daemon on PostgreSQL;
-runs launched through the webserver go through the daemon's queue, never overlap for one partition,
-and a crashed process is restarted."""
+"""The deployment on one machine, as an operator starts it: deploy/start.sh runs supervisord with
+deploy/supervisord.conf, which runs the code server, the webserver and the daemon on PostgreSQL.
+
+Runs launched through the webserver's GraphQL API are queued, dequeued by the daemon, and two runs
+of one partition never overlap; a crashed process is restarted; stopping supervisord stops all."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TypeVar
 
 import dagster as dg
 import httpx
@@ -22,23 +27,28 @@ from cron_pipelines.observability.health import check_daemon
 from cron_pipelines_tests.deploy.conftest import PROJECT, PostgresHome
 from cron_pipelines_tests.support.smtp_sink import SmtpSink, free_port
 
+PROGRAMS = ("code-server", "webserver", "daemon")
+
 LAUNCH = """mutation Launch($partition: String!) {
   launchRun(executionParams: {
     selector: {repositoryLocationName: "cron_pipelines", repositoryName: "__repository__", jobName: "send_payment_reminders"},
     executionMetadata: {tags: [{key: "dagster/partition", value: $partition}]}
-  }) { __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } }
+  }) { __typename ... on LaunchRunSuccess { run { runId status } } ... on PythonError { message } }
 }"""
-
 
 JOBS = "{ repositoriesOrError { ... on RepositoryConnection { nodes { jobs { name } } } } }"
 
+DAEMON_HEALTH = "{ instance { daemonHealth { allDaemonStatuses { daemonType healthy required } } } }"
 
-def _wait(condition, timeout: float, what: str):
+T = TypeVar("T")
+
+
+def _wait(condition: Callable[[], T], timeout: float, what: str) -> T:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             value = condition()
-        except (httpx.HTTPError, KeyError, TypeError):
+        except (httpx.HTTPError, KeyError, IndexError, TypeError, ValueError):
             value = None
         if value:
             return value
@@ -46,18 +56,30 @@ def _wait(condition, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def _alive(pid: int) -> bool:
+    """Running, not gone and not a zombie waiting for its parent to reap it."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
 class Stack:
-    def __init__(self, home: PostgresHome, tmp_path: Path, smtp: SmtpSink) -> None:
+    """deploy/start.sh with free ports, its logs under DAGSTER_HOME, and a slow real SMTP server."""
+
+    def __init__(self, home: PostgresHome, smtp: SmtpSink) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.log_dir = home.path / "supervisor" / "logs"  # deploy/env.sh's default, under DAGSTER_HOME
         self.environment = {
             **home.environment,
             "DAGSTER_CODE_SERVER_PORT": str(free_port()),
             "DAGSTER_WEBSERVER_HOST": "127.0.0.1",
             "DAGSTER_WEBSERVER_PORT": str(self.port),
             "CRON_PIPELINES_BIN": str(Path(sys.executable).parent),
-            "CRON_PIPELINES_LOG_DIR": str(tmp_path / "logs"),
-            "CRON_PIPELINES_RUN_DIR": str(tmp_path / "run"),
+            # supervisord's control socket: a short path, as a Unix socket needs.
+            "CRON_PIPELINES_RUN_DIR": tempfile.mkdtemp(prefix="cron-pipelines-"),
             # A slow mail server (one session, latency per command) makes each run last
             # seconds, so two runs of one partition would overlap without the queue's limit.
             "MAILER_BACKEND": "smtp",
@@ -76,14 +98,22 @@ class Stack:
         return answer.json()["data"]
 
     def supervisorctl(self, *args: str) -> str:
+        """deploy/ctl.sh, as an operator runs it: only DAGSTER_HOME and the overridden settings set."""
         return subprocess.run(
-            [str(Path(sys.executable).parent / "supervisorctl"), "-c", str(PROJECT / "deploy" / "supervisord.conf"), *args],
+            [str(PROJECT / "deploy" / "ctl.sh"), *args],
             env=self.environment, capture_output=True, text=True, timeout=30,
         ).stdout
 
+    def pids(self) -> dict[str, int]:
+        return {program: int(self.supervisorctl("pid", program).strip()) for program in PROGRAMS}
+
     def stop(self) -> int:
-        os.killpg(self.process.pid, signal.SIGTERM)  # supervisord stops its programs, then exits
+        """SIGTERM to supervisord (what systemd or Ctrl-C does): it stops its programs, then exits."""
+        os.kill(self.process.pid, signal.SIGTERM)
         return self.process.wait(timeout=90)
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {log.name}\n{log.read_text()[-3000:]}" for log in sorted(self.log_dir.glob("*.log")))
 
 
 @pytest.fixture
@@ -93,50 +123,86 @@ def smtp() -> Iterator[SmtpSink]:
 
 
 @pytest.fixture
-def stack(postgres_home: PostgresHome, tmp_path: Path, smtp: SmtpSink) -> Iterator[Stack]:
-    running = Stack(postgres_home, tmp_path, smtp)
+def stack(postgres_home: PostgresHome, smtp: SmtpSink) -> Iterator[Stack]:
+    running = Stack(postgres_home, smtp)
     try:
         yield running
     finally:
         if running.process.poll() is None:
-            running.stop()
+            try:
+                running.stop()
+            except subprocess.TimeoutExpired:
+                os.killpg(running.process.pid, signal.SIGKILL)
+        shutil.rmtree(running.environment["CRON_PIPELINES_RUN_DIR"], ignore_errors=True)
 
 
-def test_three_processes_serve_queue_and_restart(stack: Stack, smtp: SmtpSink) -> None:
+def test_supervisord_runs_the_deployment_on_postgres(stack: Stack, smtp: SmtpSink) -> None:
+    try:
+        _exercise(stack, smtp)
+    except BaseException:
+        print(stack.logs())  # shown by pytest on failure: the three programs' own logs
+        raise
+
+
+def _exercise(stack: Stack, smtp: SmtpSink) -> None:
+    # Up: the webserver's health endpoint, the code location over gRPC, fresh daemon heartbeats
+    # (read from PostgreSQL directly, and as the webserver reports them).
     _wait(lambda: httpx.get(f"{stack.url}/server_info", timeout=2).status_code == 200, 120, "the webserver")
-    with dg.DagsterInstance.get() as instance:  # the same PostgreSQL the daemon writes its heartbeats to
-        _wait(lambda: check_daemon(instance).ok, 120, "fresh daemon heartbeats")
-    # The webserver loads the code location from the code server over gRPC.
     _wait(lambda: "send_payment_reminders" in json.dumps(stack.graphql(JOBS)), 120, "the code location")
-    status = stack.supervisorctl("status")
-    for program in ("code-server", "webserver", "daemon"):
-        assert f"{program}" in status and "RUNNING" in status.split(program, 1)[1].splitlines()[0]
+    with dg.DagsterInstance.get() as instance:
+        _wait(lambda: check_daemon(instance).ok, 120, "fresh daemon heartbeats")
 
-    # Two launches of one job and day, through the webserver: the queue runs them one after the other.
+    def daemons_healthy() -> bool:
+        daemons = stack.graphql(DAEMON_HEALTH)["instance"]["daemonHealth"]["allDaemonStatuses"]
+        required = [daemon for daemon in daemons if daemon["required"]]
+        return bool(required) and all(daemon["healthy"] for daemon in required)
+
+    _wait(daemons_healthy, 60, "the webserver to report every daemon healthy")
+    daemon_types = {d["daemonType"] for d in stack.graphql(DAEMON_HEALTH)["instance"]["daemonHealth"]["allDaemonStatuses"]}
+    assert {"SCHEDULER", "SENSOR", "QUEUED_RUN_COORDINATOR", "MONITORING"} <= daemon_types
+
+    def all_running() -> bool:
+        # supervisord calls a program RUNNING once it has stayed up for startsecs (5 s).
+        status = stack.supervisorctl("status")
+        return all("RUNNING" in status.split(program, 1)[1].splitlines()[0] for program in PROGRAMS)
+
+    _wait(all_running, 30, "supervisord to report all three programs RUNNING")
+
+    # Two launches of one job and day through the webserver: both are queued (the webserver
+    # never starts a run itself), the daemon starts them one after the other.
     today = datetime.now(timezone.utc).date().isoformat()
     launched = [stack.graphql(LAUNCH, partition=today)["launchRun"] for _ in range(2)]
     assert [answer["__typename"] for answer in launched] == ["LaunchRunSuccess"] * 2, launched
+    assert [answer["run"]["status"] for answer in launched] == ["QUEUED", "QUEUED"]
     run_ids = [answer["run"]["runId"] for answer in launched]
     with dg.DagsterInstance.get() as instance:
-        def finished():
+        def finished() -> list[dg.RunRecord] | None:
             records = [instance.get_run_record_by_id(run_id) for run_id in run_ids]
             return records if all(r.dagster_run.status == dg.DagsterRunStatus.SUCCESS for r in records) else None
 
         first, second = sorted(_wait(finished, 180, "both runs to succeed"), key=lambda r: r.start_time)
         assert first.end_time - first.start_time > 2  # long enough to have overlapped...
         assert second.start_time >= first.end_time  # ...but never at the same time
-        records = instance.fetch_materializations(dg.AssetKey("payment_reminders"), limit=10).records
-        summaries = [record.asset_materialization.metadata for record in records]
+        for record in (first, second):
+            events = instance.get_records_for_run(record.dagster_run.run_id, of_type=dg.DagsterEventType.PIPELINE_ENQUEUED)
+            assert len(events.records) == 1  # through the run queue
+        summaries = [
+            record.asset_materialization.metadata
+            for record in instance.fetch_materializations(dg.AssetKey("payment_reminders"), limit=10).records
+        ]
         assert sorted(summary["sent"].value for summary in summaries) == [0, len(smtp.received)]
     keys = [mail.notification_id for mail in smtp.received]
     assert keys and len(keys) == len(set(keys))
 
-    # A crashed daemon is restarted by supervisord.
-    old_pid = int(stack.supervisorctl("pid", "daemon").strip())
+    # A crashed daemon is restarted by supervisord, and beats again.
+    old_pid = stack.pids()["daemon"]
     os.kill(old_pid, signal.SIGKILL)
-    _wait(lambda: (pid := stack.supervisorctl("pid", "daemon").strip()).isdigit() and int(pid) not in (0, old_pid),
-          60, "the daemon to be restarted")
+    _wait(lambda: stack.pids()["daemon"] not in (0, old_pid), 60, "the daemon to be restarted")
 
+    # Stopped cleanly: supervisord exits 0 after stopping all three, nothing is left behind.
+    pids = stack.pids()
+    assert all(pids.values()), pids
     assert stack.stop() == 0
+    _wait(lambda: not any(_alive(pid) for pid in pids.values()), 10, "every program to exit")
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"{stack.url}/server_info", timeout=2)

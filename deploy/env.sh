@@ -1,0 +1,18 @@
+# Sourced by deploy/start.sh and deploy/ctl.sh: the deployment's settings, with their defaults,
+# so supervisord and supervisorctl always agree on DAGSTER_HOME, the ports and the socket.
+project="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+export DAGSTER_HOME="${DAGSTER_HOME:-/var/lib/cron-pipelines}"
+export DAGSTER_PG_PORT="${DAGSTER_PG_PORT:-5432}"
+export DAGSTER_CODE_SERVER_HOST="${DAGSTER_CODE_SERVER_HOST:-127.0.0.1}"
+export DAGSTER_CODE_SERVER_PORT="${DAGSTER_CODE_SERVER_PORT:-4266}"
+export DAGSTER_WEBSERVER_HOST="${DAGSTER_WEBSERVER_HOST:-0.0.0.0}"
+export DAGSTER_WEBSERVER_PORT="${DAGSTER_WEBSERVER_PORT:-3000}"
+export DAGSTER_WORKSPACE="${DAGSTER_WORKSPACE:-$project/deploy/workspace.yaml}"
+export CRON_PIPELINES_BIN="${CRON_PIPELINES_BIN:-$project/.venv/bin}"
+# supervisord's pid file and control socket (a Unix socket path must stay under ~100 characters).
+export CRON_PIPELINES_RUN_DIR="${CRON_PIPELINES_RUN_DIR:-$DAGSTER_HOME/supervisor}"
+# One rotated log per program. Not $DAGSTER_HOME/logs: Dagster's telemetry uploader owns that
+# folder and empties it, which would take the log files away and stop supervisord from
+# restarting a program.
+export CRON_PIPELINES_LOG_DIR="${CRON_PIPELINES_LOG_DIR:-$DAGSTER_HOME/supervisor/logs}"
