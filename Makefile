@@ -12,15 +12,16 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,deploy]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,deploy,bench]'
 	touch $(STAMP)
 
 install: $(STAMP)
 
+DEV_PORT ?= 3000
 dev: install
 	mkdir -p "$(DAGSTER_HOME)"
 	test -e "$(DAGSTER_HOME)/dagster.yaml" || cp dagster.yaml "$(DAGSTER_HOME)/dagster.yaml"
-	$(BIN)/dagster dev -w workspace.yaml
+	$(BIN)/dagster dev -w workspace.yaml -p $(DEV_PORT)
 
 test: install
 	scripts/ensure-postgres.sh
@@ -34,7 +35,7 @@ bench: install
 # Re-resolve every pin after changing a dependency in pyproject.toml.
 lock:
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
-	.lock-venv/bin/python -m pip install --quiet -e '.[test,deploy]'
+	.lock-venv/bin/python -m pip install --quiet -e '.[test,deploy,bench]'
 	{ sed -n '1,3p' constraints.txt; .lock-venv/bin/python -m pip freeze --exclude-editable | sort; } > constraints.new
 	mv constraints.new constraints.txt && rm -rf .lock-venv
 

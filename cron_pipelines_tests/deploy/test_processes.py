@@ -13,11 +13,9 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TypeVar
 
 import dagster as dg
 import httpx
@@ -26,34 +24,11 @@ import pytest
 from cron_pipelines.observability.health import check_daemon
 from cron_pipelines_tests.deploy.conftest import PROJECT, PostgresHome
 from cron_pipelines_tests.support.smtp_sink import SmtpSink, free_port
+from cron_pipelines_tests.support.webserver import JOB_NAMES, LAUNCH_PARTITION, graphql, wait_until
 
 PROGRAMS = ("code-server", "webserver", "daemon")
 
-LAUNCH = """mutation Launch($partition: String!) {
-  launchRun(executionParams: {
-    selector: {repositoryLocationName: "cron_pipelines", repositoryName: "__repository__", jobName: "send_payment_reminders"},
-    executionMetadata: {tags: [{key: "dagster/partition", value: $partition}]}
-  }) { __typename ... on LaunchRunSuccess { run { runId status } } ... on PythonError { message } }
-}"""
-
-JOBS = "{ repositoriesOrError { ... on RepositoryConnection { nodes { jobs { name } } } } }"
-
 DAEMON_HEALTH = "{ instance { daemonHealth { allDaemonStatuses { daemonType healthy required } } } }"
-
-T = TypeVar("T")
-
-
-def _wait(condition: Callable[[], T], timeout: float, what: str) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = condition()
-        except (httpx.HTTPError, KeyError, IndexError, TypeError, ValueError):
-            value = None
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _alive(pid: int) -> bool:
@@ -93,9 +68,7 @@ class Stack:
         )
 
     def graphql(self, query: str, **variables: str) -> dict:
-        answer = httpx.post(f"{self.url}/graphql", json={"query": query, "variables": variables}, timeout=30)
-        answer.raise_for_status()
-        return answer.json()["data"]
+        return graphql(self.url, query, **variables)
 
     def supervisorctl(self, *args: str) -> str:
         """deploy/ctl.sh, as an operator runs it: only DAGSTER_HOME and the overridden settings set."""
@@ -147,17 +120,17 @@ def test_supervisord_runs_the_deployment_on_postgres(stack: Stack, smtp: SmtpSin
 def _exercise(stack: Stack, smtp: SmtpSink) -> None:
     # Up: the webserver's health endpoint, the code location over gRPC, fresh daemon heartbeats
     # (read from PostgreSQL directly, and as the webserver reports them).
-    _wait(lambda: httpx.get(f"{stack.url}/server_info", timeout=2).status_code == 200, 120, "the webserver")
-    _wait(lambda: "send_payment_reminders" in json.dumps(stack.graphql(JOBS)), 120, "the code location")
+    wait_until(lambda: httpx.get(f"{stack.url}/server_info", timeout=2).status_code == 200, 120, "the webserver")
+    wait_until(lambda: "send_payment_reminders" in json.dumps(stack.graphql(JOB_NAMES)), 120, "the code location")
     with dg.DagsterInstance.get() as instance:
-        _wait(lambda: check_daemon(instance).ok, 120, "fresh daemon heartbeats")
+        wait_until(lambda: check_daemon(instance).ok, 120, "fresh daemon heartbeats")
 
     def daemons_healthy() -> bool:
         daemons = stack.graphql(DAEMON_HEALTH)["instance"]["daemonHealth"]["allDaemonStatuses"]
         required = [daemon for daemon in daemons if daemon["required"]]
         return bool(required) and all(daemon["healthy"] for daemon in required)
 
-    _wait(daemons_healthy, 60, "the webserver to report every daemon healthy")
+    wait_until(daemons_healthy, 60, "the webserver to report every daemon healthy")
     daemon_types = {d["daemonType"] for d in stack.graphql(DAEMON_HEALTH)["instance"]["daemonHealth"]["allDaemonStatuses"]}
     assert {"SCHEDULER", "SENSOR", "QUEUED_RUN_COORDINATOR", "MONITORING"} <= daemon_types
 
@@ -166,12 +139,12 @@ def _exercise(stack: Stack, smtp: SmtpSink) -> None:
         status = stack.supervisorctl("status")
         return all("RUNNING" in status.split(program, 1)[1].splitlines()[0] for program in PROGRAMS)
 
-    _wait(all_running, 30, "supervisord to report all three programs RUNNING")
+    wait_until(all_running, 30, "supervisord to report all three programs RUNNING")
 
     # Two launches of one job and day through the webserver: both are queued (the webserver
     # never starts a run itself), the daemon starts them one after the other.
     today = datetime.now(timezone.utc).date().isoformat()
-    launched = [stack.graphql(LAUNCH, partition=today)["launchRun"] for _ in range(2)]
+    launched = [stack.graphql(LAUNCH_PARTITION, job="send_payment_reminders", partition=today)["launchRun"] for _ in range(2)]
     assert [answer["__typename"] for answer in launched] == ["LaunchRunSuccess"] * 2, launched
     assert [answer["run"]["status"] for answer in launched] == ["QUEUED", "QUEUED"]
     run_ids = [answer["run"]["runId"] for answer in launched]
@@ -180,7 +153,7 @@ def _exercise(stack: Stack, smtp: SmtpSink) -> None:
             records = [instance.get_run_record_by_id(run_id) for run_id in run_ids]
             return records if all(r.dagster_run.status == dg.DagsterRunStatus.SUCCESS for r in records) else None
 
-        first, second = sorted(_wait(finished, 180, "both runs to succeed"), key=lambda r: r.start_time)
+        first, second = sorted(wait_until(finished, 180, "both runs to succeed"), key=lambda r: r.start_time)
         assert first.end_time - first.start_time > 2  # long enough to have overlapped...
         assert second.start_time >= first.end_time  # ...but never at the same time
         for record in (first, second):
@@ -197,12 +170,12 @@ def _exercise(stack: Stack, smtp: SmtpSink) -> None:
     # A crashed daemon is restarted by supervisord, and beats again.
     old_pid = stack.pids()["daemon"]
     os.kill(old_pid, signal.SIGKILL)
-    _wait(lambda: stack.pids()["daemon"] not in (0, old_pid), 60, "the daemon to be restarted")
+    wait_until(lambda: stack.pids()["daemon"] not in (0, old_pid), 60, "the daemon to be restarted")
 
     # Stopped cleanly: supervisord exits 0 after stopping all three, nothing is left behind.
     pids = stack.pids()
     assert all(pids.values()), pids
     assert stack.stop() == 0
-    _wait(lambda: not any(_alive(pid) for pid in pids.values()), 10, "every program to exit")
+    wait_until(lambda: not any(_alive(pid) for pid in pids.values()), 10, "every program to exit")
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"{stack.url}/server_info", timeout=2)
