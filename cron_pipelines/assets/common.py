@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import itertools
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -14,10 +15,13 @@ import dagster as dg
 from pydantic import BaseModel, Field
 
 from cron_pipelines.clients.errors import ServiceAuthError, ServiceProtocolError, ServiceRequestError
-from cron_pipelines.notifications.pipeline import NotificationPipeline, RunInfo
+from cron_pipelines.clients.http import RejectedRecord
+from cron_pipelines.notifications.messages import NotificationKind
+from cron_pipelines.notifications.pipeline import Gate, NotificationPipeline, RunInfo
 from cron_pipelines.notifications.transports import MailTransport
 from cron_pipelines.resources import MailerResource, MetricsResource, MongoServiceResource
 from cron_pipelines.rules.calendar import BusinessDay
+from cron_pipelines.rules.confirmations import confirmation_from_record
 
 DELIVERY_CHECK = "delivery_within_thresholds"
 
@@ -105,6 +109,32 @@ def new_pipeline(
     )
     metrics.track(pipeline.stats)
     return pipeline
+
+
+# Failed confirmations taken up per run. They are few (sends that failed after their
+# write); the bound keeps memory flat after a long mail outage, and the next run goes on.
+FAILED_CONFIRMATIONS_PER_RUN = 5_000
+
+
+def resend_failed_confirmations(
+    pipeline: NotificationPipeline, mongo_service: MongoServiceResource, kind: NotificationKind, gate: Gate
+) -> int:
+    """Claim, write again and send the confirmations of `kind` recorded `failed`; how many.
+
+    Their subjects have left the service's lists once the write is done, so the ledger is
+    where they are found. The gate repeats the write (idempotent): its `already` answer on
+    a retried claim sends the email. Collected before delivering, because claiming changes
+    the status the listing filters on.
+    """
+    failed = []
+    records = mongo_service.client.iter_notifications(kind=kind, status="failed")
+    for record in itertools.islice(records, FAILED_CONFIRMATIONS_PER_RUN):
+        if isinstance(record, RejectedRecord):
+            pipeline.stats.count_rejected(record)
+        else:
+            failed.append(confirmation_from_record(record))
+    pipeline.deliver(failed, gate=gate)
+    return len(failed)
 
 
 class Stopwatch:

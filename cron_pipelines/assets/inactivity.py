@@ -15,13 +15,14 @@ from cron_pipelines.assets.common import (
     mail_transport,
     no_retry_on_permanent_errors,
     new_pipeline,
+    resend_failed_confirmations,
     summary_metadata,
 )
 from cron_pipelines.assets.external import NOTIFICATION_LEDGER, USER_ACTIVITY
 from cron_pipelines.clients.http import MAX_BATCH_ITEMS, RejectedRecord, chunked
 from cron_pipelines.clients.models import ClaimResult, Deactivation, InactiveUser
 from cron_pipelines.clients.mongo_service import MongoServiceClient
-from cron_pipelines.notifications.messages import Notification
+from cron_pipelines.notifications.messages import Notification, NotificationKind
 from cron_pipelines.notifications.pipeline import Gate
 from cron_pipelines.resources import MailerResource, MetricsResource, MongoServiceResource
 from cron_pipelines.rules import inactivity as rules
@@ -73,6 +74,7 @@ def inactive_user_deactivations(
     cutoff = day.days_before_start(config.deactivate_after_days)
     warning_states: Counter[str] = Counter()
     write_outcomes: Counter[str] = Counter()
+    gate = _deactivation_gate(mongo_service.client, write_outcomes)
     with mail_transport(mailer) as transport:
         pipeline = new_pipeline(context, mongo_service, mailer, transport, metrics)
         users = mongo_service.client.iter_inactive_users(last_active_before=cutoff)
@@ -90,8 +92,8 @@ def inactive_user_deactivations(
                 warning_states[state] += 1
                 if state == "deactivate":
                     eligible.append(user)
-            gate = _deactivation_gate(mongo_service.client, eligible, write_outcomes)
             pipeline.deliver_chunk([rules.account_deactivated(user, day) for user in eligible], gate=gate)
+        resent = resend_failed_confirmations(pipeline, mongo_service, NotificationKind.ACCOUNT_DEACTIVATED, gate)
     return dg.MaterializeResult(
         metadata=summary_metadata(
             day,
@@ -102,22 +104,20 @@ def inactive_user_deactivations(
             active_again=write_outcomes["active_again"],
             not_found=write_outcomes["not_found"],
             warning_states=dict(warning_states),
+            failed_confirmations_retried=resent,
             **pipeline.metadata(),
         ),
         check_results=[delivery_check_result(context.asset_key, pipeline.stats.counts, config)],
     )
 
 
-def _deactivation_gate(
-    client: MongoServiceClient, users: Sequence[InactiveUser], write_outcomes: Counter[str]
-) -> Gate:
+def _deactivation_gate(client: MongoServiceClient, write_outcomes: Counter[str]) -> Gate:
     """Deactivates the users whose `account_deactivated` email this run claimed; sends it where that worked."""
-    user_by_key = {rules.account_deactivated_key(user.id, user.last_active_at): user for user in users}
 
     def deactivate(owned: Sequence[tuple[Notification, ClaimResult]]) -> list[str | None]:
         requests = [
-            Deactivation(user_id=user.id, last_active_at=user.last_active_at)
-            for user in (user_by_key[notification.key] for notification, _ in owned)
+            Deactivation(user_id=notification.user_id, last_active_at=notification.metadata["last_active_at"])
+            for notification, _ in owned
         ]
         reasons = []
         for (_, claim), (_, result) in zip(owned, client.deactivate_users(requests), strict=True):

@@ -17,13 +17,14 @@ from cron_pipelines.assets.common import (
     mail_transport,
     no_retry_on_permanent_errors,
     new_pipeline,
+    resend_failed_confirmations,
     summary_metadata,
 )
 from cron_pipelines.assets.external import NOTIFICATION_LEDGER, VERIFICATION_ATTEMPTS, VERIFICATIONS
 from cron_pipelines.clients.http import MAX_BATCH_ITEMS, RejectedRecord, RejectedTally, chunked
 from cron_pipelines.clients.models import ClaimResult, Verification, VerificationAttempt, VerificationDecision
 from cron_pipelines.clients.sql_service import SqlServiceClient
-from cron_pipelines.notifications.messages import Notification
+from cron_pipelines.notifications.messages import Notification, NotificationKind
 from cron_pipelines.notifications.pipeline import Gate
 from cron_pipelines.resources import MailerResource, MetricsResource, MongoServiceResource, SqlServiceResource
 from cron_pipelines.rules import verifications as rules
@@ -58,6 +59,7 @@ def verify_employees(
     write_outcomes: Counter[str] = Counter()
     rejected = RejectedTally()
     unassessed = 0
+    gate = _decision_gate(sql_service.client, write_outcomes)
     with mail_transport(mailer) as transport:
         decisions = new_pipeline(context, mongo_service, mailer, transport, metrics)
         reminders = new_pipeline(context, mongo_service, mailer, transport, metrics)
@@ -85,9 +87,10 @@ def verify_employees(
                     reminder_notifications.append(rules.verification_reminder(verification, verdict, day, config))
             decisions.deliver_chunk(
                 [rules.verification_result(verification, decision, day) for verification, decision in results],
-                gate=_decision_gate(sql_service.client, results, write_outcomes),
+                gate=gate,
             )
             reminders.deliver_chunk(reminder_notifications)
+        resent = resend_failed_confirmations(decisions, mongo_service, NotificationKind.VERIFICATION_RESULT, gate)
     common = dict(
         only_verification_ids=len(only), rejected_verifications=rejected.count, unassessed=unassessed
     )
@@ -100,6 +103,7 @@ def verify_employees(
             verified=decided["verified"], rejected=decided["rejected"], expired=decided["expired"],
             updated=write_outcomes["updated"], unchanged=write_outcomes["unchanged"],
             invalid_state=write_outcomes["invalid_state"], not_found=write_outcomes["not_found"],
+            failed_confirmations_retried=resent,
             **{f"email_{name}": value for name, value in decisions.metadata().items()}, **common,
         ),
         check_results=[delivery_check_result(DECISIONS, decisions.stats.counts, config)],
@@ -128,21 +132,17 @@ def _attempts_by_verification(
     return attempts, unreadable
 
 
-def _decision_gate(
-    client: SqlServiceClient,
-    results: Sequence[tuple[Verification, rules.Decision]],
-    write_outcomes: Counter[str],
-) -> Gate:
+def _decision_gate(client: SqlServiceClient, write_outcomes: Counter[str]) -> Gate:
     """Writes the decisions whose `verification_result` email this run claimed; sends it where that worked."""
-    decision_by_key = {
-        rules.verification_result_key(verification.id, decision.status): (verification, decision)
-        for verification, decision in results
-    }
 
     def decide(owned: Sequence[tuple[Notification, ClaimResult]]) -> list[str | None]:
         requests = [
-            VerificationDecision(verification_id=verification.id, status=decision.status, reason=decision.reason)
-            for verification, decision in (decision_by_key[notification.key] for notification, _ in owned)
+            VerificationDecision(
+                verification_id=notification.metadata["verification_id"],
+                status=notification.metadata["status"],
+                reason=notification.metadata["reason"],
+            )
+            for notification, _ in owned
         ]
         reasons = []
         for (_, claim), (_, result) in zip(owned, client.decide_verifications(requests), strict=True):

@@ -92,7 +92,8 @@ class _Prepared:
 @dataclass
 class _InFlight:
     prepared: _Prepared
-    sending: Future[list[SendResult]] | None
+    sending: Future[list[SendResult]] | None  # None: abandoned, not handed to the mail server
+    not_sent_because: str = "the mail server was unavailable"
 
 
 class NotificationPipeline:
@@ -135,10 +136,11 @@ class NotificationPipeline:
                         try:
                             self._complete(finishing)
                         except MailServerUnavailable:
-                            # The next chunk is claimed but will not be sent now: record it for a later run.
-                            with contextlib.suppress(MailServerUnavailable):
-                                self._complete(_InFlight(prepared, None))
+                            self._abandon(prepared, "the mail server was unavailable")
                             raise self._server_unavailable() from None
+                        except Exception as exc:  # e.g. the ledger failed to record the outcomes
+                            self._abandon(prepared, f"the run failed: {type(exc).__name__}: {exc}"[:400])
+                            raise
                     in_flight = self._start(prepared, sender)
             finally:
                 # Whatever failed meanwhile, the chunk handed to the mail server gets its outcomes.
@@ -173,7 +175,19 @@ class NotificationPipeline:
                 self.stats.count("claimed", notification.kind, notification.key)
             else:
                 self.stats.count("duplicate", notification.kind, notification.key)
-        for (notification, _), reason in zip(owned, self._skip_reasons(owned, gate)):
+        try:
+            reasons = self._skip_reasons(owned, gate)
+        except Exception as exc:
+            # The gate's service write failed: nothing of this chunk is sent. Recorded `failed`,
+            # the notifications are claimed again, and the write retried, by a retry or later run.
+            error = f"not sent: {type(exc).__name__}: {exc}"[:500]
+            failed = [self._outcome(notification, "failed", error=error) for notification, _ in owned]
+            for notification, _ in owned:
+                self.stats.count("failed", notification.kind, notification.key)
+            with contextlib.suppress(Exception):  # if the ledger is down too, the claims stay `claimed`
+                self._record(failed)
+            raise
+        for (notification, _), reason in zip(owned, reasons):
             self._prepare(notification, reason, prepared.outcomes, prepared.messages)
         return prepared
 
@@ -190,7 +204,7 @@ class NotificationPipeline:
         """Record the chunk's outcomes; MailServerUnavailable once they are recorded, if the server was gone."""
         prepared = in_flight.prepared
         if in_flight.sending is None:
-            results = [SendResult(message.key, "unavailable", "not sent: the mail server was unavailable")
+            results = [SendResult(message.key, "unavailable", f"not sent: {in_flight.not_sent_because}")
                        for _, message in prepared.messages]
         else:
             results = in_flight.sending.result()
@@ -199,6 +213,15 @@ class NotificationPipeline:
         self._log_progress()
         if self._unavailable:
             raise self._server_unavailable()
+
+    def _abandon(self, prepared: "_Prepared", because: str) -> None:
+        """A claimed chunk that will not be sent now: record it `failed`, so a later run sends it.
+
+        If even that fails (the ledger is down), its records stay `claimed`: never resent
+        automatically, and reported by the maintenance job.
+        """
+        with contextlib.suppress(Exception):
+            self._complete(_InFlight(prepared, None, because))
 
     def _server_unavailable(self) -> MailServerUnavailable:
         return MailServerUnavailable(

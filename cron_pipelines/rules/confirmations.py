@@ -3,9 +3,25 @@
 Such an email is claimed in the ledger before the write, so a crash between the
 write and the send can never lose it silently: the claim stays `claimed` and the
 maintenance job reports it. After the write, this decides whether to send it.
+
+Once the write is done its subject leaves the service's lists (a deactivated user is
+no longer `active`, a decided verification no longer `pending`), so a confirmation
+whose send failed can only be found again in the ledger. Its record therefore carries
+everything needed to send it again: the name and the template context.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
+
+from cron_pipelines.clients.models import NotificationRecord
+from cron_pipelines.notifications.messages import Notification, NotificationKind
+
+# What the write of each confirmation kind is repeated from, besides the template context.
+WRITE_FIELDS = {
+    NotificationKind.ACCOUNT_DEACTIVATED: ("last_active_at",),
+    NotificationKind.VERIFICATION_RESULT: ("verification_id", "status", "reason"),
+}
 
 
 def confirmation_skip_reason(write_outcome: str, *, applied: str, already: str, claim_attempts: int) -> str | None:
@@ -13,11 +29,45 @@ def confirmation_skip_reason(write_outcome: str, *, applied: str, already: str, 
 
     `applied` is the outcome of a write that changed state now (e.g. `deactivated`).
     `already` (e.g. `already_inactive`) still gets the email when this claim is a retry
-    of a `failed` send: only a run that saw `applied` ever reaches the send, so the
-    earlier attempt made the change and the email is still owed.
+    of a `failed` one: the earlier attempt made the change (its send, or the answer to
+    its write, was lost), and the email is still owed.
     """
     if write_outcome == applied:
         return None
     if write_outcome == already and claim_attempts > 1:
         return None
     return f"not sent: the service answered `{write_outcome}`"
+
+
+def resendable(notification: Notification) -> Notification:
+    """The confirmation with its name and template context in the ledger metadata."""
+    return replace(
+        notification,
+        metadata={**notification.metadata, "name": notification.name, "context": dict(notification.context)},
+    )
+
+
+def confirmation_from_record(record: NotificationRecord) -> Notification:
+    """A `failed` confirmation rebuilt from its ledger record alone, to be claimed and sent again.
+
+    A record that lacks what the email or the write needs gets a skip reason, so the
+    claim records it `skipped` (visible in the audit) instead of failing run after run.
+    """
+    kind = NotificationKind(record.kind)
+    metadata = {name: value for name, value in record.metadata.items() if name != "claim_token"}
+    name, context = metadata.get("name"), metadata.get("context")
+    missing = [field for field in WRITE_FIELDS.get(kind, ()) if not isinstance(metadata.get(field), str)]
+    if not isinstance(context, dict):
+        missing.append("context")
+    if not record.user_id:
+        missing.append("user_id")
+    return Notification(
+        key=record.idempotency_key,
+        kind=kind,
+        user_id=record.user_id,
+        email=record.recipient,
+        name=name if isinstance(name, str) else None,
+        context=context if isinstance(context, dict) else {},
+        metadata=metadata,
+        skip_reason=f"ledger record lacks {', '.join(missing)}: cannot resend" if missing else None,
+    )

@@ -15,6 +15,7 @@ from cron_pipelines.clients.http import RejectedRecord
 from cron_pipelines.clients.models import InactiveUser, InstantStr, NotificationRecord, parse_instant
 from cron_pipelines.notifications.messages import Notification, NotificationKind
 from cron_pipelines.rules.calendar import BusinessDay
+from cron_pipelines.rules.confirmations import resendable
 
 
 class InactivityPolicy(BaseModel):
@@ -144,7 +145,7 @@ def warning_state(
 
 
 def account_deactivated(user: InactiveUser, business_day: BusinessDay) -> Notification:
-    return Notification(
+    return resendable(Notification(
         key=account_deactivated_key(user.id, user.last_active_at),
         kind=NotificationKind.ACCOUNT_DEACTIVATED,
         user_id=user.id,
@@ -152,4 +153,4 @@ def account_deactivated(user: InactiveUser, business_day: BusinessDay) -> Notifi
         name=user.full_name,
         context={"last_active_date": business_day.local_date(user.last_active_at_dt).isoformat()},
         metadata={"last_active_at": user.last_active_at},
-    )
+    ))

@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field, field_validator
 from cron_pipelines.clients.models import Verification, VerificationAttempt
 from cron_pipelines.notifications.messages import Notification, NotificationKind
 from cron_pipelines.rules.calendar import BusinessDay
+from cron_pipelines.rules.confirmations import resendable
 
 
 class VerificationPolicy(BaseModel):
@@ -85,7 +86,7 @@ def _requested_date(verification: Verification, business_day: BusinessDay) -> st
 
 
 def verification_result(verification: Verification, decision: Decision, business_day: BusinessDay) -> Notification:
-    return Notification(
+    return resendable(Notification(
         key=verification_result_key(verification.id, decision.status),
         kind=NotificationKind.VERIFICATION_RESULT,
         user_id=verification.employee_id,
@@ -93,7 +94,7 @@ def verification_result(verification: Verification, decision: Decision, business
         name=verification.full_name,
         context={"status": decision.status, "requested_date": _requested_date(verification, business_day)},
         metadata={"verification_id": verification.id, "status": decision.status, "reason": decision.reason},
-    )
+    ))
 
 
 def verification_reminder(

@@ -238,3 +238,22 @@ def test_smtp_down_across_chunks_leaves_nothing_claimed_and_a_later_run_sends_al
     keys = [mail.notification_id for mail in world.smtp.wait_for(1200)]
     assert len(keys) == 1200 and len(set(keys)) == 1200
     assert {record["status"] for record in world.ledger().values()} == {"sent"}
+
+
+def test_a_ledger_outage_while_recording_leaves_only_what_was_sent_claimed(world: JobWorld) -> None:
+    # Three chunks. The first chunk's outcomes cannot be recorded (every attempt answered 503),
+    # while the second chunk is already claimed: it is recorded `failed`, not stranded.
+    world.services.store.add_users([user(f"usr_{n}") for n in range(1200)])
+    world.services.store.add_dues([due(f"due_{n}", user_id=f"usr_{n}", due_date="2026-12-01") for n in range(1200)])
+    world.services.mongo_faults.add(method="POST", path="/v1/notifications/outcomes", status=503, times=4)
+    down = world.run("send_payment_reminders", D)
+
+    assert not down.success
+    assert "mongo-service: POST /v1/notifications/outcomes" in failure_messages(down)
+    statuses = [record["status"] for record in world.ledger().values()]
+    # Sent but unrecorded: `claimed`, never resent (maintenance reports them). Claimed, unsent: `failed`.
+    assert (statuses.count("claimed"), statuses.count("failed"), len(world.smtp.wait_for(500))) == (500, 500, 500)
+
+    assert world.run("send_payment_reminders", D).success
+    keys = [mail.notification_id for mail in world.smtp.wait_for(1200)]
+    assert len(keys) == 1200 and len(set(keys)) == 1200

@@ -92,6 +92,7 @@ def test_smtp_delivers_over_one_reused_connection(smtp_sink: SmtpSink) -> None:
     assert [mail.notification_id for mail in received] == [message.key for message in messages]
     assert received[0].mail_from == "no-reply@example.com" and received[0].rcpt_tos == ("u0@example.com",)
     assert received[0].data.rstrip(b"\r\n") == messages[0].data.rstrip(b"\r\n")
+    assert smtp_sink.sessions == 1
 
 
 def test_a_refused_recipient_fails_only_its_own_message(smtp_sink: SmtpSink) -> None:
@@ -194,6 +195,7 @@ def test_parallel_connections_share_the_work_and_pay_latency_in_parallel() -> No
         assert sorted(mail.notification_id for mail in sink.wait_for(40)) == sorted(m.key for m in messages)
         # Sequentially this is 40 x 60 ms = 2.4 s; eight sessions must do far better.
         assert elapsed < 1.2
+        assert sink.sessions == 8  # each session reused for about five messages
 
 
 def test_rate_limit_is_never_exceeded_in_any_second_at_the_server(smtp_sink: SmtpSink) -> None:

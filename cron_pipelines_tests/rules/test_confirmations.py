@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from cron_pipelines.rules.confirmations import confirmation_skip_reason
+from cron_pipelines.clients.models import InactiveUser, NotificationRecord, Verification
+from cron_pipelines.notifications.messages import Notification
+from cron_pipelines.rules.calendar import BusinessDay
+from cron_pipelines.rules.confirmations import confirmation_from_record, confirmation_skip_reason
+from cron_pipelines.rules.inactivity import account_deactivated
+from cron_pipelines.rules.verifications import Decision, verification_result
 
 DEACTIVATION = {"applied": "deactivated", "already": "already_inactive"}
 DECISION = {"applied": "updated", "already": "unchanged"}
@@ -49,3 +54,58 @@ def test_other_outcomes_are_skipped_naming_the_outcome(outcome: str, outcomes: d
 def test_the_already_outcome_of_another_write_does_not_count() -> None:
     # `unchanged` is not the `already` outcome of a deactivation.
     assert confirmation_skip_reason("unchanged", **DEACTIVATION, claim_attempts=2) is not None
+
+
+# --- a failed confirmation rebuilt from its ledger record ---------------------------------------------
+
+
+def _record(kind: str, metadata: dict, **fields: object) -> NotificationRecord:
+    return NotificationRecord.model_validate({
+        "idempotency_key": f"{kind}:x", "kind": kind, "user_id": "usr_9", "recipient": "a@example.com",
+        "status": "claimed", "attempts": 2, "claimed_at": "2026-11-28T09:00:00Z", "metadata": metadata, **fields,
+    })
+
+
+def _first_send(notification: Notification) -> NotificationRecord:
+    """The record the first claim of `notification` left in the ledger."""
+    return _record(notification.kind, {**notification.metadata, "claim_token": "abc"}, idempotency_key=notification.key,
+                   user_id=notification.user_id, recipient=notification.email)
+
+
+def test_a_deactivation_email_is_rebuilt_exactly_from_its_record() -> None:
+    user = InactiveUser.model_validate({
+        "id": "usr_9", "email": "a@example.com", "full_name": "Åsa <b>Rao</b>", "status": "active",
+        "last_login_at": "2026-08-01T20:00:00+05:30", "created_at": "2025-01-01T00:00:00Z",
+    })
+    original = account_deactivated(user, BusinessDay.from_partition_key("2026-11-28", "Asia/Kolkata"))
+
+    rebuilt = confirmation_from_record(_first_send(original))
+
+    assert rebuilt == original  # same key, kind, recipient, name, context and metadata: the same email
+
+
+def test_a_verification_result_is_rebuilt_exactly_from_its_record() -> None:
+    verification = Verification.model_validate({
+        "id": "ver_7", "employee_id": "emp_3", "email": "e@example.com", "full_name": "Emp Three",
+        "status": "pending", "requested_at": "2026-11-20T10:00:00Z",
+    })
+    original = verification_result(verification, Decision("rejected", "5 failed attempts"), BusinessDay.from_partition_key("2026-11-28", "UTC"))
+
+    assert confirmation_from_record(_first_send(original)) == original
+
+
+@pytest.mark.parametrize(
+    ("kind", "metadata", "user_id", "missing"),
+    [
+        ("account_deactivated", {"name": "A", "context": {}}, "usr_9", "last_active_at"),
+        ("account_deactivated", {"last_active_at": "2026-08-01T00:00:00Z", "name": "A"}, "usr_9", "context"),
+        ("account_deactivated", {"last_active_at": "2026-08-01T00:00:00Z", "context": {}}, None, "user_id"),
+        ("verification_result", {"verification_id": "ver_7", "status": "verified", "context": {}}, "emp_3", "reason"),
+    ],
+)
+def test_a_record_that_cannot_be_resent_is_skipped_with_the_reason(
+    kind: str, metadata: dict, user_id: str | None, missing: str
+) -> None:
+    notification = confirmation_from_record(_record(kind, metadata, user_id=user_id))
+
+    assert notification.skip_reason == f"ledger record lacks {missing}: cannot resend"

@@ -265,7 +265,10 @@ def test_result_notification_key_and_content(status: str) -> None:
     assert notification.kind is NotificationKind.VERIFICATION_RESULT
     assert (notification.user_id, notification.email, notification.name) == ("emp_3", "e@example.com", "Emp Three")
     assert notification.context == {"status": status, "requested_date": "2026-11-21"}
-    assert notification.metadata == {"verification_id": "ver_7", "status": status, "reason": "because"}
+    assert notification.metadata == {
+        "verification_id": "ver_7", "status": status, "reason": "because",
+        "name": "Emp Three", "context": {"status": status, "requested_date": "2026-11-21"},
+    }
     assert notification.skip_reason is None
 
 

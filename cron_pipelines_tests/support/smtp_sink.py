@@ -61,6 +61,7 @@ class _Handler:
 
     async def handle_MAIL(self, server, session: Session, envelope: Envelope, address: str, options) -> str:
         await self._latency()
+        self.sink._sessions.add(session.peer)  # the client's (address, port): one per connection
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         return "250 OK"
@@ -104,6 +105,7 @@ class SmtpSink:
         self.notification_ids: set[bytes] = set()
         self.duplicate_ids = 0
         self.arrivals: list[float] = []
+        self._sessions: set[object] = set()
         self._lock = threading.Lock()
         self._controller: Controller | None = None
 
@@ -147,6 +149,11 @@ class SmtpSink:
             self.notification_ids.add(notification_id)
             if self._keep_messages:
                 self._received.append(mail)
+
+    @property
+    def sessions(self) -> int:
+        """How many SMTP connections sent at least one message."""
+        return len(self._sessions)
 
     @property
     def received(self) -> list[ReceivedMail]:
