@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from cron_pipelines.observability.logs import REQUEST_LOGGER
 from cron_pipelines.settings import Settings, SettingsError, load_settings
 
 
@@ -299,6 +301,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(exc, file=sys.stderr)
         return 2
+    if args.handler is not command_run:
+        # A line per service request belongs to runs; audit and health answer on stdout only.
+        logging.getLogger(REQUEST_LOGGER).setLevel(logging.WARNING)
     return args.handler(settings, args)
 
 

@@ -7,7 +7,7 @@ import json
 import os
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -37,7 +37,11 @@ def reminder_run(home: Path) -> str:
     result = _cli(home, "run", "send_payment_reminders", "--date", today)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"send_payment_reminders {today} succeeded run_id=" in result.stdout
-    return result.stdout.split("run_id=")[1].split()[0]
+    run_id = result.stdout.split("run_id=")[1].split()[0]
+    # The run's request log: a JSON line per service request on stderr.
+    requests = [json.loads(line) for line in result.stderr.splitlines() if '"cron_pipelines.requests"' in line]
+    assert requests and {line["run_id"] for line in requests} == {run_id}
+    return run_id
 
 
 def test_run_goes_through_the_instance_and_the_ledger(home: Path, reminder_run: str) -> None:
@@ -62,6 +66,7 @@ def test_audit_a_user_shows_kind_status_masked_recipient_and_the_run(home: Path,
     assert row["run_url"] == f"http://localhost:3000/runs/{reminder_run}"
     assert row["message_id"] and row["sent_at"]
 
+    assert "cron_pipelines.requests" not in result.stderr  # audit answers on stdout only
     table = _cli(home, "audit", "--user", "usr_pending_in_7d")
     assert "payment_reminder" in table.stdout and reminder_run in table.stdout
     shown = _cli(home, "audit", "--user", "usr_pending_in_7d", "--json", "--show-recipients")
@@ -90,3 +95,25 @@ def test_bad_configuration_is_reported_not_raised(home: Path) -> None:
 @pytest.mark.parametrize(("address", "masked"), [("asha@example.com", "a***@example.com"), (None, ""), ("x", "***")])
 def test_mask_recipient(address: str | None, masked: str) -> None:
     assert mask_recipient(address) == masked
+
+
+def test_audit_filters_by_kind_status_and_day(home: Path, reminder_run: str) -> None:
+    today = datetime.now(timezone.utc).date().isoformat()
+    sent = json.loads(_cli(home, "audit", "--kind", "payment_reminder", "--status", "sent", "--since", today, "--json").stdout)
+    assert sent and {(row["kind"], row["status"]) for row in sent} == {("payment_reminder", "sent")}
+    assert reminder_run in {row["run_id"] for row in sent}
+    everything = json.loads(_cli(home, "audit", "--since", today, "--json").stdout)
+    assert {row["status"] for row in everything} >= {"sent", "skipped"} and len(everything) > len(sent)
+    tomorrow = (datetime.now(timezone.utc).date() + timedelta(days=1)).isoformat()
+    assert _cli(home, "audit", "--since", tomorrow).returncode == 3  # nothing claimed yet
+
+
+def test_run_over_a_date_range_runs_each_day_once(home: Path, reminder_run: str) -> None:
+    today = datetime.now(timezone.utc).date()
+    first = (today - timedelta(days=2)).isoformat()
+    result = _cli(home, "run", "send_payment_reminders", "--from", first, "--to", today.isoformat())
+    assert result.returncode == 0, result.stderr
+    days = [line.split()[1] for line in result.stdout.splitlines() if line.startswith("send_payment_reminders ")]
+    assert days == [(today - timedelta(days=offset)).isoformat() for offset in (2, 1, 0)]
+    today_counts = json.loads(result.stdout.splitlines()[-2].split(" ", 4)[4])
+    assert today_counts["payment_reminders"]["sent"] == 0  # today's reminders went out in the first run

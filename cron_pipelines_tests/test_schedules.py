@@ -23,7 +23,8 @@ def kolkata_defs() -> dg.Definitions:
 def test_one_running_schedule_per_job_in_the_business_time_zone(kolkata_defs: dg.Definitions) -> None:
     schedules = {schedule.job_name: schedule for schedule in kolkata_defs.schedules}
     assert set(schedules) == set(JOB_SELECTIONS)
-    for schedule in schedules.values():
+    for job, schedule in schedules.items():
+        assert schedule.name == f"{job}_daily"  # the name the README's pause command uses
         assert schedule.execution_timezone == "Asia/Kolkata"
         assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
         minute, hour, *rest = schedule.cron_schedule.split()

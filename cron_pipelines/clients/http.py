@@ -30,6 +30,7 @@ from cron_pipelines.clients.errors import (
     ServiceUnavailable,
 )
 from cron_pipelines.clients.tokens import TokenIssuer
+from cron_pipelines.observability.logs import request_log
 
 logger = logging.getLogger("cron_pipelines.clients")
 
@@ -178,6 +179,9 @@ class ServiceClient:
         self.page_size = page_size
         self.stats = ClientStats()
         self.observer: RequestObserver | None = None
+        # The run using this client (run_id, job, partition), on every request-log line.
+        self.log_context: dict[str, str] = {}
+        self._request_log = request_log()
         self._issuer = issuer
         self._backoff = backoff
         self._sleep = sleep
@@ -196,6 +200,12 @@ class ServiceClient:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    def _log_request(self, context: dict[str, Any], outcome: str) -> None:
+        self._request_log.info(
+            "%s %s %s -> %s in %s ms", self.service, context["method"], context["endpoint"], context["status"],
+            context["elapsed_ms"], extra={**self.log_context, **context, "outcome": outcome},
+        )
 
     # -- single requests ---------------------------------------------------
 
@@ -240,8 +250,7 @@ class ServiceClient:
             if status_label.isdigit():
                 status = response.status_code
                 if 200 <= status < 300:
-                    logger.debug("%s %s -> %s in %.1f ms request_id=%s", self.service, endpoint, status,
-                                 elapsed * 1000, request_id, extra={**context, "outcome": "ok"})
+                    self._log_request(context, "ok")
                     return self._decode(response, method, path, request_id)
                 code, message = _error_code_and_message(response)
                 error_args = dict(
@@ -249,20 +258,24 @@ class ServiceClient:
                     request_id=request_id, attempts=attempt,
                 )
                 if status in (401, 403):
+                    self._log_request(context, "auth_refused")
                     logger.error("%s %s -> %s request_id=%s: %s", self.service, endpoint, status, request_id,
                                  message, extra={**context, "outcome": "auth_refused"})
                     raise ServiceAuthError(message, **error_args)
                 if status not in TRANSIENT_STATUSES:
+                    self._log_request(context, "refused")
                     logger.error("%s %s -> %s request_id=%s: %s", self.service, endpoint, status, request_id,
                                  message, extra={**context, "outcome": "refused"})
                     raise ServiceRequestError(message, **error_args)
                 failure, last_status, last_code = message, status, code
                 retry_after = _retry_after_seconds(response)
             if attempt == self._backoff.max_attempts:
+                self._log_request(context, "gave_up")
                 logger.error("%s %s gave up after %d attempts (status=%s, %s) request_id=%s", self.service,
                              endpoint, attempt, last_status, failure, request_id,
                              extra={**context, "outcome": "gave_up"})
                 break
+            self._log_request(context, "retry")
             delay = self._backoff.delay(attempt - 1, retry_after)
             self.stats.count_retry()
             if self.observer is not None:

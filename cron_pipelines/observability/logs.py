@@ -5,6 +5,10 @@ the instance's dagster.yaml), so it sees every Dagster event and every record of
 managed `cron_pipelines` loggers, with the run id, job, partition and step Dagster
 attaches. Fields the project's own records carry (`request_id`, `outcome`, ...) are
 kept. E-mail addresses are masked at INFO and above.
+
+Every service request also gets a line of its own, with its X-Request-ID and outcome
+(contract §2), on the request log: the run's stderr, outside the event log, which
+keeps the same size however many requests a run makes.
 """
 
 from __future__ import annotations
@@ -12,11 +16,16 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sys
 from datetime import datetime, timezone
 from typing import Any
 
 # Fields the project's loggers pass with `extra=`; anything else on a record is ignored.
-CONTEXT_FIELDS = ("service", "method", "endpoint", "status", "request_id", "outcome", "attempt", "elapsed_ms", "counts")
+CONTEXT_FIELDS = (
+    "run_id", "job", "partition",  # on request-log records, which do not pass through Dagster
+    "service", "method", "endpoint", "status", "request_id", "outcome", "attempt", "elapsed_ms", "counts",
+)
+REQUEST_LOGGER = "cron_pipelines.requests"
 _EMAIL = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+\.[A-Za-z]{2,})")
 
 
@@ -53,3 +62,28 @@ class JsonLogFormatter(logging.Formatter):
         if record.exc_info:
             entry["error"] = mask_emails(self.formatException(record.exc_info))
         return json.dumps({key: value for key, value in entry.items() if value is not None}, default=str)
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a record comes (Dagster's log capture swaps it)."""
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: ANN201
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: object) -> None:
+        pass
+
+
+def request_log() -> logging.Logger:
+    """The request log: one JSON line per service request on stderr, never in the event log."""
+    log = logging.getLogger(REQUEST_LOGGER)
+    if not any(isinstance(handler, _StderrHandler) for handler in log.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(JsonLogFormatter())
+        log.addHandler(handler)
+        if log.level == logging.NOTSET:  # a command may have quietened it already
+            log.setLevel(logging.INFO)
+        log.propagate = False  # Dagster's handler on `cron_pipelines` must not turn these into events
+    return log

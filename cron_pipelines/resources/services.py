@@ -78,6 +78,12 @@ class ServiceResource(ConfigurableResource):
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
         self._client = self.open_client()
+        run = context.run
+        if run is not None:
+            partition = run.tags.get("dagster/partition")
+            self._client.log_context = {
+                "run_id": run.run_id, "job": run.job_name, **({"partition": partition} if partition else {}),
+            }
 
     def teardown_after_execution(self, context: InitResourceContext) -> None:
         if self._client is not None:

@@ -67,3 +67,32 @@ def test_formatter_masks_addresses_at_info_and_keeps_them_at_debug() -> None:
         "ts": None, "level": "INFO", "logger": "cron_pipelines.x", "message": "sent to a***@example.com", "request_id": "abc"}
     assert json.loads(formatter.format(debug))["message"] == "sent to asha.rao@example.com"
     assert mask_emails("a@b.co and bob.smith+x@mail.example.org") == "a***@b.co and b***@mail.example.org"
+
+
+def test_every_service_request_gets_a_request_log_line_outside_the_event_log(
+    world: JobWorld, log_file: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    world.services.store.add_users([user("usr_a"), user("usr_b")])
+    world.services.store.add_dues([due("due_a", user_id="usr_a", due_date="2026-12-01"),
+                                   due("due_b", user_id="usr_b", due_date="2026-12-01")])
+    world.services.mongo_faults.add(method="POST", path="/v1/notifications/claims", status=503)
+    result = world.run("send_payment_reminders", "2026-11-28")
+    assert result.success
+
+    stderr = capfd.readouterr().err
+    lines = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    requests = [line for line in lines if line["logger"] == "cron_pipelines.requests" and line.get("run_id") == result.run_id]
+    served = world.services.sql_requests.entries + world.services.mongo_requests.entries
+    # One line per request the services answered, joined by X-Request-ID, each with its outcome.
+    assert sorted(line["request_id"] for line in requests) == sorted(entry.request_id for entry in served)
+    assert {(line["endpoint"], line["status"], line["outcome"]) for line in requests} == {
+        ("/v1/dues", "200", "ok"), ("/v1/notifications/claims", "503", "retry"),
+        ("/v1/notifications/claims", "200", "ok"), ("/v1/notifications/outcomes", "200", "ok"),
+    }
+    assert all(line["job"] == "send_payment_reminders" and line["partition"] == "2026-11-28" for line in requests)
+    assert TEST_JWT_SECRET not in stderr and "eyJ" not in stderr
+    # The event log (and the handler fed from it) holds the retry only, not a line per request.
+    events = log_file.read_text()
+    ok_request_ids = {line["request_id"] for line in requests if line["outcome"] == "ok"}
+    assert not any(request_id in events for request_id in ok_request_ids)
+    assert sum(1 for record in world.instance.all_logs(result.run_id) if "/v1/notifications/outcomes" in record.message) == 0
