@@ -163,7 +163,9 @@ def _exercise(stack: Stack, smtp: SmtpSink) -> None:
             record.asset_materialization.metadata
             for record in instance.fetch_materializations(dg.AssetKey("payment_reminders"), limit=10).records
         ]
-        assert sorted(summary["sent"].value for summary in summaries) == [0, len(smtp.received)]
+        # The sensors run too (verify_employees may send on the demo data): count the reminders.
+        reminders = [mail for mail in smtp.received if mail.notification_id.startswith("payment_reminder:")]
+        assert sorted(summary["sent"].value for summary in summaries) == [0, len(reminders)]
     keys = [mail.notification_id for mail in smtp.received]
     assert keys and len(keys) == len(set(keys))
 
