@@ -173,17 +173,20 @@ AUDIT_COLUMNS = ("claimed_at", "kind", "status", "recipient", "idempotency_key",
 
 
 def _print_table(rows: Sequence[dict[str, Any]]) -> None:
+    from cron_pipelines.safe_text import printable
+
     if not rows:
         print("no notifications match")
         return
-    cells = [[str(row.get(column) or "") for column in AUDIT_COLUMNS] for row in rows]
+    # Ledger fields may hold what a service or mail server sent: printed escaped, never raw.
+    cells = [[printable(row.get(column) or "", 200) for column in AUDIT_COLUMNS] for row in rows]
     widths = [max(len(column), *(len(cell[index]) for cell in cells)) for index, column in enumerate(AUDIT_COLUMNS)]
     print("  ".join(column.ljust(width) for column, width in zip(AUDIT_COLUMNS, widths)))
     for cell in cells:
         print("  ".join(value.ljust(width) for value, width in zip(cell, widths)))
     for row in rows:
         if row.get("error"):
-            print(f"{row['idempotency_key']}: {row['status']}: {row['error']}")
+            print(f"{printable(row['idempotency_key'], 200)}: {row['status']}: {printable(row['error'], 600)}")
 
 
 # --- health ------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 import dagster as dg
 
 from cron_pipelines.clients.http import RejectedRecord
+from cron_pipelines.safe_text import printable
 from cron_pipelines.clients.models import VerificationAttempt, format_instant, parse_instant
 from cron_pipelines.notifications.messages import Notification, NotificationKind
 from cron_pipelines.notifications.pipeline import NotificationPipeline, RunInfo
@@ -109,7 +110,8 @@ def failure_summary(context: dg.RunFailureSensorContext) -> str:
         error = event.event_specific_data.error if event.event_specific_data else None
         if error is not None:
             parts.append(f"{event.step_key}: {error.message.strip()}")
-    return "\n".join(parts)[:MAX_ALERT_ERROR_CHARACTERS]
+    # Errors may quote a service or mail server: each line printable, nothing raw.
+    return "\n".join(printable(part, MAX_ALERT_ERROR_CHARACTERS) for part in parts)[:MAX_ALERT_ERROR_CHARACTERS]
 
 
 def build_run_failure_alert_sensor(ops_alert_email: str | None, webserver_url: str) -> dg.SensorDefinition:

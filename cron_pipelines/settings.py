@@ -65,6 +65,8 @@ class Settings(BaseModel):
     service_connect_timeout_seconds: float = Field(5.0, gt=0)
     service_read_timeout_seconds: float = Field(30.0, gt=0)
     service_max_attempts: int = Field(5, ge=1, le=20)
+    service_request_deadline_seconds: float = Field(60.0, gt=0)
+    service_max_response_bytes: int = Field(16 * 1024 * 1024, ge=64 * 1024)
 
     internal_jwt_secret: SecretStr | None = None
     internal_jwt_issuer: str = Field("cron-pipelines", min_length=1)
@@ -83,6 +85,8 @@ class Settings(BaseModel):
     mail_from: str = "Cron Pipelines <no-reply@localhost>"
     mail_max_connections: int = Field(4, ge=1, le=64)
     mail_rate_limit_per_second: float | None = Field(None, gt=0)
+    mail_max_attempts: int = Field(5, ge=1, le=100)
+    delivery_batch_size: int = Field(100, ge=1, le=500)
 
     cron_timezone: str = "UTC"
     partitions_start_date: date = date(2026, 1, 1)

@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 from cron_pipelines.clients.errors import ServiceAuthError, ServiceProtocolError, ServiceRequestError
 from cron_pipelines.clients.http import RejectedRecord
 from cron_pipelines.notifications.messages import NotificationKind
-from cron_pipelines.notifications.pipeline import Gate, NotificationPipeline, RunInfo
+from cron_pipelines.notifications.pipeline import Gate, Journal, NotificationPipeline, RunInfo
 from cron_pipelines.notifications.transports import MailTransport
 from cron_pipelines.resources import MailerResource, MetricsResource, MongoServiceResource
 from cron_pipelines.rules.calendar import BusinessDay
@@ -84,31 +84,159 @@ def run_info(context: dg.AssetExecutionContext) -> RunInfo:
     return RunInfo(run_id=context.run.run_id, job_name=context.job_name, partition_key=context.partition_key)
 
 
+JOURNAL_METADATA_KEY = "delivery_journal"
+INTERRUPTIONS = (KeyboardInterrupt, dg.DagsterExecutionInterruptedError)
+
+
+class DeliveryStep:
+    """The notification pipelines of one step, sharing a mail transport and one journal.
+
+    The journal is what an attempt owes the ledger and could not record (the ledger was
+    down): outcomes, and claims sent without an answer. It lives in the run's event log,
+    as an observation of the step's asset, so the step's next attempt (in any process)
+    records it first and owns those claims. The latest journal of a step is the whole
+    debt: an attempt that settles it writes an empty one.
+    """
+
+    def __init__(
+        self,
+        context: dg.AssetExecutionContext,
+        mongo_service: MongoServiceResource,
+        mailer: MailerResource,
+        metrics: MetricsResource,
+        transport: MailTransport,
+        inherited: Journal,
+    ) -> None:
+        self._context = context
+        self._mongo_service = mongo_service
+        self._mailer = mailer
+        self._metrics = metrics
+        self._transport = transport
+        self._inherited = inherited
+        self._inherited_tokens = dict(inherited.unanswered_claims)
+        self._pipelines: list[NotificationPipeline] = []
+
+    def pipeline(self) -> NotificationPipeline:
+        pipeline = NotificationPipeline(
+            ledger=self._mongo_service.client,
+            composer=self._mailer.composer,
+            transport=self._transport,
+            run=run_info(self._context),
+            log=self._context.log,
+            batch_size=self._mailer.delivery_batch_size,
+            max_attempts=self._mailer.max_attempts,
+            inherited_tokens=self._inherited_tokens,
+        )
+        self._metrics.track(pipeline.stats)
+        self._pipelines.append(pipeline)
+        return pipeline
+
+    def settle_inherited(self) -> None:
+        """Record the outcomes an earlier attempt could not (raises if the ledger still cannot)."""
+        if self._inherited.outcomes:
+            self._context.log.warning(
+                "recording %d outcome(s) an earlier attempt could not", len(self._inherited.outcomes)
+            )
+            self.pipeline().record_journaled(self._inherited.outcomes)
+
+    @property
+    def sent(self) -> int:
+        return sum(pipeline.stats.counts["sent"] for pipeline in self._pipelines)
+
+    def journal(self) -> Journal:
+        """Everything this step still owes the ledger."""
+        owed = Journal(unanswered_claims=dict(self._inherited_tokens))
+        for pipeline in self._pipelines:
+            owed.outcomes.extend(pipeline.journal.outcomes)
+            owed.unanswered_claims.update(pipeline.journal.unanswered_claims)
+        return owed
+
+
+def _journal_asset(context: dg.AssetExecutionContext) -> dg.AssetKey:
+    return sorted(context.assets_def.keys, key=lambda key: key.to_user_string())[0]
+
+
+def latest_journal(instance: dg.DagsterInstance, run_id: str, asset_key: dg.AssetKey) -> Journal | None:
+    """The latest delivery journal a step of this run wrote for `asset_key`, if any."""
+    records = instance.get_records_for_run(
+        run_id, of_type=dg.DagsterEventType.ASSET_OBSERVATION, ascending=False
+    ).records
+    for record in records:
+        event = record.event_log_entry.dagster_event
+        observation = event.asset_observation_data.asset_observation if event is not None else None
+        if observation is not None and observation.asset_key == asset_key:
+            entry = observation.metadata.get(JOURNAL_METADATA_KEY)
+            if entry is not None:
+                return Journal.from_json(entry.value)  # type: ignore[arg-type]
+    return None
+
+
+def _write_journal(context: dg.AssetExecutionContext, journal: Journal) -> None:
+    context.log_event(
+        dg.AssetObservation(
+            asset_key=_journal_asset(context),
+            partition=context.partition_key,
+            description="Deliveries the ledger has not recorded yet; the step's next attempt records them first.",
+            metadata={
+                JOURNAL_METADATA_KEY: dg.MetadataValue.json(journal.to_json()),
+                "unrecorded_outcomes": len(journal.outcomes),
+                "unanswered_claims": len(journal.unanswered_claims),
+            },
+        )
+    )
+
+
+def _stopped(context: dg.AssetExecutionContext, journal: Journal, sent_before_stop: int) -> dg.Failure:
+    """The failure that ends a step after Terminate, SIGTERM or SIGINT: no retry, and the run ends CANCELED."""
+    run = context.instance.get_run_by_id(context.run.run_id)
+    if run is not None and run.status == dg.DagsterRunStatus.STARTED:
+        # A signal from outside the UI (a deploy, an operator's kill): treated as Terminate,
+        # so that neither the step's retry policy nor run retries resume the mailing.
+        context.instance.report_run_canceling(run, message="Stopping: the run worker received an interrupt.")
+    unrecorded = len(journal.outcomes) + len(journal.unanswered_claims)
+    return dg.Failure(
+        description=(
+            f"Stopped: no message was handed to the mail server after the interrupt. {sent_before_stop} sent "
+            "before it; every notification claimed and not sent was recorded `failed` for a later run"
+            + (f", except {unrecorded} the ledger could not take now (in the run's journal)" if unrecorded else "")
+            + "."
+        ),
+        allow_retries=False,
+        metadata={"sent": sent_before_stop, "left_claimed": unrecorded},
+    )
+
+
 @contextmanager
-def mail_transport(mailer: MailerResource) -> Iterator[MailTransport]:
-    transport = mailer.open_transport()
-    try:
-        yield transport
-    finally:
-        transport.close()
-
-
-def new_pipeline(
+def delivery_step(
     context: dg.AssetExecutionContext,
     mongo_service: MongoServiceResource,
     mailer: MailerResource,
-    transport: MailTransport,
     metrics: MetricsResource,
-) -> NotificationPipeline:
-    pipeline = NotificationPipeline(
-        ledger=mongo_service.client,
-        composer=mailer.composer,
-        transport=transport,
-        run=run_info(context),
-        log=context.log,
-    )
-    metrics.track(pipeline.stats)
-    return pipeline
+) -> Iterator[DeliveryStep]:
+    """A step that sends notifications: settles an earlier attempt's journal first, and ends cleanly.
+
+    If it fails, whatever the ledger could not record is journaled for the next attempt.
+    If it is interrupted (Terminate, SIGTERM, SIGINT), the pipelines have stopped sending
+    and recorded every claim; the step then fails without retries and the run is canceled.
+    """
+    inherited = latest_journal(context.instance, context.run.run_id, _journal_asset(context)) or Journal()
+    transport = mailer.open_transport()
+    step = DeliveryStep(context, mongo_service, mailer, metrics, transport, inherited)
+    try:
+        step.settle_inherited()
+        yield step
+    except BaseException as exc:
+        journal = step.journal()
+        if journal or inherited:
+            _write_journal(context, journal)
+        if isinstance(exc, INTERRUPTIONS):
+            raise _stopped(context, journal, step.sent) from None
+        raise
+    else:
+        if inherited:
+            _write_journal(context, Journal())  # settled: a later attempt must not replay it
+    finally:
+        transport.close()
 
 
 # Failed confirmations taken up per run. They are few (sends that failed after their

@@ -12,9 +12,8 @@ from cron_pipelines.assets.common import (
     business_day,
     delivery_check_result,
     delivery_check_spec,
-    mail_transport,
+    delivery_step,
     no_retry_on_permanent_errors,
-    new_pipeline,
     resend_failed_confirmations,
     summary_metadata,
 )
@@ -45,8 +44,8 @@ def inactivity_warnings(
     metrics.observe(mongo_service.client)
     day = business_day(context)
     cutoff = day.days_before_start(config.warn_after_days)
-    with mail_transport(mailer) as transport:
-        pipeline = new_pipeline(context, mongo_service, mailer, transport, metrics)
+    with delivery_step(context, mongo_service, mailer, metrics) as step:
+        pipeline = step.pipeline()
         users = mongo_service.client.iter_inactive_users(last_active_before=cutoff)
         pipeline.deliver(rules.inactivity_warnings(users, day, config))
     return dg.MaterializeResult(
@@ -75,19 +74,23 @@ def inactive_user_deactivations(
     warning_states: Counter[str] = Counter()
     write_outcomes: Counter[str] = Counter()
     gate = _deactivation_gate(mongo_service.client, write_outcomes)
-    with mail_transport(mailer) as transport:
-        pipeline = new_pipeline(context, mongo_service, mailer, transport, metrics)
+    with delivery_step(context, mongo_service, mailer, metrics) as step:
+        pipeline = step.pipeline()
         users = mongo_service.client.iter_inactive_users(last_active_before=cutoff)
         for chunk in chunked(users, MAX_BATCH_ITEMS):
-            candidates: list[InactiveUser] = []
+            candidates: dict[str, InactiveUser] = {}  # by id: a user listed twice is decided once
             for user in chunk:
                 if isinstance(user, RejectedRecord):
                     pipeline.stats.count_rejected(user)
                 elif rules.is_inactive(user, day, config.deactivate_after_days):
-                    candidates.append(user)
-            warnings = pipeline.deliver_chunk([rules.inactivity_warning(user, day, config) for user in candidates])
+                    candidates.setdefault(user.id, user)
+            warnings = [rules.inactivity_warning(user, day, config) for user in candidates.values()]
+            claims = pipeline.deliver_chunk(warnings)
             eligible = []
-            for user, (_, claim) in zip(candidates, warnings, strict=True):
+            for user, warning in zip(candidates.values(), warnings, strict=True):
+                claim = claims.get(warning.key)
+                if claim is None:  # not claimable (counted as rejected): nothing known about its warning
+                    continue
                 state = rules.warning_state(claim.outcome, claim.record, day, config)
                 warning_states[state] += 1
                 if state == "deactivate":

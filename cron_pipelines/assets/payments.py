@@ -13,9 +13,8 @@ from cron_pipelines.assets.common import (
     business_day,
     delivery_check_result,
     delivery_check_spec,
-    mail_transport,
+    delivery_step,
     no_retry_on_permanent_errors,
-    new_pipeline,
     summary_metadata,
 )
 from cron_pipelines.assets.external import DUES, NOTIFICATION_LEDGER
@@ -50,8 +49,8 @@ def _notify_about_dues(
     metrics.observe(sql_service.client, mongo_service.client)
     day = business_day(context)
     due_from, due_to = window(day.day)
-    with mail_transport(mailer) as transport:
-        pipeline = new_pipeline(context, mongo_service, mailer, transport, metrics)
+    with delivery_step(context, mongo_service, mailer, metrics) as step:
+        pipeline = step.pipeline()
         dues = sql_service.client.iter_dues(statuses=[status], due_from=due_from, due_to=due_to)
         pipeline.deliver(notifications(dues, day.day))
     return dg.MaterializeResult(

@@ -14,9 +14,8 @@ from cron_pipelines.assets.common import (
     business_day,
     delivery_check_result,
     delivery_check_spec,
-    mail_transport,
+    delivery_step,
     no_retry_on_permanent_errors,
-    new_pipeline,
     resend_failed_confirmations,
     summary_metadata,
 )
@@ -60,9 +59,9 @@ def verify_employees(
     rejected = RejectedTally()
     unassessed = 0
     gate = _decision_gate(sql_service.client, write_outcomes)
-    with mail_transport(mailer) as transport:
-        decisions = new_pipeline(context, mongo_service, mailer, transport, metrics)
-        reminders = new_pipeline(context, mongo_service, mailer, transport, metrics)
+    with delivery_step(context, mongo_service, mailer, metrics) as step:
+        decisions = step.pipeline()
+        reminders = step.pipeline()
         pending = sql_service.client.iter_verifications(statuses=["pending"])
         for chunk in chunked(pending, MAX_BATCH_ITEMS):
             verifications = []

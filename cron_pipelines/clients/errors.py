@@ -7,6 +7,8 @@ token or a secret.
 
 from __future__ import annotations
 
+from cron_pipelines.safe_text import printable
+
 
 class ServiceError(Exception):
     """Base of every failure talking to sql-service or mongo-service."""
@@ -23,12 +25,13 @@ class ServiceError(Exception):
         request_id: str | None = None,
         attempts: int = 1,
     ) -> None:
-        self.reason = reason
+        # The reason and code may quote the service's own answer: never print them raw.
+        self.reason = printable(reason, 600)
         self.service = service
         self.method = method
         self.path = path
         self.status = status
-        self.code = code
+        self.code = printable(code, 80) if code is not None else None
         self.request_id = request_id
         self.attempts = attempts
         super().__init__(self._describe())
@@ -58,4 +61,7 @@ class ServiceRequestError(ServiceError):
 
 
 class ServiceProtocolError(ServiceError):
-    """The service answered something the contract does not allow (bad JSON, mismatched batch results)."""
+    """The service answered something the contract does not allow: permanent, never retried.
+
+    Bad JSON, invalid UTF-8, a wrong content type, an oversized body, a redirect, a page
+    larger than asked for, a cursor that loops, batch results that do not match."""

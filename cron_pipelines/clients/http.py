@@ -4,39 +4,59 @@ A pooled keep-alive httpx client that signs each request with the service's JWT,
 tags it with a fresh X-Request-ID, retries transient failures with exponential
 backoff and jitter (honouring Retry-After), streams paginated lists page by page
 and writes batches in chunks the contract allows.
+
+Nothing a service sends is trusted (docs/services.md, "Untrusted answers"): every
+request has one deadline for connect, headers and body; a body is read as a stream
+with a cap on its decompressed size; only UTF-8 JSON of bounded depth is decoded;
+a page larger than asked for, or a cursor already followed, is a protocol error.
 """
 
 from __future__ import annotations
 
+import contextvars
 import email.utils
+import hashlib
 import itertools
+import json
 import logging
 import random
 import threading
 import time
 import uuid
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
+import httpcore
 import httpx
 from pydantic import BaseModel, ValidationError
 
 from cron_pipelines.clients.errors import (
     ServiceAuthError,
+    ServiceError,
     ServiceProtocolError,
     ServiceRequestError,
     ServiceUnavailable,
 )
 from cron_pipelines.clients.tokens import TokenIssuer
 from cron_pipelines.observability.logs import request_log
+from cron_pipelines.safe_text import printable
 
 logger = logging.getLogger("cron_pipelines.clients")
 
 TRANSIENT_STATUSES: frozenset[int] = frozenset({408, 429, 500, 502, 503, 504})
 MAX_BATCH_ITEMS = 500
 MAX_PAGE_SIZE = 1000
+# The largest legitimate answer is a page of 1,000 records or 500 claim results, each
+# record a few kilobytes at most (ids, names and metadata are capped): 16 MiB is
+# several times that, and small next to a run worker's memory.
+DEFAULT_MAX_RESPONSE_BYTES = 16 * 1024 * 1024
+# An error body is only read for its message.
+MAX_ERROR_BODY_BYTES = 16 * 1024
+# A cursor is opaque but not unbounded; a longer one is a protocol violation.
+MAX_CURSOR_CHARACTERS = 2048
 
 M = TypeVar("M", bound=BaseModel)
 R = TypeVar("R", bound=BaseModel)
@@ -81,7 +101,7 @@ class RejectedTally:
     def add(self, record: RejectedRecord) -> None:
         self.count += 1
         if len(self.sample) < self.sample_size:
-            self.sample.append(f"{record.record_id or '<no id>'}: {record.reason}")
+            self.sample.append(f"{printable(record.record_id or '<no id>', 80)}: {printable(record.reason, 200)}")
 
 
 @dataclass
@@ -106,6 +126,24 @@ class ClientStats:
             self.rejected_records += 1
 
 
+@dataclass(frozen=True)
+class Reply:
+    """A 2xx answer's decoded body, and how many times the request was sent to get it.
+
+    `attempts > 1` means an earlier try may have been handled with its answer lost."""
+
+    body: Any
+    attempts: int
+
+
+@dataclass(frozen=True)
+class BatchReply:
+    """One result per item of a batch write, in order."""
+
+    results: list[Any]
+    attempts: int
+
+
 class RequestObserver(Protocol):
     """Receives every request's result (metrics); see cron_pipelines.observability.metrics."""
 
@@ -118,12 +156,141 @@ def describe_validation_error(exc: ValidationError, limit: int = 3) -> str:
     """A short reason naming the failing fields, e.g. `amount_cents: Input should be a valid integer`."""
     parts = []
     for error in exc.errors()[:limit]:
-        location = ".".join(str(part) for part in error["loc"]) or "record"
+        location = ".".join(printable(part, 40) for part in error["loc"]) or "record"
         parts.append(f"{location}: {error['msg']}")
     more = len(exc.errors()) - limit
     if more > 0:
         parts.append(f"and {more} more")
     return "; ".join(parts)
+
+
+def chunked(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    """Consecutive lists of at most `size` items, without materialising the input."""
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
+
+
+# -- one deadline per request -------------------------------------------------------
+
+# The monotonic time by which the current request must be done (None outside one).
+_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("cron_pipelines_deadline", default=None)
+
+
+def _within_deadline(timeout: float | None) -> float | None:
+    """`timeout` shortened to what is left of the request's deadline; ReadTimeout once it is past."""
+    deadline = _deadline.get()
+    if deadline is None:
+        return timeout
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise httpcore.ReadTimeout("the request's deadline has passed")
+    return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A socket whose every read and write waits no longer than the request's deadline.
+
+    A per-read timeout alone lets a server that sends one byte a second hold a
+    request forever; capping each wait at the time left bounds the whole request.
+    """
+
+    def __init__(self, stream: httpcore.NetworkStream) -> None:
+        self._stream = stream
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._stream.read(max_bytes, _within_deadline(timeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._stream.write(buffer, _within_deadline(timeout))
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None) -> "_DeadlineStream":
+        return _DeadlineStream(self._stream.start_tls(ssl_context, server_hostname, _within_deadline(timeout)))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    def __init__(self) -> None:
+        self._backend = httpcore.SyncBackend()
+
+    def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
+                    socket_options: Any = None) -> httpcore.NetworkStream:
+        return _DeadlineStream(self._backend.connect_tcp(host, port, _within_deadline(timeout), local_address, socket_options))
+
+    def connect_unix_socket(self, path: str, timeout: float | None = None, socket_options: Any = None) -> httpcore.NetworkStream:
+        return _DeadlineStream(self._backend.connect_unix_socket(path, _within_deadline(timeout), socket_options))
+
+    def sleep(self, seconds: float) -> None:
+        self._backend.sleep(seconds)
+
+
+def _transport(max_connections: int) -> httpx.HTTPTransport:
+    transport = httpx.HTTPTransport()
+    # httpx takes no network backend, so its pool is rebuilt with one (same TLS defaults).
+    transport._pool = httpcore.ConnectionPool(
+        ssl_context=httpx.create_ssl_context(),
+        max_connections=max_connections,
+        max_keepalive_connections=max_connections,
+        keepalive_expiry=5.0,
+        network_backend=_DeadlineBackend(),
+    )
+    return transport
+
+
+# -- reading an answer ---------------------------------------------------------------
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _read_body(response: httpx.Response, cap: int) -> bytes:
+    """The decoded body, read as a stream; _TooLarge as soon as it (decompressed) passes `cap` bytes."""
+    declared = response.headers.get("Content-Length")
+    if declared is not None and declared.isdigit() and int(declared) > cap:
+        raise _TooLarge()
+    encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding == "gzip":
+        decompressor: Any = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    elif encoding == "deflate":
+        decompressor = zlib.decompressobj()
+    elif encoding in ("identity", ""):
+        decompressor = None
+    else:
+        raise ValueError(f"unsupported Content-Encoding {printable(encoding, 40)!r}")
+    body = bytearray()
+    for chunk in response.iter_raw():
+        data = chunk
+        while data:
+            if decompressor is None:
+                out, data = data, b""
+            else:
+                # Never inflate more than the cap allows: a small bomb cannot grow past it.
+                out = decompressor.decompress(data, cap + 1 - len(body))
+                data = decompressor.unconsumed_tail
+            body += out
+            if len(body) > cap:
+                raise _TooLarge()
+    return bytes(body)
+
+
+def _decode_json(body: bytes) -> Any:
+    """JSON from UTF-8 bytes; ValueError naming what is wrong (encoding, syntax, depth)."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"answer is not valid UTF-8 (byte {exc.start})") from None
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("answer nests JSON too deeply") from None
+    except ValueError as exc:
+        raise ValueError(f"answer is not JSON ({printable(exc, 120)})") from None
 
 
 def _retry_after_seconds(response: httpx.Response) -> float | None:
@@ -142,19 +309,28 @@ def _retry_after_seconds(response: httpx.Response) -> float | None:
 
 
 def _error_code_and_message(response: httpx.Response) -> tuple[str | None, str]:
+    """The contract's error code and message, made printable; or a snippet of whatever came."""
     try:
-        body = response.json()
-        error = body["error"]
-        return str(error["code"]), str(error["message"])[:300]
+        body = _read_body(response, MAX_ERROR_BODY_BYTES)
+    except (_TooLarge, ValueError, httpx.HTTPError, httpcore.TimeoutException):
+        return None, response.reason_phrase or "unreadable error body"
+    try:
+        error = _decode_json(body)["error"]
+        return printable(error["code"], 80), printable(error["message"], 300)
     except (ValueError, KeyError, TypeError):
-        return None, (response.text[:200] or response.reason_phrase or "no body")
+        return None, printable(body[:200].decode("utf-8", "replace") or response.reason_phrase or "no body", 200)
 
 
-def chunked(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
-    """Consecutive lists of at most `size` items, without materialising the input."""
-    iterator = iter(items)
-    while chunk := list(itertools.islice(iterator, size)):
-        yield chunk
+@dataclass
+class _Attempt:
+    """What one try of a request came to."""
+
+    status_label: str  # the HTTP status, or `timeout` / `connection_error`
+    body: Any = None  # the decoded JSON of a 2xx answer
+    failure: str = ""
+    status: int | None = None
+    code: str | None = None
+    retry_after: float | None = None
 
 
 class ServiceClient:
@@ -168,6 +344,8 @@ class ServiceClient:
         issuer: TokenIssuer,
         connect_timeout: float = 5.0,
         read_timeout: float = 30.0,
+        request_deadline: float = 60.0,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         backoff: Backoff = Backoff(),
         page_size: int = MAX_PAGE_SIZE,
         max_connections: int = 8,
@@ -185,11 +363,14 @@ class ServiceClient:
         self._issuer = issuer
         self._backoff = backoff
         self._sleep = sleep
+        self._request_deadline = request_deadline
+        self._max_response_bytes = max_response_bytes
         self._http = httpx.Client(
             base_url=base_url.rstrip("/"),
             timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
-            headers={"User-Agent": "cron-pipelines", "Accept": "application/json"},
+            transport=_transport(max_connections),
+            # gzip only: it is the one encoding whose inflated size is capped while reading.
+            headers={"User-Agent": "cron-pipelines", "Accept": "application/json", "Accept-Encoding": "gzip"},
         )
 
     def close(self) -> None:
@@ -201,105 +382,135 @@ class ServiceClient:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _log_request(self, context: dict[str, Any], outcome: str) -> None:
-        self._request_log.info(
-            "%s %s %s -> %s in %s ms", self.service, context["method"], context["endpoint"], context["status"],
-            context["elapsed_ms"], extra={**self.log_context, **context, "outcome": outcome},
-        )
-
     # -- single requests ---------------------------------------------------
 
-    def request_json(
+    def request(
         self,
         method: str,
         path: str,
         *,
         params: Mapping[str, Any] | None = None,
         json_body: Any = None,
-    ) -> Any:
-        """Send one request, retrying transient failures; the decoded JSON body of a 2xx answer."""
+    ) -> Reply:
+        """Send one request, retrying transient failures; the decoded JSON body of its 2xx answer."""
         endpoint = f"{method} {path}"
-        failure = "no attempt made"
-        last_status: int | None = None
-        last_code: str | None = None
+        attempt = _Attempt("none", failure="no attempt made")
         request_id = ""
-        for attempt in range(1, self._backoff.max_attempts + 1):
+        for number in range(1, self._backoff.max_attempts + 1):
             request_id = uuid.uuid4().hex
-            headers = {
-                "Authorization": f"Bearer {self._issuer.token_for(self.service)}",
-                "X-Request-ID": request_id,
-            }
             self.stats.count_request(endpoint)
             started = time.perf_counter()
-            retry_after: float | None = None
             try:
-                response = self._http.request(method, path, params=params, json=json_body, headers=headers)
-            except httpx.TimeoutException as exc:
-                failure, last_status, last_code = f"timed out ({type(exc).__name__})", None, None
-                status_label = "timeout"
-            except httpx.TransportError as exc:
-                failure, last_status, last_code = f"connection failed ({type(exc).__name__})", None, None
-                status_label = "connection_error"
-            else:
-                status_label = str(response.status_code)
-            elapsed = time.perf_counter() - started
-            context = {"service": self.service, "method": method, "endpoint": path, "status": status_label,
-                       "request_id": request_id, "attempt": attempt, "elapsed_ms": round(elapsed * 1000, 1)}
+                attempt = self._try(method, path, params, json_body, request_id)
+            except ServiceProtocolError as exc:
+                self._log_request(self._context(method, path, str(exc.status), request_id, number, started), "protocol_error")
+                raise
+            context = self._context(method, path, attempt.status_label, request_id, number, started)
+            elapsed = context["elapsed_ms"] / 1000
             if self.observer is not None:
-                self.observer.request_finished(service=self.service, endpoint=endpoint, status=status_label, seconds=elapsed)
-            if status_label.isdigit():
-                status = response.status_code
-                if 200 <= status < 300:
-                    self._log_request(context, "ok")
-                    return self._decode(response, method, path, request_id)
-                code, message = _error_code_and_message(response)
-                error_args = dict(
-                    service=self.service, method=method, path=path, status=status, code=code,
-                    request_id=request_id, attempts=attempt,
+                self.observer.request_finished(
+                    service=self.service, endpoint=endpoint, status=attempt.status_label, seconds=elapsed
                 )
-                if status in (401, 403):
-                    self._log_request(context, "auth_refused")
-                    logger.error("%s %s -> %s request_id=%s: %s", self.service, endpoint, status, request_id,
-                                 message, extra={**context, "outcome": "auth_refused"})
-                    raise ServiceAuthError(message, **error_args)
-                if status not in TRANSIENT_STATUSES:
-                    self._log_request(context, "refused")
-                    logger.error("%s %s -> %s request_id=%s: %s", self.service, endpoint, status, request_id,
-                                 message, extra={**context, "outcome": "refused"})
-                    raise ServiceRequestError(message, **error_args)
-                failure, last_status, last_code = message, status, code
-                retry_after = _retry_after_seconds(response)
-            if attempt == self._backoff.max_attempts:
+            if attempt.status is not None and 200 <= attempt.status < 300:
+                self._log_request(context, "ok")
+                return Reply(attempt.body, number)
+            if attempt.status is not None and attempt.status not in TRANSIENT_STATUSES:
+                raise self._refusal(attempt, context, number)
+            if number == self._backoff.max_attempts:
                 self._log_request(context, "gave_up")
                 logger.error("%s %s gave up after %d attempts (status=%s, %s) request_id=%s", self.service,
-                             endpoint, attempt, last_status, failure, request_id,
+                             endpoint, number, attempt.status, attempt.failure, request_id,
                              extra={**context, "outcome": "gave_up"})
                 break
-            self._log_request(context, "retry")
-            delay = self._backoff.delay(attempt - 1, retry_after)
-            self.stats.count_retry()
-            if self.observer is not None:
-                self.observer.request_retried(service=self.service, endpoint=endpoint)
-            logger.warning(
-                "%s %s failed (status=%s, %s) request_id=%s; retry %d/%d in %.2f s",
-                self.service, endpoint, last_status, failure, request_id,
-                attempt, self._backoff.max_attempts - 1, delay, extra={**context, "outcome": "retry"},
-            )
-            self._sleep(delay)
+            self._wait_before_retry(attempt, context, number)
         raise ServiceUnavailable(
-            f"gave up after {self._backoff.max_attempts} attempts: {failure}",
-            service=self.service, method=method, path=path, status=last_status, code=last_code,
+            f"gave up after {self._backoff.max_attempts} attempts: {attempt.failure}",
+            service=self.service, method=method, path=path, status=attempt.status, code=attempt.code,
             request_id=request_id, attempts=self._backoff.max_attempts,
         )
 
-    def _decode(self, response: httpx.Response, method: str, path: str, request_id: str) -> Any:
+    def _try(
+        self, method: str, path: str, params: Mapping[str, Any] | None, json_body: Any, request_id: str
+    ) -> _Attempt:
+        """One try within the request deadline; a 2xx body that breaks the contract raises ServiceProtocolError."""
+        headers = {"Authorization": f"Bearer {self._issuer.token_for(self.service)}", "X-Request-ID": request_id}
+        token = _deadline.set(time.monotonic() + self._request_deadline)
         try:
-            return response.json()
+            with self._http.stream(method, path, params=params, json=json_body, headers=headers) as response:
+                status = response.status_code
+                if 200 <= status < 300:
+                    return _Attempt(str(status), body=self._decode(response, method, path, request_id), status=status)
+                code, message = _error_code_and_message(response)
+                return _Attempt(str(status), failure=message, status=status, code=code,
+                                retry_after=_retry_after_seconds(response))
+        except (httpx.TimeoutException, httpcore.TimeoutException) as exc:
+            return _Attempt("timeout", failure=f"timed out ({type(exc).__name__})")
+        except (httpx.TransportError, httpcore.NetworkError, httpcore.ProtocolError) as exc:
+            return _Attempt("connection_error", failure=f"connection failed ({type(exc).__name__})")
+        finally:
+            _deadline.reset(token)
+
+    def _decode(self, response: httpx.Response, method: str, path: str, request_id: str) -> Any:
+        def violation(reason: str) -> ServiceProtocolError:
+            return ServiceProtocolError(reason, service=self.service, method=method, path=path,
+                                        status=response.status_code, request_id=request_id)
+
+        content_type = response.headers.get("Content-Type", "")
+        if content_type.split(";")[0].strip().lower() != "application/json":
+            raise violation(f"answer is {printable(content_type or 'untyped', 60)!r}, not application/json")
+        try:
+            return _decode_json(_read_body(response, self._max_response_bytes))
+        except _TooLarge:
+            raise violation(f"answer is larger than {self._max_response_bytes} bytes (SERVICE_MAX_RESPONSE_BYTES)") from None
         except ValueError as exc:
-            raise ServiceProtocolError(
-                "answer is not JSON", service=self.service, method=method, path=path,
-                status=response.status_code, request_id=request_id,
-            ) from exc
+            raise violation(str(exc)) from None
+
+    def _refusal(self, attempt: _Attempt, context: dict[str, Any], number: int) -> ServiceError:
+        """The permanent error for a non-transient status: logged once, never retried."""
+        status = attempt.status
+        assert status is not None
+        if status in (401, 403):
+            error_class: type[ServiceError] = ServiceAuthError
+            outcome = "auth_refused"
+        elif 300 <= status < 400:
+            error_class, outcome = ServiceProtocolError, "refused"
+            attempt.failure = f"redirects are not part of the contract ({attempt.failure})"
+        else:
+            error_class, outcome = ServiceRequestError, "refused"
+        self._log_request(context, outcome)
+        logger.error("%s %s %s -> %s request_id=%s: %s", self.service, context["method"], context["endpoint"],
+                     status, context["request_id"], attempt.failure, extra={**context, "outcome": outcome})
+        return error_class(
+            attempt.failure, service=self.service, method=context["method"], path=context["endpoint"],
+            status=status, code=attempt.code, request_id=context["request_id"], attempts=number,
+        )
+
+    def _wait_before_retry(self, attempt: _Attempt, context: dict[str, Any], number: int) -> None:
+        self._log_request(context, "retry")
+        delay = self._backoff.delay(number - 1, attempt.retry_after)
+        self.stats.count_retry()
+        endpoint = f"{context['method']} {context['endpoint']}"
+        if self.observer is not None:
+            self.observer.request_retried(service=self.service, endpoint=endpoint)
+        logger.warning(
+            "%s %s failed (status=%s, %s) request_id=%s; retry %d/%d in %.2f s",
+            self.service, endpoint, attempt.status, attempt.failure, context["request_id"],
+            number, self._backoff.max_attempts - 1, delay, extra={**context, "outcome": "retry"},
+        )
+        self._sleep(delay)
+
+    def _context(
+        self, method: str, path: str, status: str, request_id: str, number: int, started: float
+    ) -> dict[str, Any]:
+        elapsed_ms = round((time.perf_counter() - started) * 1000, 1)
+        return {"service": self.service, "method": method, "endpoint": path, "status": status,
+                "request_id": request_id, "attempt": number, "elapsed_ms": elapsed_ms}
+
+    def _log_request(self, context: dict[str, Any], outcome: str) -> None:
+        self._request_log.info(
+            "%s %s %s -> %s in %s ms", self.service, context["method"], context["endpoint"], context["status"],
+            context["elapsed_ms"], extra={**self.log_context, **context, "outcome": outcome},
+        )
 
     def _protocol_error(self, method: str, path: str, reason: str) -> ServiceProtocolError:
         return ServiceProtocolError(reason, service=self.service, method=method, path=path)
@@ -317,23 +528,37 @@ class ServiceClient:
         """Every item of a list endpoint, fetched page by page as the caller consumes them.
 
         An item that does not validate against `model` is yielded as a RejectedRecord.
+        A page with more items than asked for, or a `next_cursor` this pagination has
+        already followed (a loop), is a ServiceProtocolError: the stream would not end.
         """
         query = dict(params or {})
         query["limit"] = self.page_size
+        followed: set[bytes] = set()  # digests: memory stays small however long the cursors
         cursor: str | None = None
         while True:
             if cursor is not None:
                 query["cursor"] = cursor
-            body = self.request_json("GET", path, params=query)
+            body = self.request("GET", path, params=query).body
             if not isinstance(body, dict) or not isinstance(body.get("items"), list):
                 raise self._protocol_error("GET", path, "page has no `items` list")
-            for raw in body["items"]:
+            items = body["items"]
+            if len(items) > self.page_size:
+                raise self._protocol_error(
+                    "GET", path, f"page holds {len(items)} items, more than limit={self.page_size}"
+                )
+            for raw in items:
                 yield self._validate_item(model, raw, id_field)
             cursor = body.get("next_cursor")
             if cursor is None:
                 return
-            if not isinstance(cursor, str) or not cursor:
+            if not isinstance(cursor, str) or not cursor or len(cursor) > MAX_CURSOR_CHARACTERS:
                 raise self._protocol_error("GET", path, "page has an invalid `next_cursor`")
+            digest = hashlib.blake2b(cursor.encode(), digest_size=16).digest()
+            if digest in followed:
+                raise self._protocol_error(
+                    "GET", path, f"next_cursor {printable(cursor, 80)!r} was already followed: the pages loop"
+                )
+            followed.add(digest)
 
     def _validate_item(self, model: type[M], raw: Any, id_field: str) -> M | RejectedRecord:
         try:
@@ -342,23 +567,21 @@ class ServiceClient:
             self.stats.count_rejected()
             record_id = raw.get(id_field) if isinstance(raw, dict) else None
             return RejectedRecord(
-                record_id=str(record_id) if record_id is not None else None,
+                record_id=printable(record_id, 120) if record_id is not None else None,
                 reason=describe_validation_error(exc),
                 raw=raw,
             )
 
     # -- batch writes ----------------------------------------------------------
 
-    def write_batch(self, path: str, items: Sequence[M], result_model: type[R]) -> list[R]:
+    def write_batch(self, path: str, items: Sequence[M], result_model: type[R]) -> BatchReply:
         """POST one batch (≤ 500 items); its results, checked to match the items one to one."""
         if len(items) > MAX_BATCH_ITEMS:
             raise ValueError(f"a batch holds at most {MAX_BATCH_ITEMS} items, got {len(items)}")
         if not items:
-            return []
-        body = self.request_json(
-            "POST", path, json_body={"items": [item.model_dump(mode="json") for item in items]}
-        )
-        raw_results = body.get("results") if isinstance(body, dict) else None
+            return BatchReply([], 0)
+        reply = self.request("POST", path, json_body={"items": [item.model_dump(mode="json") for item in items]})
+        raw_results = reply.body.get("results") if isinstance(reply.body, dict) else None
         if not isinstance(raw_results, list) or len(raw_results) != len(items):
             raise self._protocol_error("POST", path, f"expected {len(items)} results in order")
         try:
@@ -368,13 +591,14 @@ class ServiceClient:
         for item, result in zip(items, results):
             if item.key != result.key:  # type: ignore[attr-defined]
                 raise self._protocol_error(
-                    "POST", path, f"result for {result.key!r} answers item {item.key!r}"  # type: ignore[attr-defined]
+                    "POST", path,
+                    f"result for {printable(result.key, 80)!r} answers item {printable(item.key, 80)!r}",  # type: ignore[attr-defined]
                 )
-        return results
+        return BatchReply(results, reply.attempts)
 
     def write_all(
         self, path: str, items: Iterable[M], result_model: type[R], *, chunk_size: int = MAX_BATCH_ITEMS
     ) -> Iterator[tuple[M, R]]:
         """Each item with its result, written in chunks of at most `chunk_size` as the caller consumes them."""
         for chunk in chunked(items, min(chunk_size, MAX_BATCH_ITEMS)):
-            yield from zip(chunk, self.write_batch(path, chunk, result_model))
+            yield from zip(chunk, self.write_batch(path, chunk, result_model).results)

@@ -9,8 +9,42 @@ from __future__ import annotations
 from datetime import date, datetime, timezone
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
 from typing_extensions import Annotated
+
+# Caps on what the services send (docs/services.md, "Limits"). A record over a cap fails
+# validation: it is recorded `skipped` with the reason (or counted invalid when not even
+# its key can be formed), so one absurd value never reaches an email or blocks a batch.
+MAX_ID_CHARACTERS = 128
+MAX_EMAIL_CHARACTERS = 320
+MAX_NAME_CHARACTERS = 200
+MAX_DESCRIPTION_CHARACTERS = 500
+MAX_INSTANT_CHARACTERS = 64
+
+# An id becomes part of an idempotency key, which is also a mail header and a ledger key:
+# printable ASCII without spaces.
+Id = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_CHARACTERS, pattern=r"^[\x21-\x7e]+$")]
+EmailText = Annotated[str, StringConstraints(max_length=MAX_EMAIL_CHARACTERS)]
+NameText = Annotated[str, StringConstraints(max_length=MAX_NAME_CHARACTERS)]
+DescriptionText = Annotated[str, StringConstraints(max_length=MAX_DESCRIPTION_CHARACTERS)]
+_ID = TypeAdapter(Id)
+
+
+def usable_id(value: object) -> str | None:
+    """`value` as an Id if it is one (a number is read as its digits), else None.
+
+    What a skip record keeps of a malformed record's fields: only what fits the ledger."""
+    if value is None:
+        return None
+    try:
+        return _ID.validate_python(str(value) if isinstance(value, int) else value)
+    except ValidationError:
+        return None
+
+
+def usable_email(value: object) -> str | None:
+    """`value` if it is a string short enough to be an address, else None (see usable_id)."""
+    return value if isinstance(value, str) and 0 < len(value) <= MAX_EMAIL_CHARACTERS else None
 
 
 def _parse_instant(value: str) -> datetime:
@@ -27,7 +61,7 @@ def _check_instant(value: str) -> str:
 
 # An RFC 3339 instant kept exactly as the service wrote it: idempotency keys
 # embed it unchanged (contract §5), so it must not be re-formatted.
-InstantStr = Annotated[str, AfterValidator(_check_instant)]
+InstantStr = Annotated[str, StringConstraints(max_length=MAX_INSTANT_CHARACTERS), AfterValidator(_check_instant)]
 
 
 def parse_instant(value: str) -> datetime:
@@ -71,21 +105,21 @@ DueStatus = Literal["pending", "overdue", "paid", "cancelled"]
 
 
 class DueUser(ServiceModel):
-    id: str
+    id: Id
     # Recipients are validated when the mail is built, so a bad address becomes
     # a recorded skip of that notification rather than an unreadable record.
-    email: str | None = None
-    full_name: str | None = None
+    email: EmailText | None = None
+    full_name: NameText | None = None
 
 
 class Due(ServiceModel):
-    id: str
-    user_id: str
-    amount_cents: int
-    currency: str = Field(min_length=3, max_length=3)
+    id: Id
+    user_id: Id
+    amount_cents: int = Field(ge=-(10**15), le=10**15)
+    currency: str = Field(pattern=r"^[A-Z]{3}$")
     due_date: date
     status: DueStatus
-    description: str | None = None
+    description: DescriptionText | None = None
     user: DueUser
 
 
@@ -110,10 +144,10 @@ VerificationStatus = Literal["pending", "verified", "rejected", "expired"]
 
 
 class Verification(ServiceModel):
-    id: str
-    employee_id: str
-    email: str | None = None
-    full_name: str | None = None
+    id: Id
+    employee_id: Id
+    email: EmailText | None = None
+    full_name: NameText | None = None
     status: VerificationStatus
     requested_at: InstantStr
 
@@ -147,9 +181,9 @@ UserStatus = Literal["active", "inactive"]
 
 
 class InactiveUser(ServiceModel):
-    id: str
-    email: str | None = None
-    full_name: str | None = None
+    id: Id
+    email: EmailText | None = None
+    full_name: NameText | None = None
     status: UserStatus
     last_login_at: InstantStr | None = None
     created_at: InstantStr
@@ -184,11 +218,11 @@ class DeactivationResult(ServiceModel):
 
 
 class VerificationAttempt(ServiceModel):
-    id: str
-    verification_id: str
-    employee_id: str
+    id: Id
+    verification_id: Id
+    employee_id: Id
     outcome: Literal["success", "failure"]
-    method: str
+    method: Annotated[str, StringConstraints(max_length=64)]
     attempted_at: InstantStr
 
     @property
@@ -197,13 +231,19 @@ class VerificationAttempt(ServiceModel):
 
 
 NotificationStatus = Literal["claimed", "sent", "failed", "skipped"]
+# What this project adds to every claim's metadata (docs/services.md, "The ledger"):
+# the batch's token, which recognises a claim whose answer was lost, and the Message-ID
+# the email will carry, which an operator can look up in the mail server's logs.
+CLAIM_TOKEN = "claim_token"
+PLANNED_MESSAGE_ID = "planned_message_id"
+DELIVERY_METADATA = frozenset({CLAIM_TOKEN, PLANNED_MESSAGE_ID})
 
 
 class NotificationClaim(ServiceModel):
-    idempotency_key: str = Field(min_length=1, max_length=512)
+    idempotency_key: str = Field(min_length=1, max_length=512, pattern=r"^[\x21-\x7e]+$")
     kind: str = Field(min_length=1, max_length=64)
-    user_id: str | None = None
-    recipient: str | None = None
+    user_id: Id | None = None
+    recipient: EmailText | None = None
     run_id: str | None = None
     job_name: str | None = None
     partition_key: str | None = None

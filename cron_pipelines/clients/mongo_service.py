@@ -6,7 +6,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
-from cron_pipelines.clients.http import RejectedRecord, ServiceClient, chunked
+from cron_pipelines.clients.http import BatchReply, RejectedRecord, ServiceClient, chunked
 from cron_pipelines.clients.models import (
     ClaimResult,
     Deactivation,
@@ -52,11 +52,12 @@ class MongoServiceClient(ServiceClient):
                 "/v1/verification-attempts", VerificationAttempt, {**since_param, "verification_id": ids}
             )
 
-    def claim_notifications(self, claims: Sequence[NotificationClaim]) -> list[ClaimResult]:
+    def claim_notifications(self, claims: Sequence[NotificationClaim]) -> BatchReply:
+        """ClaimResults in order; `attempts > 1` tells the caller an earlier answer may have been lost."""
         return self.write_batch("/v1/notifications/claims", claims, ClaimResult)
 
     def record_outcomes(self, outcomes: Sequence[NotificationOutcome]) -> list[OutcomeResult]:
-        return self.write_batch("/v1/notifications/outcomes", outcomes, OutcomeResult)
+        return self.write_batch("/v1/notifications/outcomes", outcomes, OutcomeResult).results
 
     def iter_notifications(
         self,

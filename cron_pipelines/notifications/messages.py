@@ -16,12 +16,15 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from email.header import Header
-from email.utils import formataddr, formatdate, make_msgid, parseaddr
+from email.utils import formataddr, formatdate, make_msgid, parseaddr, quote
 from enum import StrEnum
 from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+
+from cron_pipelines.clients.models import MAX_NAME_CHARACTERS
+from cron_pipelines.safe_text import without_bidi_controls
 
 
 class NotificationKind(StrEnum):
@@ -59,6 +62,15 @@ class OutgoingMessage:
     recipient: str
     message_id: str
     data: bytes
+    # The recipient's local part is not ASCII: only an SMTPUTF8 server may take it (RFC 6531).
+    smtputf8: bool = False
+
+
+@dataclass(frozen=True)
+class Recipient:
+    address: str  # the domain in IDNA A-labels
+    name: str | None
+    smtputf8: bool
 
 
 class UnsendableNotification(ValueError):
@@ -70,7 +82,7 @@ _KEY_PATTERN = re.compile(r"[\x21-\x7e]{1,900}")  # printable ASCII, no spaces: 
 MAX_SUBJECT_CHARACTERS = 200
 
 
-def check_recipient(email: str | None, name: str | None) -> tuple[str, str | None]:
+def check_recipient(email: str | None, name: str | None) -> Recipient:
     """The normalised address and display name, or UnsendableNotification saying why not."""
     if email is None or not email.strip():
         raise UnsendableNotification("missing e-mail address")
@@ -78,11 +90,29 @@ def check_recipient(email: str | None, name: str | None) -> tuple[str, str | Non
         raise UnsendableNotification("e-mail address contains control characters (header injection)")
     if name is not None and _CONTROL_CHARACTERS.search(name):
         raise UnsendableNotification("display name contains control characters (header injection)")
+    if name is not None and len(name) > MAX_NAME_CHARACTERS:
+        raise UnsendableNotification(f"display name is longer than {MAX_NAME_CHARACTERS} characters")
     try:
-        address = validate_email(email.strip(), check_deliverability=False).normalized
+        validated = validate_email(email.strip(), check_deliverability=False)
     except EmailNotValidError as exc:
         raise UnsendableNotification(f"invalid e-mail address: {exc}") from None
-    return address, (name.strip() or None) if name else None
+    # Bidirectional overrides can make a name read as something else: they are dropped.
+    clean_name = without_bidi_controls(name).strip() if name else ""
+    return Recipient(
+        address=f"{validated.local_part}@{validated.ascii_domain}",
+        name=clean_name or None,
+        smtputf8=not validated.local_part.isascii(),
+    )
+
+
+def _address_header(recipient: Recipient) -> str:
+    if not recipient.smtputf8:
+        return _header_text(formataddr((recipient.name or "", recipient.address), charset="utf-8"))
+    # RFC 6532: the address is written as UTF-8 (the message goes only over SMTPUTF8).
+    if not recipient.name:
+        return f"<{recipient.address}>"
+    phrase = f'"{quote(recipient.name)}"' if recipient.name.isascii() else _header_text(str(Header(recipient.name, "utf-8").encode()))
+    return f"{phrase} <{recipient.address}>"
 
 
 def _header_text(value: str) -> str:
@@ -96,8 +126,8 @@ def _base64_lines(text: str) -> str:
     return base64.encodebytes(text.encode("utf-8")).decode("ascii").replace("\n", "\r\n")
 
 
-def serialize_message(headers: list[tuple[str, str]], text: str, html: str) -> bytes:
-    """A multipart/alternative message; header values must already be wire-safe."""
+def serialize_message(headers: list[tuple[str, str]], text: str, html: str, *, smtputf8: bool = False) -> bytes:
+    """A multipart/alternative message; header values must already be wire-safe (UTF-8 only with SMTPUTF8)."""
     # "=_" cannot occur in base64 output, so the boundary never collides with a body line.
     boundary = f"=_{secrets.token_hex(16)}"
     head = "".join(f"{name}: {value}\r\n" for name, value in headers)
@@ -109,7 +139,7 @@ def serialize_message(headers: list[tuple[str, str]], text: str, html: str) -> b
         f"{_base64_lines(text)}--{boundary}\r\n"
         'Content-Type: text/html; charset="utf-8"\r\nContent-Transfer-Encoding: base64\r\n\r\n'
         f"{_base64_lines(html)}--{boundary}--\r\n"
-    ).encode("ascii")
+    ).encode("utf-8" if smtputf8 else "ascii")
 
 
 class MessageComposer:
@@ -128,18 +158,27 @@ class MessageComposer:
             auto_reload=False,
         )
 
-    def compose(self, notification: Notification) -> OutgoingMessage:
+    def new_message_id(self) -> str:
+        """A fresh Message-ID, planned before the claim so the ledger holds it even if the run dies."""
+        return make_msgid(domain=self._msgid_domain)
+
+    def compose(self, notification: Notification, message_id: str | None = None) -> OutgoingMessage:
         if not _KEY_PATTERN.fullmatch(notification.key):
             raise UnsendableNotification("idempotency key is not printable ASCII without spaces")
-        address, name = check_recipient(notification.email, notification.name)
-        context = {**notification.context, "name": name or "there", "notification_id": notification.key}
+        recipient = check_recipient(notification.email, notification.name)
+        context = {
+            **{name: without_bidi_controls(value) if isinstance(value, str) else value
+               for name, value in notification.context.items()},
+            "name": recipient.name or "there",
+            "notification_id": notification.key,
+        }
         kind = NotificationKind(notification.kind)
         # Data can end up in the subject: collapse every run of whitespace/control characters.
         subject = " ".join(self._render(kind, "subject.txt", context).split())[:MAX_SUBJECT_CHARACTERS]
-        message_id = make_msgid(domain=self._msgid_domain)
+        message_id = message_id or self.new_message_id()
         headers = [
             ("From", self._from_header),
-            ("To", _header_text(formataddr((name or "", address), charset="utf-8"))),
+            ("To", _address_header(recipient)),
             ("Subject", _header_text(subject)),
             ("Date", formatdate(usegmt=True)),
             ("Message-ID", message_id),
@@ -147,15 +186,17 @@ class MessageComposer:
             ("X-Notification-Id", notification.key),
         ]
         data = serialize_message(
-            headers, self._render(kind, "body.txt", context), self._render(kind, "body.html", context)
+            headers, self._render(kind, "body.txt", context), self._render(kind, "body.html", context),
+            smtputf8=recipient.smtputf8,
         )
         return OutgoingMessage(
             key=notification.key,
             kind=kind.value,
             sender=self.sender,
-            recipient=address,
+            recipient=recipient.address,
             message_id=message_id,
             data=data,
+            smtputf8=recipient.smtputf8,
         )
 
     def _render(self, kind: NotificationKind, part: str, context: Mapping[str, Any]) -> str:

@@ -1,39 +1,65 @@
-"""The one delivery path for every notification kind: claim, send, record (contract §4).
+"""The one delivery path for every notification kind: claim, send, record (docs/services.md, "The ledger").
 
-Notifications stream through in chunks of at most 500: each chunk is claimed in the
-ledger with one request, only what came back `claimed` is composed and sent, and
-every outcome is recorded with one more request. Memory holds one chunk at a time.
+Notifications stream through in batches of `batch_size` (default 100). Each batch is
+claimed with one request just before it is sent; only what came back `claimed` is
+composed and sent; outcomes are recorded as they come in, every `batch_size` messages
+or every `record_interval` seconds. While one batch is on its way to the mail server,
+the next is claimed and composed. So at most two batches are claimed and not yet
+recorded at any moment: that is all a hard crash (`kill -9`) can leave `claimed`.
 
-Exactly once: a `duplicate` is never sent; a message the server refused is recorded
-`failed` (a later run claims it again); when the mail server is unreachable, the rest
-of the chunk is recorded `failed` and the step fails, so a retry sends each remaining
-notification once. A crash between claim and outcome leaves the record `claimed`:
-never resent automatically, reported by the maintenance job.
+Nothing twice, whatever the source sends: a key repeated inside a batch is sent once
+(`repeated_in_source`); a key repeated in a later batch comes back `duplicate`. A
+`duplicate` is owned only when this very claim request was retried after its answer
+was lost, or it carries the token of an earlier attempt's unanswered claim.
+
+Nothing lost silently: a refused message is `failed` (4xx, retried by later runs up
+to `max_attempts`) or `skipped` (a 5xx bounce: never again). When the run stops, by
+an interrupt or an error, sending stops at once, and every claimed notification is
+recorded: `sent` if it was handed to the mail server, else `failed` so a later run
+sends it. What the ledger cannot take (it is down) is kept as the `journal`, which
+the next attempt records first.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import queue
+import signal
+import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from cron_pipelines.clients.http import MAX_BATCH_ITEMS, RejectedRecord, RejectedTally, chunked
-from cron_pipelines.clients.models import ClaimResult, NotificationClaim, NotificationOutcome, format_instant
+from pydantic import ValidationError
+
+from cron_pipelines.clients.http import RejectedRecord, RejectedTally, chunked, describe_validation_error
+from cron_pipelines.clients.models import (
+    CLAIM_TOKEN,
+    PLANNED_MESSAGE_ID,
+    ClaimResult,
+    NotificationClaim,
+    NotificationOutcome,
+    format_instant,
+)
 from cron_pipelines.clients.mongo_service import MongoServiceClient
 from cron_pipelines.notifications.messages import MessageComposer, Notification, OutgoingMessage, UnsendableNotification
 from cron_pipelines.notifications.transports import MailServerUnavailable, MailTransport, SendResult
+from cron_pipelines.safe_text import printable
 
 logger = logging.getLogger("cron_pipelines.notifications")
 
-OUTCOMES = ("claimed", "duplicate", "sent", "failed", "skipped", "rejected")
+OUTCOMES = ("claimed", "duplicate", "sent", "failed", "skipped", "rejected", "repeated_in_source")
 PROGRESS_LOG_INTERVAL_SECONDS = 10.0
+DEFAULT_BATCH_SIZE = 100
+MAX_BATCH_SIZE = 500  # the contract's batch limit
+DEFAULT_RECORD_INTERVAL_SECONDS = 1.0
+DEFAULT_MAX_ATTEMPTS = 5
 
 # Decides, after the claim, whether each owned notification is still to be sent:
 # None to send it, or the reason it is recorded `skipped`. Used where a service
@@ -71,6 +97,7 @@ class DeliveryStats:
     def count_skip(self, kind: str, key: str, reason: str) -> None:
         self.count("skipped", kind, key)
         # Reasons are short, fixed phrases plus field names; cap distinct ones all the same.
+        reason = printable(reason, 200)
         if reason in self.skip_reasons or len(self.skip_reasons) < 50:
             self.skip_reasons[reason] += 1
 
@@ -80,20 +107,81 @@ class DeliveryStats:
 
 
 @dataclass
-class _Prepared:
-    """A claimed chunk: its claim results, the outcomes known already (skips), the composed messages."""
+class Journal:
+    """What an attempt owes the ledger and could not deliver to it (the ledger was down).
 
-    notifications: list[Notification]
-    claim_results: list[ClaimResult] = field(default_factory=list)
+    `outcomes`: results not yet recorded (a `sent`, or a `failed` for a notification
+    never handed to the mail server). `unanswered_claims`: key → token of claims sent
+    without an answer; whatever they claimed was never sent.
+    """
+
+    outcomes: list[NotificationOutcome] = field(default_factory=list)
+    unanswered_claims: dict[str, str] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.outcomes or self.unanswered_claims)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "outcomes": [outcome.model_dump(mode="json") for outcome in self.outcomes],
+            "unanswered_claims": dict(self.unanswered_claims),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "Journal":
+        return cls(
+            outcomes=[NotificationOutcome.model_validate(item) for item in data.get("outcomes", [])],
+            unanswered_claims={str(key): str(token) for key, token in dict(data.get("unanswered_claims", {})).items()},
+        )
+
+
+@dataclass
+class _Batch:
+    """A claimed batch: the notifications it owns, the outcomes known already (skips), its messages."""
+
+    claim_results: dict[str, ClaimResult] = field(default_factory=dict)
     outcomes: list[NotificationOutcome] = field(default_factory=list)
     messages: list[tuple[Notification, OutgoingMessage]] = field(default_factory=list)
 
 
+_DONE = object()
+
+
 @dataclass
-class _InFlight:
-    prepared: _Prepared
-    sending: Future[list[SendResult]] | None  # None: abandoned, not handed to the mail server
-    not_sent_because: str = "the mail server was unavailable"
+class _Sending:
+    """A batch handed to the sender thread; its results arrive on `results`, in order.
+
+    `pending` holds the outcomes received and not yet recorded: whoever stops the run
+    must find them there, wherever an interrupt struck."""
+
+    batch: _Batch
+    results: "queue.SimpleQueue[Any]" = field(default_factory=queue.SimpleQueue)
+    received: int = 0
+    done: bool = False
+    pending: list[NotificationOutcome] = field(default_factory=list)
+
+    def take(self, result: SendResult, outcome_of: Callable[..., NotificationOutcome]) -> None:
+        notification, message = self.batch.messages[self.received]
+        self.received += 1
+        self.pending.append(outcome_of(notification, message, result))
+
+
+@contextlib.contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """SIGINT and SIGTERM wait until the block ends: recording what was sent must not be cut short."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {number: signal.signal(number, lambda signum, _frame: received.append(signum))
+                for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        if received:
+            logger.warning("interrupt received while recording outcomes; stopping now")
 
 
 class NotificationPipeline:
@@ -106,234 +194,94 @@ class NotificationPipeline:
         run: RunInfo,
         stats: DeliveryStats | None = None,
         log: logging.Logger | logging.LoggerAdapter = logger,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        record_interval: float = DEFAULT_RECORD_INTERVAL_SECONDS,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        inherited_tokens: dict[str, str] | None = None,
     ) -> None:
+        if not 1 <= batch_size <= MAX_BATCH_SIZE:
+            raise ValueError(f"batch_size must be 1..{MAX_BATCH_SIZE}")
         self._ledger = ledger
         self._composer = composer
         self._transport = transport
         self._run = run
         self._log = log
+        self._batch_size = batch_size
+        self._record_interval = record_interval
+        self._max_attempts = max_attempts
         self.stats = stats or DeliveryStats()
+        self.journal = Journal()
+        # Tokens of an earlier attempt's unanswered claims: a `duplicate` carrying one is ours.
+        # Shared by the pipelines of a step; a key leaves it once a claim of it is answered.
+        self.inherited_tokens: dict[str, str] = {} if inherited_tokens is None else inherited_tokens
         self._last_progress_log = time.monotonic()
         self._progress_interval = PROGRESS_LOG_INTERVAL_SECONDS
-        self._claim_token = ""
         self._last_unavailable_error: str | None = None
         self._unavailable = 0
+        self._stopped_sending = 0
+
+    # -- public ----------------------------------------------------------------------
+
+    def record_journaled(self, outcomes: Sequence[NotificationOutcome]) -> None:
+        """Record outcomes an earlier attempt could not; raises, keeping them in the journal, if the ledger still cannot."""
+        self.journal.outcomes.extend(outcomes)
+        self._flush_journal()
 
     def deliver(self, items: Iterable[Notification | RejectedRecord], *, gate: Gate | None = None) -> None:
-        """Deliver a stream of notifications chunk by chunk; RejectedRecords are counted, not sent.
+        """Deliver a stream of notifications batch by batch; RejectedRecords are counted, not sent.
 
-        Pipelined: while one chunk's messages are on their way to the mail server, the
-        next chunk is claimed and composed, so the ledger, the renderer and the mail
-        server work at the same time. At most two chunks are in memory.
+        While one batch is being sent, the next is claimed and composed, so the ledger,
+        the renderer and the mail server work at the same time.
         """
-        in_flight: _InFlight | None = None
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="notification-send") as sender:
-            try:
-                for chunk in chunked(items, MAX_BATCH_ITEMS):
-                    prepared = self._prepare_chunk(chunk, gate)
-                    if in_flight is not None:
-                        finishing, in_flight = in_flight, None
-                        try:
-                            self._complete(finishing)
-                        except MailServerUnavailable:
-                            self._abandon(prepared, "the mail server was unavailable")
-                            raise self._server_unavailable() from None
-                        except Exception as exc:  # e.g. the ledger failed to record the outcomes
-                            self._abandon(prepared, f"the run failed: {type(exc).__name__}: {exc}"[:400])
-                            raise
-                    in_flight = self._start(prepared, sender)
-            finally:
-                # Whatever failed meanwhile, the chunk handed to the mail server gets its outcomes.
-                if in_flight is not None:
-                    self._complete(in_flight)
+        self._deliver(items, gate, None)
 
     def deliver_chunk(
         self, items: Sequence[Notification | RejectedRecord], *, gate: Gate | None = None
-    ) -> list[tuple[Notification, ClaimResult]]:
-        """Claim, send and record one chunk (≤ 500); each notification with its claim result."""
-        prepared = self._prepare_chunk(items, gate)
-        self._complete(self._start(prepared, None))
-        return list(zip(prepared.notifications, prepared.claim_results))
+    ) -> dict[str, ClaimResult]:
+        """Deliver these notifications now; each key's claim result, for rules that depend on it."""
+        claims: dict[str, ClaimResult] = {}
+        self._deliver(items, gate, claims)
+        return claims
 
-    # -- a chunk's life: prepare (claim, compose), start (send), complete (record) ------
-
-    def _prepare_chunk(self, items: Sequence[Notification | RejectedRecord], gate: Gate | None) -> "_Prepared":
-        notifications: list[Notification] = []
-        for item in items:
-            if isinstance(item, RejectedRecord):
-                self.stats.count_rejected(item)
-            else:
-                notifications.append(item)
-        prepared = _Prepared(notifications)
-        if not notifications:
-            return prepared
-        prepared.claim_results = self._claim(notifications)
-        owned = []
-        for notification, result in zip(notifications, prepared.claim_results, strict=True):
-            if self._owns(result):
-                owned.append((notification, result))
-                self.stats.count("claimed", notification.kind, notification.key)
-            else:
-                self.stats.count("duplicate", notification.kind, notification.key)
-        try:
-            reasons = self._skip_reasons(owned, gate)
-        except Exception as exc:
-            # The gate's service write failed: nothing of this chunk is sent. Recorded `failed`,
-            # the notifications are claimed again, and the write retried, by a retry or later run.
-            error = f"not sent: {type(exc).__name__}: {exc}"[:500]
-            failed = [self._outcome(notification, "failed", error=error) for notification, _ in owned]
-            for notification, _ in owned:
-                self.stats.count("failed", notification.kind, notification.key)
-            with contextlib.suppress(Exception):  # if the ledger is down too, the claims stay `claimed`
-                self._record(failed)
-            raise
-        for (notification, _), reason in zip(owned, reasons):
-            self._prepare(notification, reason, prepared.outcomes, prepared.messages)
-        return prepared
-
-    def _start(self, prepared: "_Prepared", sender: ThreadPoolExecutor | None) -> "_InFlight":
-        """Hand the messages to the transport: in the background with `sender`, else now."""
-        messages = [message for _, message in prepared.messages]
-        if sender is not None:
-            return _InFlight(prepared, sender.submit(self._transport.send_batch, messages))
-        sent: Future[list[SendResult]] = Future()
-        sent.set_result(self._transport.send_batch(messages) if messages else [])
-        return _InFlight(prepared, sent)
-
-    def _complete(self, in_flight: "_InFlight") -> None:
-        """Record the chunk's outcomes; MailServerUnavailable once they are recorded, if the server was gone."""
-        prepared = in_flight.prepared
-        if in_flight.sending is None:
-            results = [SendResult(message.key, "unavailable", f"not sent: {in_flight.not_sent_because}")
-                       for _, message in prepared.messages]
-        else:
-            results = in_flight.sending.result()
-        self._unavailable += self._outcomes_of_sending(prepared, results)
-        self._record(prepared.outcomes)
-        self._log_progress()
+    def _deliver(
+        self, items: Iterable[Notification | RejectedRecord], gate: Gate | None, claims: dict[str, ClaimResult] | None
+    ) -> None:
+        sending: _Sending | None = None
+        prepared: _Batch | None = None
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="notification-send") as sender:
+            try:
+                for chunk in chunked(items, self._batch_size):
+                    prepared = self._claim_and_compose(chunk, gate)
+                    if claims is not None:
+                        claims.update(prepared.claim_results)
+                    if sending is not None:
+                        self._finish(sending)
+                        sending = None
+                    if self._unavailable:
+                        raise self._server_unavailable()
+                    sending, prepared = self._start(prepared, sender), None
+                if sending is not None:
+                    self._finish(sending)
+                    sending = None
+            except BaseException as exc:
+                with _interrupts_deferred():
+                    # An interrupt stops sending at once; after an error the batch on its way may finish.
+                    interrupted = not isinstance(exc, Exception)
+                    because = "the run was stopped" if interrupted else printable(f"{type(exc).__name__}: {exc}", 300)
+                    self._stop(sending, prepared, interrupted=interrupted, because=because)
+                raise
         if self._unavailable:
             raise self._server_unavailable()
 
-    def _abandon(self, prepared: "_Prepared", because: str) -> None:
-        """A claimed chunk that will not be sent now: record it `failed`, so a later run sends it.
-
-        If even that fails (the ledger is down), its records stay `claimed`: never resent
-        automatically, and reported by the maintenance job.
-        """
-        with contextlib.suppress(Exception):
-            self._complete(_InFlight(prepared, None, because))
-
-    def _server_unavailable(self) -> MailServerUnavailable:
-        return MailServerUnavailable(
-            f"{self._unavailable} notification(s) could not be sent and were recorded `failed` "
-            f"for a later run: {self._last_unavailable_error}"
-        )
-
-    # -- steps -----------------------------------------------------------------
-
-    def _claim(self, notifications: Sequence[Notification]) -> list[ClaimResult]:
-        # A token per chunk, reused when the HTTP request is retried: a `duplicate` that
-        # carries it was claimed by this very request, whose first answer was lost.
-        self._claim_token = uuid.uuid4().hex
-        claims = [
-            NotificationClaim(
-                idempotency_key=notification.key,
-                kind=notification.kind,
-                user_id=notification.user_id,
-                recipient=notification.email,
-                run_id=self._run.run_id,
-                job_name=self._run.job_name,
-                partition_key=self._run.partition_key,
-                metadata={**notification.metadata, "claim_token": self._claim_token},
-            )
-            for notification in notifications
-        ]
-        return self._ledger.claim_notifications(claims)
-
-    def _owns(self, result: ClaimResult) -> bool:
-        return result.outcome == "claimed" or (
-            result.record.status == "claimed" and result.record.metadata.get("claim_token") == self._claim_token
-        )
-
-    def _skip_reasons(
-        self, owned: Sequence[tuple[Notification, ClaimResult]], gate: Gate | None
-    ) -> list[str | None]:
-        reasons: list[str | None] = [notification.skip_reason for notification, _ in owned]
-        gated = [index for index, reason in enumerate(reasons) if reason is None]
-        if gate is not None and gated:
-            verdicts = gate([owned[index] for index in gated])
-            for index, verdict in zip(gated, verdicts, strict=True):
-                reasons[index] = verdict
-        return reasons
-
-    def _prepare(
-        self,
-        notification: Notification,
-        skip_reason: str | None,
-        outcomes: list[NotificationOutcome],
-        messages: list[tuple[Notification, OutgoingMessage]],
-    ) -> None:
-        if skip_reason is not None:
-            outcomes.append(self._outcome(notification, "skipped", error=skip_reason))
-            self.stats.count_skip(notification.kind, notification.key, skip_reason)
-            return
-        try:
-            messages.append((notification, self._composer.compose(notification)))
-        except UnsendableNotification as exc:
-            outcomes.append(self._outcome(notification, "skipped", error=str(exc)))
-            self.stats.count_skip(notification.kind, notification.key, str(exc))
-        except Exception as exc:  # a template bug must not strand the claim: record it, retry later
-            error = f"could not render: {type(exc).__name__}: {exc}"[:500]
-            outcomes.append(self._outcome(notification, "failed", error=error))
-            self.stats.count("failed", notification.kind, notification.key)
-            self._log.error("%s %s", notification.key, error)
-
-    def _outcomes_of_sending(self, prepared: "_Prepared", results: Sequence[SendResult]) -> int:
-        """Turn send results into outcomes and counts; how many found the server unavailable."""
-        unavailable = 0
-        for (notification, message), result in zip(prepared.messages, results, strict=True):
-            if result.status == "sent":
-                prepared.outcomes.append(self._outcome(notification, "sent", message_id=message.message_id))
-                self.stats.count("sent", notification.kind, notification.key)
-                continue
-            if result.status == "unavailable":
-                unavailable += 1
-                self._last_unavailable_error = self._last_unavailable_error or result.error
-            prepared.outcomes.append(self._outcome(notification, "failed", error=result.error))
-            self.stats.count("failed", notification.kind, notification.key)
-        return unavailable
-
-    def _record(self, outcomes: list[NotificationOutcome]) -> None:
-        if not outcomes:
-            return
-        missing = [result.idempotency_key for result in self._ledger.record_outcomes(outcomes) if result.outcome == "not_found"]
-        if missing:
-            # Only possible if the ledger lost records between claim and outcome.
-            self._log.error("ledger had no record for %d outcome(s), e.g. %s", len(missing), missing[:5])
-
-    def _outcome(
-        self, notification: Notification, status: str, *, message_id: str | None = None, error: str | None = None
-    ) -> NotificationOutcome:
-        return NotificationOutcome(
-            idempotency_key=notification.key,
-            status=status,  # type: ignore[arg-type]
-            message_id=message_id,
-            error=error,
-            at=format_instant(datetime.now(timezone.utc)),
-        )
-
-    def _log_progress(self) -> None:
-        # After 10 s, 30 s, 70 s, 150 s, ... (the interval doubles): a long run shows
-        # progress, and the event log does not grow with the number of notifications.
-        now = time.monotonic()
-        if now - self._last_progress_log >= self._progress_interval:
-            self._last_progress_log = now
-            self._progress_interval *= 2
-            self._log.info("progress: %s", dict(self.stats.counts))
+    @property
+    def left_claimed(self) -> int:
+        """Notifications this run claimed whose outcome the ledger does not have (yet)."""
+        return len(self.journal.outcomes) + len(self.journal.unanswered_claims)
 
     def metadata(self) -> dict[str, Any]:
         """Counts (numeric, plotted by the UI) and bounded samples of keys and reasons."""
         metadata: dict[str, Any] = {outcome: self.stats.counts.get(outcome, 0) for outcome in OUTCOMES}
+        metadata["left_claimed"] = self.left_claimed
         if len(self.stats.counts_by_kind) > 1:
             for kind, counts in sorted(self.stats.counts_by_kind.items()):
                 for outcome in OUTCOMES:
@@ -346,3 +294,279 @@ class NotificationPipeline:
         if self.stats.rejected.sample:
             metadata["rejected_records_sample"] = list(self.stats.rejected.sample)
         return metadata
+
+    # -- a batch's life: claim and compose, start (send), finish (record) -----------------
+
+    def _claim_and_compose(self, items: Sequence[Notification | RejectedRecord], gate: Gate | None) -> _Batch:
+        claimable = self._claimable(items)
+        batch = _Batch()
+        if not claimable:
+            return batch
+        owned = self._claim(claimable, batch)
+        try:
+            reasons = self._skip_reasons(owned, gate)
+        except Exception as exc:
+            # The gate's service write failed: nothing of this batch is sent. Recorded `failed`,
+            # the notifications are claimed again, and the write retried, by a retry or later run.
+            error = printable(f"not sent: {type(exc).__name__}: {exc}", 500)
+            for notification, _ in owned:
+                self.stats.count("failed", notification.kind, notification.key)
+                self.journal.outcomes.append(self._outcome(notification, "failed", error=error))
+            raise
+        for (notification, claim), reason in zip(owned, reasons):
+            self._compose(notification, claim, reason, batch)
+        return batch
+
+    def _claimable(self, items: Sequence[Notification | RejectedRecord]) -> list[tuple[Notification, NotificationClaim]]:
+        """The batch's notifications with their claims, each key once; the rest counted."""
+        seen: set[str] = set()
+        claimable = []
+        for item in items:
+            if isinstance(item, RejectedRecord):
+                self.stats.count_rejected(item)
+                continue
+            if item.key in seen:
+                self.stats.count("repeated_in_source", item.kind, item.key)
+                continue
+            seen.add(item.key)
+            try:
+                claim = NotificationClaim(
+                    idempotency_key=item.key,
+                    kind=item.kind,
+                    user_id=item.user_id,
+                    recipient=item.email,
+                    run_id=self._run.run_id,
+                    job_name=self._run.job_name,
+                    partition_key=self._run.partition_key,
+                    metadata={**item.metadata, PLANNED_MESSAGE_ID: self._composer.new_message_id()},
+                )
+            except ValidationError as exc:
+                # Not even a ledger record can be made of it (e.g. an absurd id in the key).
+                self.stats.count_rejected(RejectedRecord(printable(item.key, 80), describe_validation_error(exc), None))
+                continue
+            claimable.append((item, claim))
+        return claimable
+
+    def _claim(
+        self, claimable: list[tuple[Notification, NotificationClaim]], batch: _Batch
+    ) -> list[tuple[Notification, ClaimResult]]:
+        # A token per batch, reused when the HTTP request is retried: a `duplicate` that
+        # carries it was claimed by this very request, whose first answer was lost.
+        token = uuid.uuid4().hex
+        claims = [claim.model_copy(update={"metadata": {**claim.metadata, CLAIM_TOKEN: token}})
+                  for _, claim in claimable]
+        try:
+            reply = self._ledger.claim_notifications(claims)
+        except BaseException:
+            # No answer: some of these may be claimed now, and none was sent.
+            self.journal.unanswered_claims.update((claim.idempotency_key, token) for claim in claims)
+            raise
+        owned = []
+        for (notification, _), result in zip(claimable, reply.results, strict=True):
+            batch.claim_results[notification.key] = result
+            inherited = self.inherited_tokens.pop(notification.key, None)
+            if self._owns(result, token if reply.attempts > 1 else None, inherited):
+                owned.append((notification, result))
+                self.stats.count("claimed", notification.kind, notification.key)
+            else:
+                self.stats.count("duplicate", notification.kind, notification.key)
+        return owned
+
+    def _owns(self, result: ClaimResult, retried_token: str | None, inherited_token: str | None) -> bool:
+        """`claimed`, or a `duplicate` still `claimed` by a request of ours whose answer was lost."""
+        if result.outcome == "claimed":
+            return True
+        record = result.record
+        if record.status != "claimed" or record.run_id != self._run.run_id:
+            return False
+        token = record.metadata.get(CLAIM_TOKEN)
+        return token is not None and token in (retried_token, inherited_token)
+
+    def _skip_reasons(
+        self, owned: Sequence[tuple[Notification, ClaimResult]], gate: Gate | None
+    ) -> list[str | None]:
+        reasons: list[str | None] = []
+        for notification, claim in owned:
+            if notification.skip_reason is not None:
+                reasons.append(notification.skip_reason)
+            elif claim.record.attempts > self._max_attempts:
+                reasons.append(f"not sent: gave up after {claim.record.attempts - 1} failed attempts "
+                               f"(MAIL_MAX_ATTEMPTS={self._max_attempts})")
+            else:
+                reasons.append(None)
+        gated = [index for index, reason in enumerate(reasons) if reason is None]
+        if gate is not None and gated:
+            verdicts = gate([owned[index] for index in gated])
+            for index, verdict in zip(gated, verdicts, strict=True):
+                reasons[index] = verdict
+        return reasons
+
+    def _compose(self, notification: Notification, claim: ClaimResult, skip_reason: str | None, batch: _Batch) -> None:
+        if skip_reason is not None:
+            batch.outcomes.append(self._outcome(notification, "skipped", error=skip_reason))
+            self.stats.count_skip(notification.kind, notification.key, skip_reason)
+            return
+        planned = claim.record.metadata.get(PLANNED_MESSAGE_ID)
+        try:
+            message = self._composer.compose(notification, planned if isinstance(planned, str) else None)
+        except UnsendableNotification as exc:
+            batch.outcomes.append(self._outcome(notification, "skipped", error=str(exc)))
+            self.stats.count_skip(notification.kind, notification.key, str(exc))
+        except Exception as exc:  # a template bug must not strand the claim: `failed`, tried again up to the cap
+            error = printable(f"could not render: {type(exc).__name__}: {exc}", 500)
+            batch.outcomes.append(self._outcome(notification, "failed", error=error))
+            self.stats.count("failed", notification.kind, notification.key)
+            self._log.error("%s %s", notification.key, error)
+        else:
+            batch.messages.append((notification, message))
+
+    def _start(self, batch: _Batch, sender: ThreadPoolExecutor) -> _Sending:
+        """Hand the batch's messages to the transport in the background; results arrive on the queue."""
+        sending = _Sending(batch)
+        messages = [message for _, message in batch.messages]
+
+        def send() -> None:
+            try:
+                for result in self._transport.send_batch(messages):
+                    sending.results.put(result)
+            finally:
+                sending.results.put(_DONE)
+
+        sender.submit(send)
+        return sending
+
+    def _finish(self, sending: _Sending) -> None:
+        """Record the batch's outcomes as its results arrive: every `batch_size` or `record_interval`."""
+        sending.pending.extend(sending.batch.outcomes)
+        sending.batch.outcomes.clear()
+        last_record = time.monotonic()
+        done = False
+        while not done:
+            wait = max(0.0, last_record + self._record_interval - time.monotonic())
+            try:
+                result = sending.results.get(timeout=wait)
+            except queue.Empty:
+                result = None
+            if result is _DONE:
+                done = sending.done = True
+            elif result is not None:
+                sending.take(result, self._outcome_of_sending)
+            if done or len(sending.pending) >= self._batch_size or time.monotonic() - last_record >= self._record_interval:
+                outcomes, sending.pending = sending.pending, []
+                self._record(outcomes)
+                last_record = time.monotonic()
+        if sending.received < len(sending.batch.messages):
+            raise RuntimeError("the sender thread failed before every message had a result")
+        self._log_progress()
+
+    def _stop(self, sending: _Sending | None, prepared: _Batch | None, *, interrupted: bool, because: str) -> None:
+        """After an interrupt or error: record what happened to every claimed notification.
+
+        After an interrupt nothing more is handed to the mail server: what was not comes
+        back `stopped` and is recorded `failed`, so a later run sends it.
+        """
+        if interrupted:
+            self._transport.stop()
+        if sending is not None:
+            sending.pending.extend(sending.batch.outcomes)
+            sending.batch.outcomes.clear()
+            while not sending.done:
+                result = sending.results.get()
+                if result is _DONE:
+                    sending.done = True
+                else:
+                    sending.take(result, self._outcome_of_sending)
+            for notification, _ in sending.batch.messages[sending.received:]:  # the sender thread itself failed
+                sending.pending.append(self._outcome(notification, "failed", error=f"not sent: {because}"))
+                self.stats.count("failed", notification.kind, notification.key)
+            self.journal.outcomes.extend(sending.pending)
+            sending.pending = []
+        if prepared is not None:
+            self._abandon(prepared, because)
+        self._flush_journal(quietly=True)
+        if self._stopped_sending:
+            self._log.warning("stopped: %d claimed notification(s) not handed to the mail server, recorded "
+                              "`failed` for a later run", self._stopped_sending)
+
+    def _abandon(self, batch: _Batch, because: str) -> None:
+        """A claimed batch that will not be sent: its messages go to the journal as `failed`."""
+        for notification, _ in batch.messages:
+            batch.outcomes.append(self._outcome(notification, "failed", error=f"not sent: {because}"))
+            self.stats.count("failed", notification.kind, notification.key)
+        self.journal.outcomes.extend(batch.outcomes)
+        batch.outcomes.clear()
+
+    def _server_unavailable(self) -> MailServerUnavailable:
+        return MailServerUnavailable(
+            f"{self._unavailable} notification(s) could not be sent and were recorded `failed` "
+            f"for a later run: {self._last_unavailable_error}"
+        )
+
+    # -- outcomes ------------------------------------------------------------------
+
+    def _outcome_of_sending(self, notification: Notification, message: OutgoingMessage, result: SendResult) -> NotificationOutcome:
+        if result.status == "sent":
+            self.stats.count("sent", notification.kind, notification.key)
+            return self._outcome(notification, "sent", message_id=message.message_id)
+        if result.status == "rejected":  # refused for good: no run tries it again
+            reason = result.error or "refused by the mail server"
+            self.stats.count_skip(notification.kind, notification.key, reason)
+            return self._outcome(notification, "skipped", error=reason)
+        if result.status == "unavailable":
+            self._unavailable += 1
+            self._last_unavailable_error = self._last_unavailable_error or result.error
+        elif result.status == "stopped":
+            self._stopped_sending += 1
+        self.stats.count("failed", notification.kind, notification.key)
+        return self._outcome(notification, "failed", error=result.error)
+
+    def _record(self, outcomes: list[NotificationOutcome]) -> None:
+        """Record outcomes; if the ledger cannot take them, they join the journal and the error is raised."""
+        if not outcomes:
+            return
+        try:
+            results = self._ledger.record_outcomes(outcomes)
+        except BaseException:
+            self.journal.outcomes.extend(outcomes)
+            raise
+        missing = [result.idempotency_key for result in results if result.outcome == "not_found"]
+        if missing:
+            # Only possible if the ledger lost records between claim and outcome.
+            self._log.error("ledger had no record for %d outcome(s), e.g. %s", len(missing), missing[:5])
+
+    def _flush_journal(self, *, quietly: bool = False) -> None:
+        """Record the journal's outcomes; on failure they stay in the journal (raised unless `quietly`)."""
+        while self.journal.outcomes:
+            batch = self.journal.outcomes[: self._batch_size]
+            try:
+                results = self._ledger.record_outcomes(batch)
+            except Exception:
+                if quietly:
+                    self._log.error("the ledger cannot record %d outcome(s) now; they are kept in the run's journal "
+                                    "for the next attempt", len(self.journal.outcomes))
+                    return
+                raise
+            del self.journal.outcomes[: len(batch)]
+            missing = [result.idempotency_key for result in results if result.outcome == "not_found"]
+            if missing:
+                self._log.error("ledger had no record for %d outcome(s), e.g. %s", len(missing), missing[:5])
+
+    def _outcome(
+        self, notification: Notification, status: str, *, message_id: str | None = None, error: str | None = None
+    ) -> NotificationOutcome:
+        return NotificationOutcome(
+            idempotency_key=notification.key,
+            status=status,  # type: ignore[arg-type]
+            message_id=message_id,
+            error=printable(error, 500) if error is not None else None,
+            at=format_instant(datetime.now(timezone.utc)),
+        )
+
+    def _log_progress(self) -> None:
+        # After 10 s, 30 s, 70 s, 150 s, ... (the interval doubles): a long run shows
+        # progress, and the event log does not grow with the number of notifications.
+        now = time.monotonic()
+        if now - self._last_progress_log >= self._progress_interval:
+            self._last_progress_log = now
+            self._progress_interval *= 2
+            self._log.info("progress: %s", dict(self.stats.counts))

@@ -1,10 +1,14 @@
 """Where composed messages go: an outbox folder of `.eml` files, or an SMTP server.
 
 Both answer a batch with one result per message, so the notification pipeline
-records every outcome the same way. A message the server refuses is that
-message's failure; a server that cannot be reached at all marks the rest of the
-batch `unavailable` without trying them, and the pipeline fails the step after
-recording them (contract §4).
+records every outcome the same way:
+- `sent`;
+- `rejected`: refused for good (a 5xx reply to RCPT, DATA or the end of data, or an
+  address that needs SMTPUTF8 where the server lacks it): never tried again;
+- `failed`: refused for now (4xx, a dropped session): a later run tries again;
+- `unavailable`: the server cannot be reached at all; the rest of the batch is
+  marked so without trying, and the pipeline fails the step after recording them;
+- `stopped`: not handed to the server because the run is being stopped.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,8 +31,10 @@ from queue import Queue
 from typing import Literal, Protocol
 
 from cron_pipelines.notifications.messages import OutgoingMessage
+from cron_pipelines.safe_text import printable
 
-SendStatus = Literal["sent", "failed", "unavailable"]
+SendStatus = Literal["sent", "rejected", "failed", "unavailable", "stopped"]
+STOPPED = "not sent: the run was stopped before this message was handed to the mail server"
 
 
 @dataclass(frozen=True)
@@ -39,7 +45,11 @@ class SendResult:
 
 
 class MailTransport(Protocol):
-    def send_batch(self, messages: Sequence[OutgoingMessage]) -> list[SendResult]: ...
+    def send_batch(self, messages: Sequence[OutgoingMessage]) -> Iterable[SendResult]:
+        """One result per message, in order, each as soon as it is known."""
+
+    def stop(self) -> None:
+        """From now on hand no message to the server; those not yet handed come back `stopped`."""
 
     def close(self) -> None: ...
 
@@ -51,18 +61,23 @@ class OutboxTransport:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self._sequence = 0
+        self._stopped = threading.Event()
 
-    def send_batch(self, messages: Sequence[OutgoingMessage]) -> list[SendResult]:
-        results = []
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def send_batch(self, messages: Sequence[OutgoingMessage]) -> Iterator[SendResult]:
         for message in messages:
+            if self._stopped.is_set():
+                yield SendResult(message.key, "stopped", STOPPED)
+                continue
             try:
                 self._write(message)
             except OSError as exc:
                 # A full or read-only disk fails every later message the same way.
-                results.append(SendResult(message.key, "unavailable", f"outbox not writable: {exc.strerror}"))
+                yield SendResult(message.key, "unavailable", f"outbox not writable: {exc.strerror}")
             else:
-                results.append(SendResult(message.key, "sent"))
-        return results
+                yield SendResult(message.key, "sent")
 
     def _write(self, message: OutgoingMessage) -> None:
         self._sequence += 1
@@ -90,8 +105,16 @@ class MailServerUnavailable(Exception):
 
 
 def _reply_text(code: int, reply: bytes | str) -> str:
+    """The server's reply as one printable line: it may carry anything, ANSI escapes included."""
     text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
-    return f"{code} {text}".strip()
+    return printable(f"{code} {text}".strip(), 300)
+
+
+def _refusal(code: int, reply: bytes | str, key: str, what: str) -> SendResult:
+    """A 5xx is permanent (the address bounced): recorded so that no run tries it again."""
+    if 500 <= code < 600:
+        return SendResult(key, "rejected", f"bounced: {what}: {_reply_text(code, reply)}")
+    return SendResult(key, "failed", f"{what}: {_reply_text(code, reply)}")
 
 
 class RateLimiter:
@@ -165,7 +188,7 @@ class _SmtpConnection:
             raise MailServerUnavailable(f"SMTP login refused: {_reply_text(exc.smtp_code, exc.smtp_error)}") from None
         except (smtplib.SMTPException, OSError) as exc:
             raise MailServerUnavailable(
-                f"cannot connect to SMTP server {settings.host}:{settings.port}: {type(exc).__name__}: {exc}"
+                f"cannot connect to SMTP server {settings.host}:{settings.port}: {type(exc).__name__}: {printable(exc, 200)}"
             ) from None
         return smtp
 
@@ -177,23 +200,36 @@ class _SmtpConnection:
                 except MailServerUnavailable as exc:
                     return SendResult(message.key, "unavailable", str(exc))
             try:
-                refused = self._smtp.sendmail(message.sender, [message.recipient], message.data)
-            except smtplib.SMTPRecipientsRefused as exc:
-                code, reply = exc.recipients.get(message.recipient, (550, b"recipient refused"))
-                return SendResult(message.key, "failed", f"recipient refused: {_reply_text(code, reply)}")
-            except smtplib.SMTPResponseException as exc:  # sender refused, data refused, ...
-                self._reset_after_error()
-                return SendResult(message.key, "failed", f"refused: {_reply_text(exc.smtp_code, exc.smtp_error)}")
+                return self._send_on(self._smtp, message)
             except _CONNECTION_ERRORS as exc:
                 self._discard()
                 if attempt == 2:
                     return SendResult(message.key, "unavailable", f"SMTP connection lost: {type(exc).__name__}")
-                continue
-            if refused:
-                code, reply = refused[message.recipient]
-                return SendResult(message.key, "failed", f"recipient refused: {_reply_text(code, reply)}")
-            return SendResult(message.key, "sent")
         raise AssertionError("unreachable")
+
+    def _send_on(self, smtp: smtplib.SMTP, message: OutgoingMessage) -> SendResult:
+        options: tuple[str, ...] = ()
+        if message.smtputf8:
+            smtp.ehlo_or_helo_if_needed()
+            if not smtp.has_extn("smtputf8"):
+                return SendResult(message.key, "rejected",
+                                  "not sent: the address needs SMTPUTF8, which the mail server does not offer")
+            options = ("SMTPUTF8",)
+        try:
+            refused = smtp.sendmail(message.sender, [message.recipient], message.data, mail_options=options)
+        except smtplib.SMTPRecipientsRefused as exc:
+            code, reply = exc.recipients.get(message.recipient, (550, b"recipient refused"))
+            return _refusal(code, reply, message.key, "recipient refused")
+        except smtplib.SMTPDataError as exc:  # DATA, or the end of data
+            self._reset_after_error()
+            return _refusal(exc.smtp_code, exc.smtp_error, message.key, "message refused")
+        except smtplib.SMTPResponseException as exc:  # e.g. the sender refused: our problem, not the address's
+            self._reset_after_error()
+            return SendResult(message.key, "failed", f"refused: {_reply_text(exc.smtp_code, exc.smtp_error)}")
+        if refused:
+            code, reply = refused[message.recipient]
+            return _refusal(code, reply, message.key, "recipient refused")
+        return SendResult(message.key, "sent")
 
     def _reset_after_error(self) -> None:
         try:
@@ -240,11 +276,16 @@ class SmtpTransport:
         self._pool = ThreadPoolExecutor(max_workers=max_connections, thread_name_prefix="smtp") if max_connections > 1 else None
         self._server_down = threading.Event()
         self._down_reason = ""
+        self._stopped = threading.Event()
 
-    def send_batch(self, messages: Sequence[OutgoingMessage]) -> list[SendResult]:
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def send_batch(self, messages: Sequence[OutgoingMessage]) -> Iterator[SendResult]:
         if self._pool is None:
-            return [self._send_one(message) for message in messages]
-        return list(self._pool.map(self._send_one, messages))
+            return (self._send_one(message) for message in messages)
+        # Every send is submitted now; results come back in order as they finish.
+        return self._pool.map(self._send_one, messages)
 
     def _send_one(self, message: OutgoingMessage) -> SendResult:
         if self._server_down.is_set():
@@ -252,6 +293,9 @@ class SmtpTransport:
         connection = self._connections.get()
         try:
             with self._rate_limiter.slot() if self._rate_limiter is not None else contextlib.nullcontext():
+                # Checked last, right before the hand-over: a stop is never outrun by a waiting send.
+                if self._stopped.is_set():
+                    return SendResult(message.key, "stopped", STOPPED)
                 result = connection.send(message)
         finally:
             self._connections.put(connection)

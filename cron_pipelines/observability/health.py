@@ -80,7 +80,7 @@ def check_services(settings: Settings) -> list[CheckResult]:
 
         def check(resource: Any = resource, method: str = method, path: str = path, params: dict = params) -> str:
             with resource.process_config_and_initialize_cm() as initialized:
-                initialized.client.request_json(method, path, params=params)
+                initialized.client.request(method, path, params=params)
                 return f"{initialized.client.service} answered {method} {path} with a valid JWT"
 
         results.append(_timed(key.replace("_", "-"), check))

@@ -57,6 +57,8 @@ def build_resources(settings: Settings) -> dict[str, Any]:
         connect_timeout_seconds=settings.service_connect_timeout_seconds,
         read_timeout_seconds=settings.service_read_timeout_seconds,
         max_attempts=settings.service_max_attempts,
+        request_deadline_seconds=settings.service_request_deadline_seconds,
+        max_response_bytes=settings.service_max_response_bytes,
     )
     return {
         "sql_service": SqlServiceResource(base_url=settings.sql_service_url, **service_options),
@@ -73,6 +75,8 @@ def build_resources(settings: Settings) -> dict[str, Any]:
             smtp_timeout_seconds=settings.smtp_timeout_seconds,
             max_connections=settings.mail_max_connections,
             rate_limit_per_second=settings.mail_rate_limit_per_second,
+            max_attempts=settings.mail_max_attempts,
+            delivery_batch_size=settings.delivery_batch_size,
         ),
         "metrics": MetricsResource(pushgateway_url=settings.prometheus_pushgateway_url),
     }

@@ -27,6 +27,13 @@ class MailerResource(ConfigurableResource):
     smtp_timeout_seconds: float = Field(30.0, gt=0)
     max_connections: int = Field(4, ge=1, le=64, description="Parallel SMTP sessions (MAIL_MAX_CONNECTIONS).")
     rate_limit_per_second: Optional[float] = Field(None, gt=0, description="MAIL_RATE_LIMIT_PER_SECOND.")
+    max_attempts: int = Field(
+        5, ge=1, description="Claims of one notification before a failing one is skipped (MAIL_MAX_ATTEMPTS)."
+    )
+    delivery_batch_size: int = Field(
+        100, ge=1, le=500,
+        description="Notifications claimed per request, and outcomes recorded at least this often (DELIVERY_BATCH_SIZE).",
+    )
 
     @cached_property
     def composer(self) -> MessageComposer:

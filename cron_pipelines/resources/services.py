@@ -51,6 +51,12 @@ class ServiceResource(ConfigurableResource):
     connect_timeout_seconds: float = 5.0
     read_timeout_seconds: float = 30.0
     max_attempts: int = Field(5, ge=1, description="Tries per request for transient failures.")
+    request_deadline_seconds: float = Field(
+        60.0, gt=0, description="One deadline per try: connect, headers and body (SERVICE_REQUEST_DEADLINE_SECONDS)."
+    )
+    max_response_bytes: int = Field(
+        16 * 1024 * 1024, ge=64 * 1024, description="Cap on an answer's decompressed size (SERVICE_MAX_RESPONSE_BYTES)."
+    )
     backoff_base_seconds: float = Field(0.2, gt=0)
     page_size: int = Field(1000, ge=1, le=1000)
 
@@ -65,6 +71,8 @@ class ServiceResource(ConfigurableResource):
             issuer=issuer,
             connect_timeout=self.connect_timeout_seconds,
             read_timeout=self.read_timeout_seconds,
+            request_deadline=self.request_deadline_seconds,
+            max_response_bytes=self.max_response_bytes,
             backoff=Backoff(max_attempts=self.max_attempts, base_delay=self.backoff_base_seconds),
             page_size=self.page_size,
         )

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from cron_pipelines.clients.models import NotificationRecord
+from cron_pipelines.clients.models import DELIVERY_METADATA, NotificationRecord
 from cron_pipelines.notifications.messages import Notification, NotificationKind
 
 # What the write of each confirmation kind is repeated from, besides the template context.
@@ -54,7 +54,7 @@ def confirmation_from_record(record: NotificationRecord) -> Notification:
     claim records it `skipped` (visible in the audit) instead of failing run after run.
     """
     kind = NotificationKind(record.kind)
-    metadata = {name: value for name, value in record.metadata.items() if name != "claim_token"}
+    metadata = {name: value for name, value in record.metadata.items() if name not in DELIVERY_METADATA}
     name, context = metadata.get("name"), metadata.get("context")
     missing = [field for field in WRITE_FIELDS.get(kind, ()) if not isinstance(metadata.get(field), str)]
     if not isinstance(context, dict):

@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from cron_pipelines.clients.http import RejectedRecord
-from cron_pipelines.clients.models import InactiveUser, InstantStr, NotificationRecord, parse_instant
+from cron_pipelines.clients.models import Id, InactiveUser, InstantStr, NotificationRecord, parse_instant, usable_email
 from cron_pipelines.notifications.messages import Notification, NotificationKind
 from cron_pipelines.rules.calendar import BusinessDay
 from cron_pipelines.rules.confirmations import resendable
@@ -81,7 +81,7 @@ def inactivity_warning(user: InactiveUser, business_day: BusinessDay, policy: In
 class _UserKeyFields(BaseModel):
     """The part of a user the warning key needs, to record a skip for an otherwise malformed user."""
 
-    id: str
+    id: Id
     last_login_at: InstantStr | None = None
     created_at: InstantStr
 
@@ -108,7 +108,7 @@ def _skip_for_malformed_user(rejected: RejectedRecord) -> Notification | None:
         key=inactivity_warning_key(fields.id, last_active_at),
         kind=NotificationKind.INACTIVITY_WARNING,
         user_id=fields.id,
-        email=str(raw["email"]) if raw.get("email") else None,
+        email=usable_email(raw.get("email")),
         name=None,
         metadata={"last_active_at": last_active_at},
         skip_reason=f"malformed user record: {rejected.reason}",

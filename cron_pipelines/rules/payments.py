@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from cron_pipelines.clients.http import RejectedRecord
-from cron_pipelines.clients.models import Due
+from cron_pipelines.clients.models import Due, Id, usable_email, usable_id
 from cron_pipelines.notifications.messages import Notification, NotificationKind
 
 # ISO 4217 currencies without minor units; every other one is shown with two decimals.
@@ -111,7 +111,7 @@ def must_mark_overdue(due: Due, day: date) -> bool:
 class _DueKeyFields(BaseModel):
     """The part of a due its idempotency key needs, to record a skip for an otherwise malformed due."""
 
-    id: str
+    id: Id
     due_date: date
 
 
@@ -135,8 +135,8 @@ def _skip_for_malformed_due(
         key=key_of(fields.id, fields.due_date, offset),
         kind=kind,
         # Whatever else is wrong, keep what identifies the user for the audit trail.
-        user_id=str(raw["user_id"]) if raw.get("user_id") is not None else None,
-        email=str(user.get("email")) if isinstance(user, Mapping) and user.get("email") else None,
+        user_id=usable_id(raw.get("user_id")),
+        email=usable_email(user.get("email")) if isinstance(user, Mapping) else None,
         name=None,
         metadata={"due_id": fields.id, "due_date": fields.due_date.isoformat()},
         skip_reason=f"malformed due record: {rejected.reason}",

@@ -106,23 +106,59 @@ def test_an_unkeyable_record_is_counted_as_rejected(world: JobWorld) -> None:
     ]
 
 
-def test_a_refused_recipient_fails_alone_and_is_sent_once_by_a_later_run(world: JobWorld) -> None:
+def test_a_permanent_refusal_is_recorded_bounced_and_never_tried_again(world: JobWorld) -> None:
     _seed_two(world)
     world.smtp.refused_recipients.add("usr_a@example.com")
     first = world.run("send_payment_reminders", D)
 
-    assert first.success  # one refusal does not fail the run...
+    assert first.success  # one refusal does not fail the run
     assert world.sent_keys() == [GOOD_KEYS[1]]
     record = world.ledger()[GOOD_KEYS[0]]
-    assert record["status"] == "failed" and record["error"].startswith("recipient refused: 550")
-    check = check_result(first, "payment_reminders", "delivery_within_thresholds")
-    assert not check.passed and check.severity.value == "ERROR"  # ...but the check flags it
+    assert record["status"] == "skipped"
+    assert record["error"].startswith("bounced: recipient refused: 550 5.1.1 <usr_a@example.com>")
+    assert metadata(first, "payment_reminders")["skipped"] == 1
 
     world.smtp.refused_recipients.clear()
     second = world.run("send_payment_reminders", D)
-    assert second.success
-    assert world.sent_keys() == sorted(GOOD_KEYS)
-    assert world.ledger()[GOOD_KEYS[0]]["status"] == "sent" and world.ledger()[GOOD_KEYS[0]]["attempts"] == 2
+    assert second.success and world.sent_keys() == [GOOD_KEYS[1]]  # a bounce is final
+    assert world.smtp.rcpt_attempts["usr_a@example.com"] == 1
+    assert metadata(second, "payment_reminders")["duplicate"] == 2
+
+
+def test_a_temporary_refusal_is_retried_by_later_runs_up_to_the_attempt_cap(world: JobWorld) -> None:
+    _seed_two(world)
+    world.configure(MAIL_MAX_ATTEMPTS="2")
+    world.smtp.temporarily_refused_recipients.add("usr_a@example.com")
+    first = world.run("send_payment_reminders", D)
+
+    assert first.success and world.sent_keys() == [GOOD_KEYS[1]]
+    record = world.ledger()[GOOD_KEYS[0]]
+    assert (record["status"], record["attempts"]) == ("failed", 1)
+    assert record["error"].startswith("recipient refused: 451 4.3.0")
+    check = check_result(first, "payment_reminders", "delivery_within_thresholds")
+    assert not check.passed and check.severity.value == "ERROR"
+
+    assert world.run("send_payment_reminders", D).success  # attempt 2 of 2: refused again
+    assert (world.ledger()[GOOD_KEYS[0]]["status"], world.ledger()[GOOD_KEYS[0]]["attempts"]) == ("failed", 2)
+    third = world.run("send_payment_reminders", D)  # over the cap: skipped, not tried
+    record = world.ledger()[GOOD_KEYS[0]]
+    assert record["status"] == "skipped" and "gave up after 2 failed attempts" in record["error"]
+    assert world.smtp.rcpt_attempts["usr_a@example.com"] == 2
+    assert metadata(third, "payment_reminders")["skipped"] == 1
+
+    world.smtp.temporarily_refused_recipients.clear()
+    assert world.run("send_payment_reminders", D).success
+    assert world.sent_keys() == [GOOD_KEYS[1]]  # skipped is final
+
+
+def test_a_temporary_refusal_that_clears_is_sent_once_by_a_later_run(world: JobWorld) -> None:
+    _seed_two(world)
+    world.smtp.temporarily_refused_recipients.add("usr_a@example.com")
+    assert world.run("send_payment_reminders", D).success
+    world.smtp.temporarily_refused_recipients.clear()
+    second = world.run("send_payment_reminders", D)
+    assert second.success and world.sent_keys() == sorted(GOOD_KEYS)
+    assert (world.ledger()[GOOD_KEYS[0]]["status"], world.ledger()[GOOD_KEYS[0]]["attempts"]) == ("sent", 2)
     assert metadata(second, "payment_reminders")["duplicate"] == 1
 
 
@@ -221,39 +257,43 @@ def test_a_lost_claim_answer_is_recognised_on_retry_and_sent_once(world: JobWorl
     assert (summary["claimed"], summary["duplicate"]) == (2, 0)
 
 
-def test_smtp_down_across_chunks_leaves_nothing_claimed_and_a_later_run_sends_all_once(world: JobWorld) -> None:
-    # 1,200 reminders are three chunks; the second is claimed while the first is being sent.
-    world.services.store.add_users([user(f"usr_{n}") for n in range(1200)])
-    world.services.store.add_dues([due(f"due_{n}", user_id=f"usr_{n}", due_date="2026-12-01") for n in range(1200)])
+def test_smtp_down_across_batches_leaves_nothing_claimed_and_a_later_run_sends_all_once(world: JobWorld) -> None:
+    # 250 reminders are three batches of 100; the second is claimed while the first is being sent.
+    world.services.store.add_users([user(f"usr_{n}") for n in range(250)])
+    world.services.store.add_dues([due(f"due_{n}", user_id=f"usr_{n}", due_date="2026-12-01") for n in range(250)])
     world.smtp.stop()
     down = world.run("send_payment_reminders", D)
 
     assert not down.success
     ledger = world.ledger()
-    assert len(ledger) == 1000 and {record["status"] for record in ledger.values()} == {"failed"}
-    assert "1000 notification(s) could not be sent and were recorded `failed`" in failure_messages(down)
+    assert len(ledger) == 200 and {record["status"] for record in ledger.values()} == {"failed"}
+    assert "100 notification(s) could not be sent and were recorded `failed`" in failure_messages(down)
 
     world.smtp.start()
     assert world.run("send_payment_reminders", D).success
-    keys = [mail.notification_id for mail in world.smtp.wait_for(1200)]
-    assert len(keys) == 1200 and len(set(keys)) == 1200
+    keys = [mail.notification_id for mail in world.smtp.wait_for(250)]
+    assert len(keys) == 250 and len(set(keys)) == 250
     assert {record["status"] for record in world.ledger().values()} == {"sent"}
 
 
-def test_a_ledger_outage_while_recording_leaves_only_what_was_sent_claimed(world: JobWorld) -> None:
-    # Three chunks. The first chunk's outcomes cannot be recorded (every attempt answered 503),
-    # while the second chunk is already claimed: it is recorded `failed`, not stranded.
-    world.services.store.add_users([user(f"usr_{n}") for n in range(1200)])
-    world.services.store.add_dues([due(f"due_{n}", user_id=f"usr_{n}", due_date="2026-12-01") for n in range(1200)])
-    world.services.mongo_faults.add(method="POST", path="/v1/notifications/outcomes", status=503, times=4)
-    down = world.run("send_payment_reminders", D)
+def test_a_ledger_outage_while_recording_is_journaled_and_settled_by_the_step_retry(world: JobWorld) -> None:
+    # Three batches. The first batch's outcomes cannot be recorded (every try answered 503):
+    # they go to the run's journal, and so does the second batch, claimed and not sent.
+    world.configure(STEP_MAX_RETRIES="1", STEP_RETRY_DELAY_SECONDS="0")
+    world.services.store.add_users([user(f"usr_{n}") for n in range(250)])
+    world.services.store.add_dues([due(f"due_{n}", user_id=f"usr_{n}", due_date="2026-12-01") for n in range(250)])
+    world.services.mongo_faults.add(method="POST", path="/v1/notifications/outcomes", status=503, times=8)
+    result = world.run("send_payment_reminders", D)
 
-    assert not down.success
-    assert "mongo-service: POST /v1/notifications/outcomes" in failure_messages(down)
-    statuses = [record["status"] for record in world.ledger().values()]
-    # Sent but unrecorded: `claimed`, never resent (maintenance reports them). Claimed, unsent: `failed`.
-    assert (statuses.count("claimed"), statuses.count("failed"), len(world.smtp.wait_for(500))) == (500, 500, 500)
-
-    assert world.run("send_payment_reminders", D).success
-    keys = [mail.notification_id for mail in world.smtp.wait_for(1200)]
-    assert len(keys) == 1200 and len(set(keys)) == 1200
+    # The retry recorded the journal first (sent as sent, unsent as failed), then sent the rest.
+    assert result.success
+    keys = [mail.notification_id for mail in world.smtp.wait_for(250)]
+    assert len(keys) == 250 and len(set(keys)) == 250
+    assert {record["status"] for record in world.ledger().values()} == {"sent"}
+    journals = [
+        entry.dagster_event.asset_observation_data.asset_observation.metadata
+        for entry in world.instance.all_logs(result.run_id)
+        if entry.dagster_event is not None and entry.dagster_event.event_type_value == "ASSET_OBSERVATION"
+    ]
+    assert [(entry["unrecorded_outcomes"].value, entry["unanswered_claims"].value) for entry in journals] == [(200, 0), (0, 0)]
+    assert metadata(result, "payment_reminders")["left_claimed"] == 0

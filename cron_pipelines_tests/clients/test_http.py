@@ -122,8 +122,8 @@ def test_claims_round_trip_through_the_ledger(services: ServiceWorld, sleeps: li
                               recipient="u1@example.com", run_id="run-1", job_name="send_payment_reminders",
                               partition_key="2026-11-28", metadata={"due_id": "d1"})
     with _mongo(services, sleeps) as client:
-        first = client.claim_notifications([claim])
-        second = client.claim_notifications([claim])
+        first = client.claim_notifications([claim]).results
+        second = client.claim_notifications([claim]).results
     assert first[0].outcome == "claimed" and first[0].record.attempts == 1
     assert second[0].outcome == "duplicate" and second[0].record.status == "claimed"
     assert second[0].record.metadata == {"due_id": "d1"}
@@ -152,7 +152,7 @@ def test_429_honours_retry_after(services: ServiceWorld, sleeps: list[float]) ->
     services.mongo_faults.add(method="POST", path="/v1/notifications/claims", status=429, retry_after=2)
     claim = NotificationClaim(idempotency_key="k:1", kind="payment_reminder")
     with _mongo(services, sleeps) as client:
-        assert client.claim_notifications([claim])[0].outcome == "claimed"
+        assert client.claim_notifications([claim]).results[0].outcome == "claimed"
     assert sleeps == [2.0]
     assert services.mongo_requests.count(path="/v1/notifications/claims") == 2
 
@@ -250,7 +250,7 @@ def test_token_for_the_other_service_is_refused(services: ServiceWorld, sleeps: 
 
     with Misaddressed(base_url=services.sql_url, issuer=services.issuer, sleep=sleeps.append) as client:
         with pytest.raises(ServiceAuthError, match="status=401"):
-            client.request_json("GET", "/v1/dues", params={"status": "pending"})
+            client.request("GET", "/v1/dues", params={"status": "pending"})
 
 
 def test_400_fails_at_once_without_retry(services: ServiceWorld, sleeps: list[float]) -> None:

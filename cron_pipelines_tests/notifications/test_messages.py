@@ -11,6 +11,7 @@ from cron_pipelines.notifications.messages import (
     MessageComposer,
     Notification,
     NotificationKind,
+    Recipient,
     UnsendableNotification,
     check_recipient,
 )
@@ -140,8 +141,40 @@ def test_unsafe_idempotency_key_is_refused(composer: MessageComposer) -> None:
 
 
 def test_check_recipient_normalises_the_address() -> None:
-    assert check_recipient(" asha@EXAMPLE.com ", "  Asha  ") == ("asha@example.com", "Asha")
-    assert check_recipient("asha@example.com", "") == ("asha@example.com", None)
+    assert check_recipient(" asha@EXAMPLE.com ", "  Asha  ") == Recipient("asha@example.com", "Asha", smtputf8=False)
+    assert check_recipient("asha@example.com", "") == Recipient("asha@example.com", None, smtputf8=False)
+
+
+def test_an_internationalised_domain_is_written_as_idna_a_labels(composer: MessageComposer) -> None:
+    outgoing = composer.compose(_notification(NotificationKind.PAYMENT_REMINDER, email_address="jose@ex\u00e4mple.com"))
+    assert outgoing.recipient == "jose@xn--exmple-cua.com" and not outgoing.smtputf8
+    assert _parse(outgoing.data)["To"].addresses[0].addr_spec == "jose@xn--exmple-cua.com"
+
+
+def test_a_non_ascii_local_part_makes_an_smtputf8_message(composer: MessageComposer) -> None:
+    outgoing = composer.compose(
+        _notification(NotificationKind.PAYMENT_REMINDER, email_address="jos\u00e9@ex\u00e4mple.com", name="Jos\u00e9 P\u00e9rez")
+    )
+    assert outgoing.smtputf8 and outgoing.recipient == "jos\u00e9@xn--exmple-cua.com"
+    message = email.message_from_string(outgoing.data.decode("utf-8"), policy=policy.SMTPUTF8)
+    assert not message.defects
+    assert message["To"].addresses[0].addr_spec == "jos\u00e9@xn--exmple-cua.com"
+    assert message["To"].addresses[0].display_name == "Jos\u00e9 P\u00e9rez"
+
+
+def test_bidirectional_overrides_are_dropped_from_names_and_data(composer: MessageComposer) -> None:
+    outgoing = composer.compose(
+        _notification(NotificationKind.PAYMENT_REMINDER, name="Asha\u202egnp.exe", description="Fee\u2066 x\u2069")
+    )
+    message = _parse(outgoing.data)
+    assert message["To"].addresses[0].display_name == "Ashagnp.exe"
+    text = message.get_body(("plain",)).get_content()
+    assert "Fee x" in text and not any(mark in text for mark in "\u202e\u2066\u2069")
+
+
+def test_a_display_name_over_the_cap_is_refused(composer: MessageComposer) -> None:
+    with pytest.raises(UnsendableNotification, match="longer than 200"):
+        composer.compose(_notification(NotificationKind.PAYMENT_REMINDER, name="A" * 1_000_000))
 
 
 def test_message_ids_are_unique(composer: MessageComposer) -> None:

@@ -50,7 +50,7 @@ def _smtp(sink: SmtpSink, **options) -> SmtpTransport:
 def test_outbox_writes_one_parseable_eml_per_message_in_time_order(tmp_path: Path) -> None:
     transport = OutboxTransport(tmp_path / "outbox")
     messages = _messages(5)
-    results = transport.send_batch(messages[:3]) + transport.send_batch(messages[3:])
+    results = list(transport.send_batch(messages[:3])) + list(transport.send_batch(messages[3:]))
 
     assert [result.status for result in results] == ["sent"] * 5
     files = sorted(os.listdir(tmp_path / "outbox"))
@@ -69,7 +69,7 @@ def test_outbox_that_cannot_be_written_reports_every_message_unavailable(tmp_pat
             (tmp_path / "outbox").chmod(0o700)
             (tmp_path / "outbox").rmdir()
             (tmp_path / "outbox").write_text("a file where the folder should be")
-        results = transport.send_batch(_messages(2))
+        results = list(transport.send_batch(_messages(2)))
     finally:
         if (tmp_path / "outbox").is_dir():
             (tmp_path / "outbox").chmod(0o700)
@@ -84,7 +84,7 @@ def test_smtp_delivers_over_one_reused_connection(smtp_sink: SmtpSink) -> None:
     transport = _smtp(smtp_sink, max_connections=1)
     messages = _messages(20)
     try:
-        results = transport.send_batch(messages)
+        results = list(transport.send_batch(messages))
     finally:
         transport.close()
     assert [result.status for result in results] == ["sent"] * 20
@@ -95,25 +95,27 @@ def test_smtp_delivers_over_one_reused_connection(smtp_sink: SmtpSink) -> None:
     assert smtp_sink.sessions == 1
 
 
-def test_a_refused_recipient_fails_only_its_own_message(smtp_sink: SmtpSink) -> None:
+def test_refused_recipients_fail_only_their_own_message_permanently_or_for_now(smtp_sink: SmtpSink) -> None:
     smtp_sink.refused_recipients.add("u1@example.com")
+    smtp_sink.temporarily_refused_recipients.add("u2@example.com")
     transport = _smtp(smtp_sink, max_connections=1)
     try:
-        results = transport.send_batch(_messages(3))
+        results = list(transport.send_batch(_messages(4)))
     finally:
         transport.close()
-    assert [result.status for result in results] == ["sent", "failed", "sent"]
-    assert results[1].error is not None and results[1].error.startswith("recipient refused: 550")
-    assert {mail.rcpt_tos[0] for mail in smtp_sink.wait_for(2)} == {"u0@example.com", "u2@example.com"}
+    assert [result.status for result in results] == ["sent", "rejected", "failed", "sent"]
+    assert results[1].error is not None and results[1].error.startswith("bounced: recipient refused: 550 5.1.1")
+    assert results[2].error is not None and results[2].error.startswith("recipient refused: 451 4.3.0")
+    assert {mail.rcpt_tos[0] for mail in smtp_sink.wait_for(2)} == {"u0@example.com", "u3@example.com"}
 
 
 def test_a_dropped_connection_is_reopened_once(smtp_sink: SmtpSink) -> None:
     transport = _smtp(smtp_sink, max_connections=1)
     messages = _messages(4)
     try:
-        assert [r.status for r in transport.send_batch(messages[:2])] == ["sent", "sent"]
+        assert [r.status for r in list(transport.send_batch(messages[:2]))] == ["sent", "sent"]
         smtp_sink.restart()  # the server drops the session the transport holds
-        assert [r.status for r in transport.send_batch(messages[2:])] == ["sent", "sent"]
+        assert [r.status for r in list(transport.send_batch(messages[2:]))] == ["sent", "sent"]
     finally:
         transport.close()
     assert [mail.notification_id for mail in smtp_sink.wait_for(4)] == [message.key for message in messages]
@@ -123,7 +125,7 @@ def test_a_server_that_is_down_marks_the_batch_unavailable_quickly() -> None:
     transport = SmtpTransport(SmtpSettings(host="127.0.0.1", port=free_port(), timeout=5), max_connections=2)
     started = time.monotonic()
     try:
-        results = transport.send_batch(_messages(50))
+        results = list(transport.send_batch(_messages(50)))
     finally:
         transport.close()
     assert {result.status for result in results} == {"unavailable"}
@@ -134,9 +136,9 @@ def test_a_server_that_is_down_marks_the_batch_unavailable_quickly() -> None:
 def test_server_going_down_mid_batch_keeps_what_was_sent(smtp_sink: SmtpSink) -> None:
     transport = _smtp(smtp_sink, max_connections=1)
     try:
-        first = transport.send_batch(_messages(2, prefix="a"))
+        first = list(transport.send_batch(_messages(2, prefix="a")))
         smtp_sink.stop()
-        second = transport.send_batch(_messages(3, prefix="b"))
+        second = list(transport.send_batch(_messages(3, prefix="b")))
     finally:
         transport.close()
     assert [r.status for r in first] == ["sent", "sent"]
@@ -149,14 +151,14 @@ def test_login_when_credentials_are_configured() -> None:
             SmtpSettings(host=sink.host, port=sink.port, username="mailer", password="s3cret-password", timeout=5)
         )
         try:
-            assert [r.status for r in transport.send_batch(_messages(2))] == ["sent", "sent"]
+            assert [r.status for r in list(transport.send_batch(_messages(2)))] == ["sent", "sent"]
         finally:
             transport.close()
         assert sink.logins and set(sink.logins) == {"mailer"}
 
         wrong = SmtpTransport(SmtpSettings(host=sink.host, port=sink.port, username="mailer", password="nope", timeout=5))
         try:
-            results = wrong.send_batch(_messages(1))
+            results = list(wrong.send_batch(_messages(1)))
         finally:
             wrong.close()
         assert results[0].status == "unavailable"
@@ -174,7 +176,7 @@ def test_tls_modes(tmp_path: Path, security: str) -> None:
             SmtpSettings(host="127.0.0.1", port=sink.port, security=security, timeout=5, ssl_context=tls.client_context())
         )
         try:
-            assert [r.status for r in transport.send_batch(_messages(2))] == ["sent", "sent"]
+            assert [r.status for r in list(transport.send_batch(_messages(2)))] == ["sent", "sent"]
         finally:
             transport.close()
         assert len(sink.wait_for(2)) == 2
@@ -186,7 +188,7 @@ def test_parallel_connections_share_the_work_and_pay_latency_in_parallel() -> No
         messages = _messages(40)
         try:
             started = time.monotonic()
-            results = transport.send_batch(messages)
+            results = list(transport.send_batch(messages))
             elapsed = time.monotonic() - started
         finally:
             transport.close()
@@ -202,7 +204,7 @@ def test_rate_limit_is_never_exceeded_in_any_second_at_the_server(smtp_sink: Smt
     transport = _smtp(smtp_sink, max_connections=8, rate_limit_per_second=40)
     try:
         started = time.monotonic()
-        results = transport.send_batch(_messages(120))
+        results = list(transport.send_batch(_messages(120)))
         elapsed = time.monotonic() - started
     finally:
         transport.close()

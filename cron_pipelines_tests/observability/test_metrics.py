@@ -37,7 +37,7 @@ def _value(samples: dict, name: str, **labels: str) -> float:
 def test_a_run_pushes_notification_request_retry_and_duration_metrics(world: JobWorld, gateway: PushgatewayStandIn) -> None:
     world.services.store.add_users([user("usr_a"), user("usr_b"), user("usr_c", email=None)])
     world.services.store.add_dues([due(f"due_{x}", user_id=f"usr_{x}", due_date="2026-12-01") for x in "abc"])
-    world.smtp.refused_recipients.add("usr_b@example.com")
+    world.smtp.temporarily_refused_recipients.add("usr_b@example.com")
     world.services.sql_faults.add(method="GET", path="/v1/dues", status=503)
 
     assert world.run("send_payment_reminders", D).success

@@ -4,8 +4,10 @@ a real SMTP server, the project's Definitions built from test settings, and a Da
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +44,26 @@ def job_environment(services: ServiceWorld, smtp: SmtpSink, dagster_home: str, *
     }
 
 
+# The CLI, reporting its own peak resident memory when it exits.
+_MEASURED_CLI = """
+import atexit, re, runpy, sys
+def report():
+    status = open("/proc/self/status").read()
+    print("peak_rss_kb=" + re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1), flush=True)
+atexit.register(report)
+sys.argv = ["cron-pipelines", *sys.argv[1:]]
+runpy.run_module("cron_pipelines.cli", run_name="__main__")
+"""
+
+
+@dataclass(frozen=True)
+class MeasuredRun:
+    returncode: int
+    output: str
+    peak_rss_mb: float
+    seconds: float
+
+
 @dataclass
 class JobWorld:
     services: ServiceWorld
@@ -67,6 +89,22 @@ class JobWorld:
             [sys.executable, "-m", "cron_pipelines.cli", "run", job, "--date", day],
             env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen_options,
         )
+
+    def run_measured(self, job: str, day: str, *, timeout: float = 120.0) -> "MeasuredRun":
+        """`cron-pipelines run` in its own process: its output, wall time and peak memory.
+
+        The peak is the process's own VmHWM, read as it exits: rusage would count the
+        test process's pages the child held between fork and exec.
+        """
+        started = time.monotonic()
+        environment = {**os.environ, **self.environment, "DAGSTER_HOME": self.instance.root_directory}
+        completed = subprocess.run(
+            [sys.executable, "-c", _MEASURED_CLI, "run", job, "--date", day],
+            env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout,
+        )
+        peak = re.search(r"^peak_rss_kb=(\d+)$", completed.stdout, re.MULTILINE)
+        assert peak is not None, completed.stdout[-2000:]
+        return MeasuredRun(completed.returncode, completed.stdout, int(peak.group(1)) / 1024, time.monotonic() - started)
 
     def run(self, job: str, day: str, *, run_config: Mapping[str, Any] | None = None) -> dg.ExecuteInProcessResult:
         return self.defs.resolve_job_def(job).execute_in_process(

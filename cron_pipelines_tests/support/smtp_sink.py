@@ -1,8 +1,9 @@
 """A real SMTP server (aiosmtpd) on loopback that keeps what it receives.
 
-It can refuse chosen recipients, require a login, speak STARTTLS or implicit TLS,
-add latency to every command like a remote provider, and be restarted on the same
-port to drop every open session.
+It can refuse chosen recipients for good (550) or for now (451), with a reply text of
+the test's choosing, offer SMTPUTF8 or not, require a login, speak STARTTLS or
+implicit TLS, add latency to every command like a remote provider, and be restarted
+on the same port to drop every open session.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import socket
 import ssl
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from email import policy
 from email.message import EmailMessage
@@ -68,8 +70,12 @@ class _Handler:
 
     async def handle_RCPT(self, server, session: Session, envelope: Envelope, address: str, options) -> str:
         await self._latency()
+        with self.sink._lock:
+            self.sink.rcpt_attempts[address] += 1
         if address in self.sink.refused_recipients:
-            return "550 5.1.1 <%s>: mailbox unavailable" % address
+            return "550 5.1.1 <%s>: mailbox unavailable%s" % (address, self.sink.refusal_text)
+        if address in self.sink.temporarily_refused_recipients:
+            return "451 4.3.0 <%s>: try again later%s" % (address, self.sink.refusal_text)
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
@@ -89,10 +95,15 @@ class SmtpSink:
         implicit_tls_context: ssl.SSLContext | None = None,
         latency: float = 0.0,
         keep_messages: bool = True,
+        smtputf8: bool = True,
     ) -> None:
         self.host = "127.0.0.1"
         self.port = port or free_port()
         self.refused_recipients: set[str] = set()
+        self.temporarily_refused_recipients: set[str] = set()
+        self.refusal_text = ""  # appended to refusals, e.g. to inject escape codes
+        self.smtputf8 = smtputf8
+        self.rcpt_attempts: Counter[str] = Counter()
         self.latency = latency
         self.logins: list[str] = []
         self._credentials = credentials
@@ -118,7 +129,7 @@ class SmtpSink:
         return AuthResult(success=False, handled=False)
 
     def start(self) -> "SmtpSink":
-        options: dict = {"ready_timeout": 10.0}
+        options: dict = {"ready_timeout": 10.0, "enable_SMTPUTF8": self.smtputf8}
         if self._credentials is not None:
             options.update(authenticator=self._authenticate, auth_require_tls=False, auth_required=True)
         if self._starttls_context is not None:
