@@ -1,10 +1,11 @@
 """The one delivery path for every notification kind: claim, send, record (docs/services.md, "The ledger").
 
 Notifications stream through in batches of `batch_size` (default 100). Each batch is
-claimed with one request just before it is sent; only what came back `claimed` is
+claimed with one request shortly before it is sent; only what came back `claimed` is
 composed and sent; outcomes are recorded as they come in, every `batch_size` messages
 or every `record_interval` seconds. While one batch is on its way to the mail server,
-the next is claimed and composed. So at most two batches are claimed and not yet
+the one before is recorded and the next is claimed and composed, so the mail server
+never waits for the ledger. At most those three batches are claimed and not yet
 recorded at any moment: that is all a hard crash (`kill -9`) can leave `claimed`.
 
 Nothing twice, whatever the source sends: a key repeated inside a batch is sent once
@@ -246,6 +247,9 @@ class NotificationPipeline:
     def _deliver(
         self, items: Iterable[Notification | RejectedRecord], gate: Gate | None, claims: dict[str, ClaimResult] | None
     ) -> None:
+        # At most three batches are claimed and not yet recorded: one being recorded, one
+        # with the mail server, one claimed and composed next.
+        recording: _Sending | None = None
         sending: _Sending | None = None
         prepared: _Batch | None = None
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="notification-send") as sender:
@@ -255,20 +259,24 @@ class NotificationPipeline:
                     if claims is not None:
                         claims.update(prepared.claim_results)
                     if sending is not None:
-                        self._finish(sending)
-                        sending = None
-                    if self._unavailable:
-                        raise self._server_unavailable()
-                    sending, prepared = self._start(prepared, sender), None
+                        self._await_results(sending)
+                        if self._unavailable:
+                            raise self._server_unavailable()
+                    # The next batch goes to the mail server at once; the last one is recorded meanwhile.
+                    recording, sending, prepared = sending, self._start(prepared, sender), None
+                    if recording is not None:
+                        self._record_rest(recording)
+                        recording = None
                 if sending is not None:
-                    self._finish(sending)
+                    self._await_results(sending)
+                    self._record_rest(sending)
                     sending = None
             except BaseException as exc:
                 with _interrupts_deferred():
                     # An interrupt stops sending at once; after an error the batch on its way may finish.
                     interrupted = not isinstance(exc, Exception)
                     because = "the run was stopped" if interrupted else printable(f"{type(exc).__name__}: {exc}", 300)
-                    self._stop(sending, prepared, interrupted=interrupted, because=because)
+                    self._stop([recording, sending], prepared, interrupted=interrupted, because=because)
                 raise
         if self._unavailable:
             raise self._server_unavailable()
@@ -435,31 +443,37 @@ class NotificationPipeline:
         sender.submit(send)
         return sending
 
-    def _finish(self, sending: _Sending) -> None:
-        """Record the batch's outcomes as its results arrive: every `batch_size` or `record_interval`."""
+    def _await_results(self, sending: _Sending) -> None:
+        """Take the batch's results as they arrive, recording every `batch_size` or `record_interval`."""
         sending.pending.extend(sending.batch.outcomes)
         sending.batch.outcomes.clear()
         last_record = time.monotonic()
-        done = False
-        while not done:
+        while not sending.done:
             wait = max(0.0, last_record + self._record_interval - time.monotonic())
             try:
                 result = sending.results.get(timeout=wait)
             except queue.Empty:
                 result = None
             if result is _DONE:
-                done = sending.done = True
+                sending.done = True
             elif result is not None:
                 sending.take(result, self._outcome_of_sending)
-            if done or len(sending.pending) >= self._batch_size or time.monotonic() - last_record >= self._record_interval:
-                outcomes, sending.pending = sending.pending, []
-                self._record(outcomes)
+            if sending.done:
+                break  # the rest is recorded once the next batch is on its way
+            if len(sending.pending) >= self._batch_size or time.monotonic() - last_record >= self._record_interval:
+                self._record_rest(sending)
                 last_record = time.monotonic()
         if sending.received < len(sending.batch.messages):
             raise RuntimeError("the sender thread failed before every message had a result")
+
+    def _record_rest(self, sending: _Sending) -> None:
+        outcomes, sending.pending = sending.pending, []
+        self._record(outcomes)
         self._log_progress()
 
-    def _stop(self, sending: _Sending | None, prepared: _Batch | None, *, interrupted: bool, because: str) -> None:
+    def _stop(
+        self, in_flight: Sequence[_Sending | None], prepared: _Batch | None, *, interrupted: bool, because: str
+    ) -> None:
         """After an interrupt or error: record what happened to every claimed notification.
 
         After an interrupt nothing more is handed to the mail server: what was not comes
@@ -467,7 +481,9 @@ class NotificationPipeline:
         """
         if interrupted:
             self._transport.stop()
-        if sending is not None:
+        for sending in in_flight:
+            if sending is None:
+                continue
             sending.pending.extend(sending.batch.outcomes)
             sending.batch.outcomes.clear()
             while not sending.done:
