@@ -18,7 +18,12 @@ from cron_pipelines.assets.verifications import build_verification_assets
 from cron_pipelines.jobs import build_jobs
 from cron_pipelines.resources import build_resources
 from cron_pipelines.schedules import build_schedules
-from cron_pipelines.sensors import build_run_failure_alert_sensor, build_verification_attempts_sensor
+from cron_pipelines.rules.ledger import StaleClaimPolicy
+from cron_pipelines.sensors import (
+    build_run_failure_alert_sensor,
+    build_stuck_claims_sensor,
+    build_verification_attempts_sensor,
+)
 from cron_pipelines.settings import Settings
 
 
@@ -61,6 +66,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
                 jobs["verify_employees"], settings.cron_timezone, settings.verification_sensor_lookback_hours
             ),
             build_run_failure_alert_sensor(settings.ops_alert_email, settings.dagster_webserver_url),
+            build_stuck_claims_sensor(settings.ops_alert_email, settings.dagster_webserver_url, StaleClaimPolicy()),
         ],
         resources=build_resources(settings),
     )

@@ -3,6 +3,8 @@
   run JOB --date D | --from D1 --to D2   run a job for days, on the Dagster instance (like the old seed-jobs.sh)
   audit [--user ID] [--key K] [--run R] [--kind K] [--since D] [--json]
                                          which email went to whom, when, why and from which run
+  settle (--run R | --key K...) --as sent|failed [--dry-run] [--note TEXT]
+                                         settle notifications a dead run left `claimed`
   health [--json]                        instance, daemon, services, mail: exit 0 when all are fine
   demo-services [--sql-port P] [--mongo-port P]
                                          serve the stand-in services for curl
@@ -131,6 +133,16 @@ def _run_summary(instance, run_id: str | None, cache: dict[str, dict[str, Any]])
     return cache[run_id]
 
 
+def _run_window(instance, run_id: str) -> tuple[datetime, datetime] | None:
+    """The run's lifetime, a minute either side: claims happen inside it, so the ledger query is narrowed to it."""
+    record = instance.get_run_record_by_id(run_id)
+    if record is None or not record.start_time:
+        return None
+    started = datetime.fromtimestamp(record.start_time, timezone.utc) - timedelta(minutes=1)
+    ended = datetime.fromtimestamp(record.end_time, timezone.utc) if record.end_time else datetime.now(timezone.utc)
+    return started, ended + timedelta(minutes=1)
+
+
 def command_audit(settings: Settings, args: argparse.Namespace) -> int:
     from cron_pipelines.resources import build_resources
 
@@ -139,14 +151,7 @@ def command_audit(settings: Settings, args: argparse.Namespace) -> int:
         instance = _instance(settings)
     except Exception as exc:  # the ledger alone still answers most questions
         print(f"warning: no Dagster instance ({type(exc).__name__}: {exc}); runs are not joined", file=sys.stderr)
-    run_window = None
-    if args.run and instance is not None:
-        record = instance.get_run_record_by_id(args.run)
-        if record is not None and record.start_time:
-            # Narrow the ledger query to the run's lifetime (claims happen inside it).
-            started = datetime.fromtimestamp(record.start_time, timezone.utc) - timedelta(minutes=1)
-            ended = datetime.fromtimestamp(record.end_time, timezone.utc) if record.end_time else datetime.now(timezone.utc)
-            run_window = (started, ended + timedelta(minutes=1))
+    run_window = _run_window(instance, args.run) if args.run and instance is not None else None
     rows: list[dict[str, Any]] = []
     runs: dict[str, dict[str, Any]] = {}
     # Resolves EnvVar secrets and opens the client the way a run does.
@@ -187,6 +192,74 @@ def _print_table(rows: Sequence[dict[str, Any]]) -> None:
     for row in rows:
         if row.get("error"):
             print(f"{printable(row['idempotency_key'], 200)}: {row['status']}: {printable(row['error'], 600)}")
+
+
+# --- settle ----------------------------------------------------------------------------
+
+# A run in one of these states may still record its claims itself: leave them to it.
+_UNFINISHED = ("QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING")
+
+
+def _claimed_records(client, instance, run_id: str | None, keys: list[str] | None) -> Iterator[Any]:
+    """The `claimed` ledger records of a run, or with one of these keys."""
+    from cron_pipelines.clients.http import RejectedRecord
+
+    if run_id is not None:
+        window = _run_window(instance, run_id)
+        queries = [{"since": window[0], "until": window[1]} if window else {}]
+    else:
+        queries = [{"kind": kind} for kind in sorted({key.split(":", 1)[0] for key in keys or []})]
+    wanted = set(keys or [])
+    for query in queries:
+        for record in client.iter_notifications(status="claimed", **query):
+            if isinstance(record, RejectedRecord):
+                print(f"warning: unreadable ledger record {record.record_id}: {record.reason}", file=sys.stderr)
+            elif (run_id is not None and record.run_id == run_id) or record.idempotency_key in wanted:
+                yield record
+
+
+def command_settle(settings: Settings, args: argparse.Namespace) -> int:
+    """Record stuck claims `sent` or `failed` after an operator checked the mail server's logs."""
+    from cron_pipelines.clients.models import PLANNED_MESSAGE_ID, NotificationOutcome, format_instant
+    from cron_pipelines.resources import build_resources
+    from cron_pipelines.safe_text import printable
+
+    instance = _instance(settings)
+    note = f"settled as {args.settle_as} by an operator ({os.environ.get('USER') or 'unknown user'})"
+    if args.note:
+        note += f": {args.note}"
+    outcomes, blocked = [], set()
+    with build_resources(settings)["mongo_service"].process_config_and_initialize_cm() as mongo:
+        for record in _claimed_records(mongo.client, instance, args.run, args.key):
+            run = instance.get_run_by_id(record.run_id) if record.run_id else None
+            if run is not None and run.status.value in _UNFINISHED and not args.force:
+                blocked.add(f"{record.run_id} ({run.status.value})")
+                continue
+            planned = record.metadata.get(PLANNED_MESSAGE_ID)
+            print(f"{printable(record.idempotency_key, 200)}  claimed_at={record.claimed_at}  "
+                  f"recipient={mask_recipient(record.recipient)}  Message-ID={printable(planned or 'unknown', 200)}")
+            outcomes.append(NotificationOutcome(
+                idempotency_key=record.idempotency_key,
+                status=args.settle_as,
+                message_id=planned if args.settle_as == "sent" and isinstance(planned, str) else None,
+                error=note,
+                at=format_instant(datetime.now(timezone.utc)),
+            ))
+        if blocked:
+            print(f"left alone: claims of run(s) still in progress, which record them themselves: "
+                  f"{', '.join(sorted(blocked))} (--force to settle anyway)", file=sys.stderr)
+        if not outcomes:
+            print("no `claimed` notification matches")
+            return 3
+        if args.dry_run:
+            print(f"dry run: {len(outcomes)} notification(s) would be recorded `{args.settle_as}`")
+            return 0
+        for batch in range(0, len(outcomes), 500):
+            mongo.client.record_outcomes(outcomes[batch : batch + 500])
+    consequence = "a later run sends them" if args.settle_as == "failed" else "no run sends them again"
+    print(f"recorded {len(outcomes)} notification(s) `{args.settle_as}`: {consequence}")
+    instance.dispose()
+    return 0
 
 
 # --- health ------------------------------------------------------------------------------
@@ -276,6 +349,19 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--json", action="store_true", help="print JSON instead of a table")
     audit.add_argument("--show-recipients", action="store_true", help="print addresses unmasked")
     audit.set_defaults(handler=command_audit)
+
+    settle = commands.add_parser(
+        "settle", help="record notifications a dead run left `claimed` as sent or failed, after checking the mail logs"
+    )
+    which = settle.add_mutually_exclusive_group(required=True)
+    which.add_argument("--run", help="every notification this Dagster run left `claimed`")
+    which.add_argument("--key", action="append", help="an idempotency key (repeatable)")
+    settle.add_argument("--as", dest="settle_as", required=True, choices=["sent", "failed"],
+                        help="sent: delivered, never sent again; failed: not delivered, a later run sends it")
+    settle.add_argument("--note", help="why, for the audit trail (e.g. the mail log you checked)")
+    settle.add_argument("--dry-run", action="store_true", help="list what would be settled, change nothing")
+    settle.add_argument("--force", action="store_true", help="also settle claims of a run still in progress")
+    settle.set_defaults(handler=command_settle)
 
     health = commands.add_parser("health", help="check instance, daemon, services and mail; exit 1 if any fails")
     health.add_argument("--json", action="store_true")

@@ -31,7 +31,9 @@ def test_the_six_jobs_are_daily_partitioned_in_the_business_time_zone() -> None:
         assert partitions_def.timezone == "Europe/Berlin" and partitions_def.end_offset == 1
         selected = {key.to_user_string() for key in job.asset_layer.executable_asset_keys}
         assert selected == assets
-    assert {sensor.name for sensor in defs.sensors} == {"verification_attempts_sensor", "run_failure_alert_sensor"}
+    assert {sensor.name for sensor in defs.sensors} == {
+        "verification_attempts_sensor", "run_failure_alert_sensor", "stuck_claims_sensor"
+    }
     assert all(sensor.default_status == dg.DefaultSensorStatus.RUNNING for sensor in defs.sensors)
 
 

@@ -115,3 +115,36 @@ def test_a_failed_run_mails_the_operators_once(world: JobWorld) -> None:
     assert f"https://dagster.example.com/runs/{failed.run_id}" in body
     assert "sql-service: GET /v1/dues status=401" in body
     assert world.ledger()[f"ops_alert:{failed.run_id}"]["status"] == "sent"
+
+
+def test_claims_stuck_after_a_run_died_are_reported_within_minutes_and_mailed_once_per_run(world: JobWorld) -> None:
+    dead = world.run("maintenance", "2026-11-28")  # any finished run of this instance stands for the dead one
+    twenty_minutes_ago = format_instant(datetime.now(timezone.utc) - timedelta(minutes=20))
+    world.services.store.add_notifications([
+        {"idempotency_key": f"payment_reminder:due_{n}:2026-12-01:3", "kind": "payment_reminder", "status": "claimed",
+         "run_id": dead.run_id, "attempts": 1, "claimed_at": twenty_minutes_ago,
+         "metadata": {"planned_message_id": f"<planned.{n}@example.com>"}}
+        for n in range(3)
+    ] + [
+        # Claimed a minute ago: a live run's batch on its way, not stuck.
+        {"idempotency_key": "payment_reminder:due_fresh:2026-12-01:3", "kind": "payment_reminder", "status": "claimed",
+         "run_id": "live-run", "attempts": 1, "claimed_at": format_instant(datetime.now(timezone.utc) - timedelta(minutes=1))},
+    ])
+    sensor = world.defs.resolve_sensor_def("stuck_claims_sensor")
+    resources = {name: world.defs.resources[name] for name in ("mongo_service", "mailer")}
+    reasons = []
+    for _ in range(2):  # the next tick reports again, and mails no second time
+        with dg.build_sensor_context(instance=world.instance, resources=resources) as context:
+            reasons.append(sensor(context))
+
+    assert all(isinstance(reason, dg.SkipReason) for reason in reasons)
+    assert f"3 in run {dead.run_id}" in reasons[0].skip_message and "live-run" not in reasons[0].skip_message
+    assert f"alert mailed for run(s) ['{dead.run_id}']" in reasons[0].skip_message
+    assert "alert mailed for run(s) none new" in reasons[1].skip_message
+    (mail,) = world.smtp.wait_for(1)
+    assert mail.notification_id == f"ops_alert:stuck_claims:{dead.run_id}"
+    assert mail.message["Subject"] == "[cron_pipelines] notifications stuck in `claimed`: maintenance (2026-11-28)"
+    body = mail.message.get_body(("plain",)).get_content()
+    assert "left 3 notification(s) `claimed`" in body
+    assert "payment_reminder:due_0:2026-12-01:3  Message-ID <planned.0@example.com>" in body
+    assert f"cron-pipelines settle --run {dead.run_id} --as failed" in body

@@ -139,6 +139,15 @@ class DeliveryStep:
             )
             self.pipeline().record_journaled(self._inherited.outcomes)
 
+    def release_inherited(self) -> None:
+        if self._inherited_tokens:
+            (self._pipelines[0] if self._pipelines else self.pipeline()).release_inherited()
+
+    @property
+    def left_claimed(self) -> int:
+        """Notifications this step claimed whose outcome the ledger does not have."""
+        return len(self.journal())
+
     @property
     def sent(self) -> int:
         return sum(pipeline.stats.counts["sent"] for pipeline in self._pipelines)
@@ -225,6 +234,7 @@ def delivery_step(
     try:
         step.settle_inherited()
         yield step
+        step.release_inherited()
     except BaseException as exc:
         journal = step.journal()
         if journal or inherited:
@@ -287,17 +297,22 @@ def delivery_check_spec(asset_key: dg.AssetKey | str) -> dg.AssetCheckSpec:
     return dg.AssetCheckSpec(
         DELIVERY_CHECK,
         asset=asset_key,
-        description="Fails when notifications failed; warns when too many were skipped (bad recipients, malformed records).",
+        description=(
+            "Fails when notifications failed or were left claimed without an outcome; "
+            "warns when too many were skipped (bad recipients, malformed records)."
+        ),
     )
 
 
 def delivery_check_result(
-    asset_key: dg.AssetKey | str, counts: Mapping[str, int], thresholds: DeliveryThresholds
+    asset_key: dg.AssetKey | str, pipeline: NotificationPipeline, thresholds: DeliveryThresholds
 ) -> dg.AssetCheckResult:
+    counts = pipeline.stats.counts
     failed, skipped, claimed = counts.get("failed", 0), counts.get("skipped", 0), counts.get("claimed", 0)
     rejected = counts.get("rejected", 0)
     skipped_ratio = (skipped + rejected) / max(claimed + rejected, 1)
-    too_many_failed = failed > thresholds.max_failed
+    # Claimed with no outcome recorded: each is an email nobody knows the fate of.
+    too_many_failed = failed > thresholds.max_failed or pipeline.left_claimed > 0
     too_many_skipped = skipped_ratio > thresholds.max_skipped_ratio
     return dg.AssetCheckResult(
         asset_key=dg.AssetKey.from_coercible(asset_key),
@@ -306,6 +321,7 @@ def delivery_check_result(
         severity=dg.AssetCheckSeverity.ERROR if too_many_failed else dg.AssetCheckSeverity.WARN,
         metadata={
             "failed": failed,
+            "left_claimed": pipeline.left_claimed,
             "skipped": skipped,
             "rejected_records": rejected,
             "skipped_ratio": round(skipped_ratio, 4),

@@ -50,7 +50,7 @@ def inactivity_warnings(
         pipeline.deliver(rules.inactivity_warnings(users, day, config))
     return dg.MaterializeResult(
         metadata=summary_metadata(day, stopwatch, inactive_before=cutoff.isoformat(), **pipeline.metadata()),
-        check_results=[delivery_check_result(context.asset_key, pipeline.stats.counts, config)],
+        check_results=[delivery_check_result(context.asset_key, pipeline, config)],
     )
 
 
@@ -110,7 +110,7 @@ def inactive_user_deactivations(
             failed_confirmations_retried=resent,
             **pipeline.metadata(),
         ),
-        check_results=[delivery_check_result(context.asset_key, pipeline.stats.counts, config)],
+        check_results=[delivery_check_result(context.asset_key, pipeline, config)],
     )
 
 

@@ -57,7 +57,7 @@ def _notify_about_dues(
         metadata=summary_metadata(
             day, stopwatch, due_from=due_from.isoformat(), due_to=due_to.isoformat(), **pipeline.metadata()
         ),
-        check_results=[delivery_check_result(context.asset_key, pipeline.stats.counts, thresholds)],
+        check_results=[delivery_check_result(context.asset_key, pipeline, thresholds)],
     )
 
 

@@ -105,12 +105,12 @@ def verify_employees(
             failed_confirmations_retried=resent,
             **{f"email_{name}": value for name, value in decisions.metadata().items()}, **common,
         ),
-        check_results=[delivery_check_result(DECISIONS, decisions.stats.counts, config)],
+        check_results=[delivery_check_result(DECISIONS, decisions, config)],
     )
     yield dg.MaterializeResult(
         asset_key=REMINDERS,
         metadata=summary_metadata(day, stopwatch, **reminders.metadata(), **common),
-        check_results=[delivery_check_result(REMINDERS, reminders.stats.counts, config)],
+        check_results=[delivery_check_result(REMINDERS, reminders, config)],
     )
 
 

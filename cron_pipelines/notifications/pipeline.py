@@ -119,8 +119,8 @@ class Journal:
     outcomes: list[NotificationOutcome] = field(default_factory=list)
     unanswered_claims: dict[str, str] = field(default_factory=dict)
 
-    def __bool__(self) -> bool:
-        return bool(self.outcomes or self.unanswered_claims)
+    def __len__(self) -> int:
+        return len(self.outcomes) + len(self.unanswered_claims)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -281,10 +281,38 @@ class NotificationPipeline:
         if self._unavailable:
             raise self._server_unavailable()
 
+    def release_inherited(self) -> None:
+        """Settle the unanswered claims of an earlier attempt that this attempt did not meet again.
+
+        The service no longer lists their notifications, so nothing was sent: each one
+        this run holds is recorded `failed` (a later run sends it if it is owed again).
+        """
+        leftover = sorted(self.inherited_tokens.items())
+        for chunk in chunked(leftover, self._batch_size):
+            claims = [
+                NotificationClaim(
+                    idempotency_key=key, kind=key.split(":", 1)[0], run_id=self._run.run_id,
+                    job_name=self._run.job_name, partition_key=self._run.partition_key, metadata={CLAIM_TOKEN: token},
+                )
+                for key, token in chunk
+            ]
+            reply = self._ledger.claim_notifications(claims)
+            released = []
+            for (key, token), result in zip(chunk, reply.results, strict=True):
+                self.inherited_tokens.pop(key, None)
+                if self._owns(result, None, token):
+                    released.append(NotificationOutcome(
+                        idempotency_key=key, status="failed", at=format_instant(datetime.now(timezone.utc)),
+                        error="not sent: claimed by an attempt whose answer was lost, and no longer listed by the service",
+                    ))
+            self._record(released)
+            if released:
+                self._log.warning("released %d claim(s) of an earlier attempt as `failed`", len(released))
+
     @property
     def left_claimed(self) -> int:
         """Notifications this run claimed whose outcome the ledger does not have (yet)."""
-        return len(self.journal.outcomes) + len(self.journal.unanswered_claims)
+        return len(self.journal)
 
     def metadata(self) -> dict[str, Any]:
         """Counts (numeric, plotted by the UI) and bounded samples of keys and reasons."""

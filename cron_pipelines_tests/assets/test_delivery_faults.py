@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import signal
-import sqlite3
+import subprocess
+import sys
 import time
 from datetime import datetime, timedelta, timezone
 
@@ -181,41 +183,71 @@ def test_smtp_down_then_back_sends_each_notification_exactly_once(world: JobWorl
     assert world.run("send_payment_reminders", D).success and len(world.mails()) == 30
 
 
-def test_a_run_killed_between_claim_and_send_never_resends_and_maintenance_reports_it(world: JobWorld) -> None:
-    world.services.store.add_users([user(f"usr_{n}") for n in range(5)])
-    world.services.store.add_dues([due(f"due_{n}", user_id=f"usr_{n}", due_date="2026-12-01") for n in range(5)])
-    world.smtp.latency = 30  # the first SMTP command hangs: the run sits between claim and send
+def test_a_killed_run_leaves_a_bounded_settleable_window_and_settling_delivers_each_key_once(world: JobWorld) -> None:
+    count = 1500
+    world.services.store.add_users([user(f"usr_{n}") for n in range(count)])
+    world.services.store.add_dues([due(f"due_{n}", user_id=f"usr_{n}", due_date="2026-12-01") for n in range(count)])
+    world.smtp.latency = 0.002  # a run of some seconds, killed in the middle
     process = world.run_in_subprocess("send_payment_reminders", D)
-    deadline = time.monotonic() + 60
-    while not world.ledger() and time.monotonic() < deadline:
-        time.sleep(0.1)
+    world.smtp.wait_for(400, timeout=120)
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=30)
     world.smtp.latency = 0
 
-    claimed = world.ledger()
-    assert len(claimed) == 5 and {record["status"] for record in claimed.values()} == {"claimed"}
-    assert world.mails() == []
+    ledger = world.ledger()
+    stuck = {key: record for key, record in ledger.items() if record["status"] == "claimed"}
+    assert 0 < len(stuck) <= 3 * 100  # the stated bound: three batches of DELIVERY_BATCH_SIZE
+    # Each stuck claim names the Message-ID its email was to carry, to look up in the mail logs.
+    delivered_ids = {mail.message["Message-ID"] for mail in world.mails()}
+    assert all(record["metadata"]["planned_message_id"].startswith("<") for record in stuck.values())
+    (run_id,) = {record["run_id"] for record in stuck.values()}
 
-    rerun = world.run("send_payment_reminders", D)
-    assert rerun.success and world.mails() == []  # at most once: never resent
-    assert metadata(rerun, "payment_reminders")["duplicate"] == 5
+    rerun = world.run("send_payment_reminders", D)  # never resends a stuck claim by itself
+    assert rerun.success and metadata(rerun, "payment_reminders")["duplicate"] >= len(stuck)
+    assert not any(mail.notification_id in stuck for mail in world.mails()[len(delivered_ids):])
 
-    # Twenty minutes later, maintenance reports the five as stale.
-    twenty_minutes_ago = format_instant(datetime.now(timezone.utc) - timedelta(minutes=20))
-    with sqlite3.connect(world.services.store.path) as connection:
-        connection.execute(
-            "UPDATE notifications SET claimed_at = ?, claimed_at_utc = ?", (twenty_minutes_ago, twenty_minutes_ago)
-        )
+    # The operator checks the mail server's log: delivered ones are settled `sent`, the rest `failed`.
+    delivered = [key for key, record in stuck.items() if record["metadata"]["planned_message_id"] in delivered_ids]
+    refused = _cli(world, "settle", "--run", run_id, "--as", "failed")
+    assert refused.returncode == 3 and "still in progress" in refused.stderr  # its Dagster run is still STARTED
+    if delivered:
+        keys = [argument for key in delivered for argument in ("--key", key)]
+        assert _cli(world, "settle", *keys, "--as", "sent", "--force").returncode == 0
+        assert all(world.ledger()[key]["message_id"] == stuck[key]["metadata"]["planned_message_id"] for key in delivered)
+    preview = _cli(world, "settle", "--run", run_id, "--as", "failed", "--force", "--dry-run")
+    assert f"{len(stuck) - len(delivered)} notification(s) would be recorded `failed`" in preview.stdout
+    settled = _cli(world, "settle", "--run", run_id, "--as", "failed", "--force", "--note", "not in the mail log")
+    assert settled.returncode == 0, settled.stdout + settled.stderr
+    notes = {world.ledger()[key]["error"] for key in stuck}
+    assert all(note.startswith("settled as ") for note in notes)
+
+    assert world.run("send_payment_reminders", D).success
+    keys = [mail.notification_id for mail in world.smtp.wait_for(count)]
+    assert len(keys) == count and len(set(keys)) == count  # every key exactly once
+    assert {record["status"] for record in world.ledger().values()} == {"sent"}
+
+
+def test_maintenance_reports_claims_left_by_a_dead_run(world: JobWorld) -> None:
+    world.services.store.add_notifications([
+        {"idempotency_key": f"payment_reminder:due_{n}:2026-12-01:3", "kind": "payment_reminder", "status": "claimed",
+         "run_id": "dead-run", "attempts": 1, "claimed_at": format_instant(datetime.now(timezone.utc) - timedelta(minutes=20)),
+         "metadata": {"planned_message_id": f"<{n}@example.com>"}}
+        for n in range(5)
+    ])
     today = datetime.now(timezone.utc).date().isoformat()
     report = world.run("maintenance", today)
     assert report.success
     health = metadata(report, "ledger_health")
-    assert health["stale_claims"] == 5
-    assert sorted(health["sample_stale_keys"]) == sorted(claimed)
+    assert health["stale_claims"] == 5 and health["stale_by_run"] == {"dead-run": 5}
     assert health["stale_by_kind"] == {"payment_reminder": 5}
     assert not check_result(report, "ledger_health", "no_stale_claims").passed
     assert world.mails() == []
+
+
+def _cli(world: JobWorld, *args: str) -> subprocess.CompletedProcess[str]:
+    environment = {**os.environ, **world.environment, "DAGSTER_HOME": world.instance.root_directory}
+    return subprocess.run([sys.executable, "-m", "cron_pipelines.cli", *args], env=environment,
+                          capture_output=True, text=True, timeout=120)
 
 
 @pytest.mark.parametrize("job", ["send_payment_reminders"])
