@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import queue
 import signal
 import threading
 import time
@@ -88,7 +87,13 @@ class DeliveryStats:
     samples: dict[str, list[str]] = field(default_factory=dict)
     rejected: RejectedTally = field(default_factory=RejectedTally)
 
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
     def count(self, outcome: str, kind: str, key: str) -> None:
+        with self._lock:  # the sender thread counts sends while the main thread counts claims
+            self._count(outcome, kind, key)
+
+    def _count(self, outcome: str, kind: str, key: str) -> None:
         self.counts[outcome] += 1
         self.counts_by_kind.setdefault(kind, Counter())[outcome] += 1
         sample = self.samples.setdefault(outcome, [])
@@ -96,15 +101,17 @@ class DeliveryStats:
             sample.append(key)
 
     def count_skip(self, kind: str, key: str, reason: str) -> None:
-        self.count("skipped", kind, key)
         # Reasons are short, fixed phrases plus field names; cap distinct ones all the same.
         reason = printable(reason, 200)
-        if reason in self.skip_reasons or len(self.skip_reasons) < 50:
-            self.skip_reasons[reason] += 1
+        with self._lock:
+            self._count("skipped", kind, key)
+            if reason in self.skip_reasons or len(self.skip_reasons) < 50:
+                self.skip_reasons[reason] += 1
 
     def count_rejected(self, record: RejectedRecord) -> None:
-        self.counts["rejected"] += 1
-        self.rejected.add(record)
+        with self._lock:
+            self.counts["rejected"] += 1
+            self.rejected.add(record)
 
 
 @dataclass
@@ -138,38 +145,37 @@ class Journal:
 
 @dataclass
 class _Batch:
-    """A claimed batch: the notifications it owns, the outcomes known already (skips), its messages."""
+    """A batch on its way: claims sent, what it owns, what is already decided, what it sends.
 
+    Filled in place, so whoever stops the run finds every claim wherever an interrupt
+    struck: `pending_claims` until the claim's answer is processed, then `owned`.
+    """
+
+    pending_claims: dict[str, str] = field(default_factory=dict)  # key → token, answer not processed yet
+    owned: list[tuple[Notification, ClaimResult]] = field(default_factory=list)
     claim_results: dict[str, ClaimResult] = field(default_factory=dict)
-    outcomes: list[NotificationOutcome] = field(default_factory=list)
     messages: list[tuple[Notification, OutgoingMessage]] = field(default_factory=list)
+    # Outcomes in the order they became known. The sender thread appends the sending's own;
+    # the main thread only reads, and records them from `recorded` on.
+    outcomes: list[NotificationOutcome] = field(default_factory=list)
+    decided: set[str] = field(default_factory=set)  # keys with an outcome
+    recorded: int = 0
+    sent_by_sender: int = 0  # messages the sender thread has an outcome for
+    finished: threading.Event = field(default_factory=threading.Event)
+    started: bool = False
 
-
-_DONE = object()
-
-
-@dataclass
-class _Sending:
-    """A batch handed to the sender thread; its results arrive on `results`, in order.
-
-    `pending` holds the outcomes received and not yet recorded: whoever stops the run
-    must find them there, wherever an interrupt struck."""
-
-    batch: _Batch
-    results: "queue.SimpleQueue[Any]" = field(default_factory=queue.SimpleQueue)
-    received: int = 0
-    done: bool = False
-    pending: list[NotificationOutcome] = field(default_factory=list)
-
-    def take(self, result: SendResult, outcome_of: Callable[..., NotificationOutcome]) -> None:
-        notification, message = self.batch.messages[self.received]
-        self.received += 1
-        self.pending.append(outcome_of(notification, message, result))
+    def decide(self, outcome: NotificationOutcome) -> None:
+        self.outcomes.append(outcome)
+        self.decided.add(outcome.idempotency_key)
 
 
 @contextlib.contextmanager
-def _interrupts_deferred() -> Iterator[None]:
-    """SIGINT and SIGTERM wait until the block ends: recording what was sent must not be cut short."""
+def _interrupts_deferred(*, redeliver: bool) -> Iterator[None]:
+    """SIGINT and SIGTERM wait until the block ends, so bookkeeping is never half done.
+
+    With `redeliver`, a signal that came meanwhile is raised again right after the block,
+    where the run's state is consistent; otherwise (cleanup after a stop) it is only logged.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -181,8 +187,10 @@ def _interrupts_deferred() -> Iterator[None]:
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
-        if received:
-            logger.warning("interrupt received while recording outcomes; stopping now")
+        if received and redeliver:
+            signal.raise_signal(received[0])
+        elif received:
+            logger.warning("interrupt received while recording outcomes; stopping once they are recorded")
 
 
 class NotificationPipeline:
@@ -249,34 +257,37 @@ class NotificationPipeline:
     ) -> None:
         # At most three batches are claimed and not yet recorded: one being recorded, one
         # with the mail server, one claimed and composed next.
-        recording: _Sending | None = None
-        sending: _Sending | None = None
+        recording: _Batch | None = None
+        sending: _Batch | None = None
         prepared: _Batch | None = None
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="notification-send") as sender:
             try:
                 for chunk in chunked(items, self._batch_size):
-                    prepared = self._claim_and_compose(chunk, gate)
+                    prepared = _Batch()
+                    self._claim_and_compose(chunk, gate, prepared)
                     if claims is not None:
                         claims.update(prepared.claim_results)
                     if sending is not None:
-                        self._await_results(sending)
+                        self._await(sending)
                         if self._unavailable:
                             raise self._server_unavailable()
                     # The next batch goes to the mail server at once; the last one is recorded meanwhile.
-                    recording, sending, prepared = sending, self._start(prepared, sender), None
+                    with _interrupts_deferred(redeliver=True):
+                        recording, sending, prepared = sending, prepared, None
+                        self._start(sending, sender)
                     if recording is not None:
                         self._record_rest(recording)
                         recording = None
                 if sending is not None:
-                    self._await_results(sending)
+                    self._await(sending)
                     self._record_rest(sending)
                     sending = None
             except BaseException as exc:
-                with _interrupts_deferred():
+                with _interrupts_deferred(redeliver=False):
                     # An interrupt stops sending at once; after an error the batch on its way may finish.
                     interrupted = not isinstance(exc, Exception)
                     because = "the run was stopped" if interrupted else printable(f"{type(exc).__name__}: {exc}", 300)
-                    self._stop([recording, sending], prepared, interrupted=interrupted, because=because)
+                    self._stop([recording, sending, prepared], interrupted=interrupted, because=because)
                 raise
         if self._unavailable:
             raise self._server_unavailable()
@@ -287,8 +298,17 @@ class NotificationPipeline:
         The service no longer lists their notifications, so nothing was sent: each one
         this run holds is recorded `failed` (a later run sends it if it is owed again).
         """
-        leftover = sorted(self.inherited_tokens.items())
-        for chunk in chunked(leftover, self._batch_size):
+        leftover = dict(self.inherited_tokens)
+        self.inherited_tokens.clear()
+        self._release(leftover, "claimed by an attempt whose answer was lost, and no longer listed by the service")
+
+    def _release(self, tokens: Mapping[str, str], because: str) -> None:
+        """Claims sent without an answer: the ones that turn out to be this run's are recorded `failed`.
+
+        Claiming the key again with the same token tells: `duplicate` still `claimed` with
+        that token is ours; `claimed` is ours now. Anything else belongs to someone else.
+        """
+        for chunk in chunked(sorted(tokens.items()), self._batch_size):
             claims = [
                 NotificationClaim(
                     idempotency_key=key, kind=key.split(":", 1)[0], run_id=self._run.run_id,
@@ -297,17 +317,15 @@ class NotificationPipeline:
                 for key, token in chunk
             ]
             reply = self._ledger.claim_notifications(claims)
-            released = []
-            for (key, token), result in zip(chunk, reply.results, strict=True):
-                self.inherited_tokens.pop(key, None)
-                if self._owns(result, None, token):
-                    released.append(NotificationOutcome(
-                        idempotency_key=key, status="failed", at=format_instant(datetime.now(timezone.utc)),
-                        error="not sent: claimed by an attempt whose answer was lost, and no longer listed by the service",
-                    ))
+            released = [
+                NotificationOutcome(idempotency_key=key, status="failed", error=f"not sent: {because}",
+                                    at=format_instant(datetime.now(timezone.utc)))
+                for (key, token), result in zip(chunk, reply.results, strict=True)
+                if self._owns(result, None, token)
+            ]
             self._record(released)
             if released:
-                self._log.warning("released %d claim(s) of an earlier attempt as `failed`", len(released))
+                self._log.warning("released %d claim(s) sent without an answer as `failed`", len(released))
 
     @property
     def left_claimed(self) -> int:
@@ -333,25 +351,18 @@ class NotificationPipeline:
 
     # -- a batch's life: claim and compose, start (send), finish (record) -----------------
 
-    def _claim_and_compose(self, items: Sequence[Notification | RejectedRecord], gate: Gate | None) -> _Batch:
+    def _claim_and_compose(
+        self, items: Sequence[Notification | RejectedRecord], gate: Gate | None, batch: _Batch
+    ) -> None:
         claimable = self._claimable(items)
-        batch = _Batch()
         if not claimable:
-            return batch
-        owned = self._claim(claimable, batch)
-        try:
-            reasons = self._skip_reasons(owned, gate)
-        except Exception as exc:
-            # The gate's service write failed: nothing of this batch is sent. Recorded `failed`,
-            # the notifications are claimed again, and the write retried, by a retry or later run.
-            error = printable(f"not sent: {type(exc).__name__}: {exc}", 500)
-            for notification, _ in owned:
-                self.stats.count("failed", notification.kind, notification.key)
-                self.journal.outcomes.append(self._outcome(notification, "failed", error=error))
-            raise
-        for (notification, claim), reason in zip(owned, reasons):
+            return
+        self._claim(claimable, batch)
+        # If the gate's service write fails, nothing of this batch is sent: its claims are recorded
+        # `failed` as the step stops, and a retry or later run claims them and writes again.
+        reasons = self._skip_reasons(batch.owned, gate)
+        for (notification, claim), reason in zip(batch.owned, reasons):
             self._compose(notification, claim, reason, batch)
-        return batch
 
     def _claimable(self, items: Sequence[Notification | RejectedRecord]) -> list[tuple[Notification, NotificationClaim]]:
         """The batch's notifications with their claims, each key once; the rest counted."""
@@ -383,30 +394,24 @@ class NotificationPipeline:
             claimable.append((item, claim))
         return claimable
 
-    def _claim(
-        self, claimable: list[tuple[Notification, NotificationClaim]], batch: _Batch
-    ) -> list[tuple[Notification, ClaimResult]]:
+    def _claim(self, claimable: list[tuple[Notification, NotificationClaim]], batch: _Batch) -> None:
         # A token per batch, reused when the HTTP request is retried: a `duplicate` that
         # carries it was claimed by this very request, whose first answer was lost.
         token = uuid.uuid4().hex
         claims = [claim.model_copy(update={"metadata": {**claim.metadata, CLAIM_TOKEN: token}})
                   for _, claim in claimable]
-        try:
-            reply = self._ledger.claim_notifications(claims)
-        except BaseException:
-            # No answer: some of these may be claimed now, and none was sent.
-            self.journal.unanswered_claims.update((claim.idempotency_key, token) for claim in claims)
-            raise
-        owned = []
+        # Until the answer is processed these count as claimed, unknown which: a stop resolves them.
+        batch.pending_claims.update((claim.idempotency_key, token) for claim in claims)
+        reply = self._ledger.claim_notifications(claims)
         for (notification, _), result in zip(claimable, reply.results, strict=True):
             batch.claim_results[notification.key] = result
             inherited = self.inherited_tokens.pop(notification.key, None)
             if self._owns(result, token if reply.attempts > 1 else None, inherited):
-                owned.append((notification, result))
+                batch.owned.append((notification, result))
                 self.stats.count("claimed", notification.kind, notification.key)
             else:
                 self.stats.count("duplicate", notification.kind, notification.key)
-        return owned
+        batch.pending_claims.clear()
 
     def _owns(self, result: ClaimResult, retried_token: str | None, inherited_token: str | None) -> bool:
         """`claimed`, or a `duplicate` still `claimed` by a request of ours whose answer was lost."""
@@ -439,106 +444,93 @@ class NotificationPipeline:
 
     def _compose(self, notification: Notification, claim: ClaimResult, skip_reason: str | None, batch: _Batch) -> None:
         if skip_reason is not None:
-            batch.outcomes.append(self._outcome(notification, "skipped", error=skip_reason))
+            batch.decide(self._outcome(notification, "skipped", error=skip_reason))
             self.stats.count_skip(notification.kind, notification.key, skip_reason)
             return
         planned = claim.record.metadata.get(PLANNED_MESSAGE_ID)
         try:
             message = self._composer.compose(notification, planned if isinstance(planned, str) else None)
         except UnsendableNotification as exc:
-            batch.outcomes.append(self._outcome(notification, "skipped", error=str(exc)))
+            batch.decide(self._outcome(notification, "skipped", error=str(exc)))
             self.stats.count_skip(notification.kind, notification.key, str(exc))
         except Exception as exc:  # a template bug must not strand the claim: `failed`, tried again up to the cap
             error = printable(f"could not render: {type(exc).__name__}: {exc}", 500)
-            batch.outcomes.append(self._outcome(notification, "failed", error=error))
+            batch.decide(self._outcome(notification, "failed", error=error))
             self.stats.count("failed", notification.kind, notification.key)
             self._log.error("%s %s", notification.key, error)
         else:
             batch.messages.append((notification, message))
 
-    def _start(self, batch: _Batch, sender: ThreadPoolExecutor) -> _Sending:
-        """Hand the batch's messages to the transport in the background; results arrive on the queue."""
-        sending = _Sending(batch)
+    def _start(self, batch: _Batch, sender: ThreadPoolExecutor) -> None:
+        """Hand the batch's messages to the transport in the background; it records each result on the batch."""
         messages = [message for _, message in batch.messages]
 
         def send() -> None:
             try:
-                for result in self._transport.send_batch(messages):
-                    sending.results.put(result)
+                for (notification, message), result in zip(batch.messages, self._transport.send_batch(messages)):
+                    batch.decide(self._outcome_of_sending(notification, message, result))
+                    batch.sent_by_sender += 1
             finally:
-                sending.results.put(_DONE)
+                batch.finished.set()
 
+        batch.started = True
         sender.submit(send)
-        return sending
 
-    def _await_results(self, sending: _Sending) -> None:
-        """Take the batch's results as they arrive, recording every `batch_size` or `record_interval`."""
-        sending.pending.extend(sending.batch.outcomes)
-        sending.batch.outcomes.clear()
-        last_record = time.monotonic()
-        while not sending.done:
-            wait = max(0.0, last_record + self._record_interval - time.monotonic())
-            try:
-                result = sending.results.get(timeout=wait)
-            except queue.Empty:
-                result = None
-            if result is _DONE:
-                sending.done = True
-            elif result is not None:
-                sending.take(result, self._outcome_of_sending)
-            if sending.done:
-                break  # the rest is recorded once the next batch is on its way
-            if len(sending.pending) >= self._batch_size or time.monotonic() - last_record >= self._record_interval:
-                self._record_rest(sending)
-                last_record = time.monotonic()
-        if sending.received < len(sending.batch.messages):
+    def _await(self, batch: _Batch) -> None:
+        """Wait for the batch's results, recording what has arrived every `record_interval`."""
+        while not batch.finished.wait(self._record_interval):
+            self._record_rest(batch)
+        if batch.sent_by_sender < len(batch.messages):
             raise RuntimeError("the sender thread failed before every message had a result")
 
-    def _record_rest(self, sending: _Sending) -> None:
-        outcomes, sending.pending = sending.pending, []
-        self._record(outcomes)
+    def _record_rest(self, batch: _Batch) -> None:
+        outcomes = batch.outcomes[batch.recorded :]
+        if outcomes:
+            self._record(outcomes)
+            batch.recorded += len(outcomes)
         self._log_progress()
 
-    def _stop(
-        self, in_flight: Sequence[_Sending | None], prepared: _Batch | None, *, interrupted: bool, because: str
-    ) -> None:
+    def _stop(self, batches: Sequence[_Batch | None], *, interrupted: bool, because: str) -> None:
         """After an interrupt or error: record what happened to every claimed notification.
 
         After an interrupt nothing more is handed to the mail server: what was not comes
-        back `stopped` and is recorded `failed`, so a later run sends it.
+        back `stopped` and is recorded `failed`, so a later run sends it. What the ledger
+        cannot take now goes to the journal.
         """
         if interrupted:
             self._transport.stop()
-        for sending in in_flight:
-            if sending is None:
+            self._log.warning("interrupted: no message is handed to the mail server from now on; "
+                              "recording what happened to every claimed notification")
+        for batch in batches:
+            if batch is None:
                 continue
-            sending.pending.extend(sending.batch.outcomes)
-            sending.batch.outcomes.clear()
-            while not sending.done:
-                result = sending.results.get()
-                if result is _DONE:
-                    sending.done = True
-                else:
-                    sending.take(result, self._outcome_of_sending)
-            for notification, _ in sending.batch.messages[sending.received:]:  # the sender thread itself failed
-                sending.pending.append(self._outcome(notification, "failed", error=f"not sent: {because}"))
-                self.stats.count("failed", notification.kind, notification.key)
-            self.journal.outcomes.extend(sending.pending)
-            sending.pending = []
-        if prepared is not None:
-            self._abandon(prepared, because)
+            if batch.started:
+                batch.finished.wait()
+            self._abandon(batch, because)
+            self.journal.outcomes.extend(batch.outcomes[batch.recorded :])
+            batch.recorded = len(batch.outcomes)
         self._flush_journal(quietly=True)
+        if self.journal.unanswered_claims and not self.journal.outcomes:  # the ledger answers again
+            unanswered = dict(self.journal.unanswered_claims)
+            with contextlib.suppress(Exception):  # still down: they stay in the journal
+                self._release(unanswered, because)
+                self.journal.unanswered_claims.clear()
         if self._stopped_sending:
             self._log.warning("stopped: %d claimed notification(s) not handed to the mail server, recorded "
                               "`failed` for a later run", self._stopped_sending)
 
     def _abandon(self, batch: _Batch, because: str) -> None:
-        """A claimed batch that will not be sent: its messages go to the journal as `failed`."""
-        for notification, _ in batch.messages:
-            batch.outcomes.append(self._outcome(notification, "failed", error=f"not sent: {because}"))
-            self.stats.count("failed", notification.kind, notification.key)
-        self.journal.outcomes.extend(batch.outcomes)
-        batch.outcomes.clear()
+        """Every notification the batch owns and has no outcome for was not sent: `failed`, so a later run sends it.
+
+        Claims whose answer never came are settled the same way, where they turn out to be ours.
+        """
+        for notification, _ in batch.owned:
+            if notification.key not in batch.decided:
+                batch.decide(self._outcome(notification, "failed", error=f"not sent: {because}"))
+                self.stats.count("failed", notification.kind, notification.key)
+        if batch.pending_claims:
+            self.journal.unanswered_claims.update(batch.pending_claims)
+            batch.pending_claims.clear()
 
     def _server_unavailable(self) -> MailServerUnavailable:
         return MailServerUnavailable(
@@ -565,14 +557,9 @@ class NotificationPipeline:
         return self._outcome(notification, "failed", error=result.error)
 
     def _record(self, outcomes: list[NotificationOutcome]) -> None:
-        """Record outcomes; if the ledger cannot take them, they join the journal and the error is raised."""
         if not outcomes:
             return
-        try:
-            results = self._ledger.record_outcomes(outcomes)
-        except BaseException:
-            self.journal.outcomes.extend(outcomes)
-            raise
+        results = self._ledger.record_outcomes(outcomes)
         missing = [result.idempotency_key for result in results if result.outcome == "not_found"]
         if missing:
             # Only possible if the ledger lost records between claim and outcome.

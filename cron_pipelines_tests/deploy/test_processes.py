@@ -8,85 +8,21 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import subprocess
-import sys
-import tempfile
 from collections.abc import Iterator
 from datetime import datetime, timezone
-from pathlib import Path
 
 import dagster as dg
 import httpx
 import pytest
 
 from cron_pipelines.observability.health import check_daemon
-from cron_pipelines_tests.deploy.conftest import PROJECT, PostgresHome
-from cron_pipelines_tests.support.smtp_sink import SmtpSink, free_port
-from cron_pipelines_tests.support.webserver import JOB_NAMES, LAUNCH_PARTITION, graphql, wait_until
-
-PROGRAMS = ("code-server", "webserver", "daemon")
+from cron_pipelines_tests.deploy.conftest import PostgresHome
+from cron_pipelines_tests.deploy.stack import PROGRAMS, Stack, alive, running_stack
+from cron_pipelines_tests.support.smtp_sink import SmtpSink
+from cron_pipelines_tests.support.webserver import JOB_NAMES, LAUNCH_PARTITION, wait_until
 
 DAEMON_HEALTH = "{ instance { daemonHealth { allDaemonStatuses { daemonType healthy required } } } }"
-
-
-def _alive(pid: int) -> bool:
-    """Running, not gone and not a zombie waiting for its parent to reap it."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state != "Z"
-
-
-class Stack:
-    """deploy/start.sh with free ports, its logs under DAGSTER_HOME, and a slow real SMTP server."""
-
-    def __init__(self, home: PostgresHome, smtp: SmtpSink) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_dir = home.path / "supervisor" / "logs"  # deploy/env.sh's default, under DAGSTER_HOME
-        self.environment = {
-            **home.environment,
-            "DAGSTER_CODE_SERVER_PORT": str(free_port()),
-            "DAGSTER_WEBSERVER_HOST": "127.0.0.1",
-            "DAGSTER_WEBSERVER_PORT": str(self.port),
-            "CRON_PIPELINES_BIN": str(Path(sys.executable).parent),
-            # supervisord's control socket: a short path, as a Unix socket needs.
-            "CRON_PIPELINES_RUN_DIR": tempfile.mkdtemp(prefix="cron-pipelines-"),
-            # A slow mail server (one session, latency per command) makes each run last
-            # seconds, so two runs of one partition would overlap without the queue's limit.
-            "MAILER_BACKEND": "smtp",
-            "SMTP_HOST": smtp.host,
-            "SMTP_PORT": str(smtp.port),
-            "MAIL_MAX_CONNECTIONS": "1",
-        }
-        self.process = subprocess.Popen(
-            [str(PROJECT / "deploy" / "start.sh")], env=self.environment, start_new_session=True,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-
-    def graphql(self, query: str, **variables: str) -> dict:
-        return graphql(self.url, query, **variables)
-
-    def supervisorctl(self, *args: str) -> str:
-        """deploy/ctl.sh, as an operator runs it: only DAGSTER_HOME and the overridden settings set."""
-        return subprocess.run(
-            [str(PROJECT / "deploy" / "ctl.sh"), *args],
-            env=self.environment, capture_output=True, text=True, timeout=30,
-        ).stdout
-
-    def pids(self) -> dict[str, int]:
-        return {program: int(self.supervisorctl("pid", program).strip()) for program in PROGRAMS}
-
-    def stop(self) -> int:
-        """SIGTERM to supervisord (what systemd or Ctrl-C does): it stops its programs, then exits."""
-        os.kill(self.process.pid, signal.SIGTERM)
-        return self.process.wait(timeout=90)
-
-    def logs(self) -> str:
-        return "\n".join(f"--- {log.name}\n{log.read_text()[-3000:]}" for log in sorted(self.log_dir.glob("*.log")))
 
 
 @pytest.fixture
@@ -97,27 +33,11 @@ def smtp() -> Iterator[SmtpSink]:
 
 @pytest.fixture
 def stack(postgres_home: PostgresHome, smtp: SmtpSink) -> Iterator[Stack]:
-    running = Stack(postgres_home, smtp)
-    try:
+    with running_stack(postgres_home, smtp) as running:
         yield running
-    finally:
-        if running.process.poll() is None:
-            try:
-                running.stop()
-            except subprocess.TimeoutExpired:
-                os.killpg(running.process.pid, signal.SIGKILL)
-        shutil.rmtree(running.environment["CRON_PIPELINES_RUN_DIR"], ignore_errors=True)
 
 
 def test_supervisord_runs_the_deployment_on_postgres(stack: Stack, smtp: SmtpSink) -> None:
-    try:
-        _exercise(stack, smtp)
-    except BaseException:
-        print(stack.logs())  # shown by pytest on failure: the three programs' own logs
-        raise
-
-
-def _exercise(stack: Stack, smtp: SmtpSink) -> None:
     # Up: the webserver's health endpoint, the code location over gRPC, fresh daemon heartbeats
     # (read from PostgreSQL directly, and as the webserver reports them).
     wait_until(lambda: httpx.get(f"{stack.url}/server_info", timeout=2).status_code == 200, 120, "the webserver")
@@ -178,6 +98,6 @@ def _exercise(stack: Stack, smtp: SmtpSink) -> None:
     pids = stack.pids()
     assert all(pids.values()), pids
     assert stack.stop() == 0
-    wait_until(lambda: not any(_alive(pid) for pid in pids.values()), 10, "every program to exit")
+    wait_until(lambda: not any(alive(pid) for pid in pids.values()), 10, "every program to exit")
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"{stack.url}/server_info", timeout=2)

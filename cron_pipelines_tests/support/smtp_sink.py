@@ -28,6 +28,7 @@ class ReceivedMail:
     mail_from: str
     rcpt_tos: tuple[str, ...]
     data: bytes
+    received_at: float = 0.0  # wall clock, to compare with Dagster event timestamps
 
     @property
     def message(self) -> EmailMessage:
@@ -81,7 +82,7 @@ class _Handler:
 
     async def handle_DATA(self, server, session: Session, envelope: Envelope) -> str:
         await self._latency()
-        self.sink._record(ReceivedMail(envelope.mail_from, tuple(envelope.rcpt_tos), envelope.original_content))
+        self.sink._record(ReceivedMail(envelope.mail_from, tuple(envelope.rcpt_tos), envelope.original_content, time.time()))
         return "250 Message accepted for delivery"
 
 
