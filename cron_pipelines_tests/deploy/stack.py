@@ -65,7 +65,7 @@ class Stack:
         """deploy/ctl.sh, as an operator runs it: only DAGSTER_HOME and the overridden settings set."""
         return subprocess.run(
             [str(PROJECT / "deploy" / "ctl.sh"), *args],
-            env=self.environment, capture_output=True, text=True, timeout=30,
+            env=self.environment, capture_output=True, text=True, timeout=120,
         ).stdout
 
     def pids(self) -> dict[str, int]:

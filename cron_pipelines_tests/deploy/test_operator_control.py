@@ -25,7 +25,7 @@ from cron_pipelines.deployment.run_launcher import worker_pid
 from cron_pipelines_tests.conftest import TEST_JWT_SECRET
 from cron_pipelines_tests.demo_services.helpers import due, user
 from cron_pipelines_tests.deploy.conftest import PostgresHome
-from cron_pipelines_tests.deploy.stack import ServicesProcess, Stack, running_stack
+from cron_pipelines_tests.deploy.stack import ServicesProcess, Stack, alive, running_stack
 from cron_pipelines_tests.support.smtp_sink import SmtpSink
 from cron_pipelines_tests.support.webserver import JOB_NAMES, LAUNCH_PARTITION, wait_until
 
@@ -202,3 +202,41 @@ def test_services_down_for_12_seconds_mid_run_lose_nothing(stack: Stack, smtp: S
 def _cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "cron_pipelines.cli", *args], env=stack.environment,
                           capture_output=True, text=True, timeout=120)
+
+
+def test_a_code_server_restart_hands_the_run_off_and_terminate_still_stops_it(
+    stack: Stack, smtp: SmtpSink, services: ServicesProcess
+) -> None:
+    # A run longer than the code server's stop timeout (30 s): the restart does not wait for it.
+    smtp.latency = 0.015
+    run = _launch(stack)
+    wait_until(lambda: len(_reminders(smtp)) >= 50, 120, "50 reminders")
+    with dg.DagsterInstance.get() as instance:
+        found = worker_pid(instance, run)
+    assert found is not None
+    old_code_server = stack.pids()["code-server"]
+    stack.supervisorctl("restart", "code-server")
+    assert stack.pids()["code-server"] not in (0, old_code_server)
+
+    # The worker lives on (its code server no longer stops it), and keeps sending.
+    mailed_at_restart = len(_reminders(smtp))
+    wait_until(lambda: len(_reminders(smtp)) >= mailed_at_restart + 50, 60, "sending to go on after the restart")
+    assert alive(found[0]) and _status(run) == dg.DagsterRunStatus.STARTED
+
+    # Terminate reaches it although the new code server never heard of it.
+    answer = stack.graphql(TERMINATE, runId=run)["terminateRun"]
+    assert answer["__typename"] == "TerminateRunSuccess", answer
+    _assert_stopped_cleanly(run, smtp, services)
+    with dg.DagsterInstance.get() as instance:
+        messages = [entry.message for entry in instance.all_logs(run)]
+    direct = f"Interrupted run worker pid {found[0]} directly: its code server no longer knows the run."
+    assert any(message.endswith(direct) for message in messages)
+
+    # The day goes on: the next job of that day runs, and a re-run sends the rest exactly once.
+    smtp.latency = 0.0
+    other = _launch(stack, "mark_overdue_dues")
+    assert _wait_for_status(other, (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE), 180) == dg.DagsterRunStatus.SUCCESS
+    rerun = _launch(stack)
+    assert _wait_for_status(rerun, (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE), 180) == dg.DagsterRunStatus.SUCCESS
+    mailed = Counter(mail.notification_id for mail in _reminders(smtp))
+    assert len(mailed) == COUNT and set(mailed.values()) == {1}
