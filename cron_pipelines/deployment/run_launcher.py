@@ -8,7 +8,7 @@ run (pid: N)"), so that:
 - run monitoring fails a run whose worker is gone, within a poll interval instead of
   `max_runtime_seconds`, and the day's other runs are not blocked behind it;
 - Terminate still stops a run whose code server was restarted meanwhile: the worker is
-  interrupted directly, and stops sending at once (docs/operating.md).
+  interrupted directly, and stops sending at once.
 The Docker and Kubernetes launchers check their containers and pods themselves.
 """
 

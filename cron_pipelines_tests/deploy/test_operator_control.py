@@ -26,6 +26,7 @@ from cron_pipelines_tests.conftest import TEST_JWT_SECRET
 from cron_pipelines_tests.demo_services.helpers import due, user
 from cron_pipelines_tests.deploy.conftest import PostgresHome
 from cron_pipelines_tests.deploy.stack import ServicesProcess, Stack, alive, running_stack
+from cron_pipelines_tests.support.postgres import restart_postgres
 from cron_pipelines_tests.support.smtp_sink import SmtpSink
 from cron_pipelines_tests.support.webserver import JOB_NAMES, LAUNCH_PARTITION, wait_until
 
@@ -240,3 +241,14 @@ def test_a_code_server_restart_hands_the_run_off_and_terminate_still_stops_it(
     assert _wait_for_status(rerun, (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE), 180) == dg.DagsterRunStatus.SUCCESS
     mailed = Counter(mail.notification_id for mail in _reminders(smtp))
     assert len(mailed) == COUNT and set(mailed.values()) == {1}
+
+
+def test_a_launch_right_after_a_postgres_restart_succeeds(stack: Stack, smtp: SmtpSink) -> None:
+    first = _launch(stack, "maintenance")  # the webserver now holds pooled connections
+    assert _wait_for_status(first, (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE), 120) == dg.DagsterRunStatus.SUCCESS
+    restart_postgres()
+    answers = [stack.graphql(LAUNCH_PARTITION, job="maintenance", partition=D)["launchRun"] for _ in range(3)]
+    assert [answer["__typename"] for answer in answers] == ["LaunchRunSuccess"] * 3, answers
+    for answer in answers:
+        run_id = answer["run"]["runId"]
+        assert _wait_for_status(run_id, (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE), 180) == dg.DagsterRunStatus.SUCCESS

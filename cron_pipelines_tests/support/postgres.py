@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -50,3 +52,19 @@ def fresh_database() -> Iterator[dict[str, str]]:
                 cursor.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
         finally:
             connection.close()
+
+
+def restart_postgres() -> None:
+    """Restart the local cluster (Debian's pg_ctlcluster) and wait until it answers again.
+
+    Every open connection is dropped, as a failover or a maintenance restart does."""
+    version = sorted(os.listdir("/etc/postgresql"))[0]
+    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"], check=True, timeout=120)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            _admin().close()
+            return
+        except psycopg2.OperationalError:
+            time.sleep(0.2)
+    raise AssertionError("PostgreSQL did not come back within 60 s")
