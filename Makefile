@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,deploy,bench]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[demo,test,deploy,bench]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -35,7 +35,7 @@ bench: install
 # Re-resolve every pin after changing a dependency in pyproject.toml.
 lock:
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
-	.lock-venv/bin/python -m pip install --quiet -e '.[test,deploy,bench]'
+	.lock-venv/bin/python -m pip install --quiet -e '.[demo,test,deploy,bench]'
 	{ sed -n '1,3p' constraints.txt; .lock-venv/bin/python -m pip freeze --exclude-editable | sort; } > constraints.new
 	mv constraints.new constraints.txt && rm -rf .lock-venv
 

@@ -289,9 +289,10 @@ def command_health(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def command_demo_services(settings: Settings, args: argparse.Namespace) -> int:
-    from cron_pipelines.clients.tokens import TokenIssuer, TokenVerifier
-    from cron_pipelines.demo_services.embedded import open_demo_store
-    from cron_pipelines.demo_services.server import serve_demo_services
+    from cron_pipelines.clients.tokens import TokenIssuer
+    from demo_services.auth import TokenVerifier
+    from demo_services.embedded import open_demo_store
+    from demo_services.server import serve_demo_services
 
     issuer = TokenIssuer(
         algorithm=settings.internal_jwt_algorithm,
@@ -312,7 +313,7 @@ def command_demo_services(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def command_demo_seed(settings: Settings, args: argparse.Namespace) -> int:
-    from cron_pipelines.demo_services.embedded import open_demo_store
+    from demo_services.embedded import open_demo_store
 
     db_path = args.db or settings.demo_services_db_path
     store, seeded = open_demo_store(db_path, timezone=settings.cron_timezone, reseed=args.reset)

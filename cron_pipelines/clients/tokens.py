@@ -1,4 +1,4 @@
-"""Internal service-to-service JWTs (contract §2): minting on our side, verifying on the services' side.
+"""Internal service-to-service JWTs (docs/services.md, "Talking to a service"): minting them.
 
 Tokens are short-lived and addressed to exactly one service. The issuer caches one
 token per audience and mints a new one shortly before it expires, so a run pays
@@ -107,57 +107,3 @@ class TokenIssuer:
         }
         headers = {"kid": self.key_id} if self.key_id else None
         return jwt.encode(claims, self.signing_key, algorithm=self.algorithm, headers=headers), float(expires_at)
-
-
-@dataclass(frozen=True)
-class TokenVerifier:
-    """What a service does with our tokens: strict checks, one audience, bounded lifetime.
-
-    `verification_key` is the HS256 secret or the PEM public key.
-    """
-
-    audience: str
-    algorithm: Algorithm
-    verification_key: str
-    issuer: str = "cron-pipelines"
-    key_id: str | None = None
-    leeway_seconds: int = 5
-
-    def verify(self, token: str) -> dict[str, Any]:
-        try:
-            header = jwt.get_unverified_header(token)
-            if header.get("alg") != self.algorithm:
-                raise TokenError("token algorithm is not the one this service accepts")
-            if self.key_id is not None and header.get("kid") != self.key_id:
-                raise TokenError("token key id is unknown")
-            claims = jwt.decode(
-                token,
-                self.verification_key,
-                algorithms=[self.algorithm],
-                audience=self.audience,
-                issuer=self.issuer,
-                leeway=self.leeway_seconds,
-                options={"require": ["iss", "sub", "aud", "iat", "nbf", "exp", "jti"], "strict_aud": True},
-            )
-        except jwt.PyJWTError as exc:
-            # PyJWT's messages name the failed check, never the token or key.
-            raise TokenError(f"invalid token: {exc}") from exc
-        if claims["sub"] != SUBJECT:
-            raise TokenError("token subject is not cron-pipelines")
-        if claims["exp"] - claims["iat"] > MAX_LIFETIME_SECONDS:
-            raise TokenError(f"token lifetime exceeds {MAX_LIFETIME_SECONDS} s")
-        if not isinstance(claims["jti"], str) or not claims["jti"]:
-            raise TokenError("token has no jti")
-        return claims
-
-    @classmethod
-    def for_issuer(cls, issuer: TokenIssuer, audience: str) -> "TokenVerifier":
-        """The verifier a service would configure for tokens from `issuer`."""
-        key = issuer.signing_key if issuer.algorithm == "HS256" else public_key_pem(issuer.signing_key)
-        return cls(
-            audience=audience,
-            algorithm=issuer.algorithm,
-            verification_key=key,
-            issuer=issuer.issuer,
-            key_id=issuer.key_id,
-        )

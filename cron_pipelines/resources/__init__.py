@@ -20,7 +20,7 @@ from cron_pipelines.resources.services import (
     ServiceResource,
     SqlServiceResource,
 )
-from cron_pipelines.settings import Settings
+from cron_pipelines.settings import Settings, SettingsError
 
 __all__ = [
     "InternalJwtResource",
@@ -42,6 +42,27 @@ def _secret(name: str, value: SecretStr | str | None) -> Any:
     return plain
 
 
+def _service_resources(settings: Settings, options: dict[str, Any]) -> dict[str, Any]:
+    """The real services when their URLs are set; else the embedded stand-ins (the `demo` extra)."""
+    if settings.sql_service_url is not None and settings.mongo_service_url is not None:
+        return {
+            "sql_service": SqlServiceResource(base_url=settings.sql_service_url, **options),
+            "mongo_service": MongoServiceResource(base_url=settings.mongo_service_url, **options),
+        }
+    try:
+        from demo_services.resources import EmbeddedMongoServiceResource, EmbeddedSqlServiceResource
+    except ImportError as exc:
+        raise SettingsError(
+            "SQL_SERVICE_URL, MONGO_SERVICE_URL: unset, so the embedded demo services are used, but they are not "
+            f"installed ({exc.name} is missing): set the URLs, or install the `demo` extra"
+        ) from None
+    demo = {"demo_database": str(settings.demo_services_db_path), "demo_timezone": settings.cron_timezone}
+    return {
+        "sql_service": EmbeddedSqlServiceResource(**demo, **options),
+        "mongo_service": EmbeddedMongoServiceResource(**demo, **options),
+    }
+
+
 def build_resources(settings: Settings) -> dict[str, Any]:
     auth = InternalJwtResource(
         algorithm=settings.internal_jwt_algorithm,
@@ -50,10 +71,8 @@ def build_resources(settings: Settings) -> dict[str, Any]:
         key_id=settings.internal_jwt_key_id,
         issuer=settings.internal_jwt_issuer,
     )
-    service_options = dict(
+    service_options: dict[str, Any] = dict(
         auth=auth,
-        demo_database=str(settings.demo_services_db_path),
-        demo_timezone=settings.cron_timezone,
         connect_timeout_seconds=settings.service_connect_timeout_seconds,
         read_timeout_seconds=settings.service_read_timeout_seconds,
         max_attempts=settings.service_max_attempts,
@@ -61,8 +80,7 @@ def build_resources(settings: Settings) -> dict[str, Any]:
         max_response_bytes=settings.service_max_response_bytes,
     )
     return {
-        "sql_service": SqlServiceResource(base_url=settings.sql_service_url, **service_options),
-        "mongo_service": MongoServiceResource(base_url=settings.mongo_service_url, **service_options),
+        **_service_resources(settings, service_options),
         "mailer": MailerResource(
             backend=settings.mailer_backend,
             mail_from=settings.mail_from,

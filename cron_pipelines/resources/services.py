@@ -1,13 +1,12 @@
 """Dagster resources for the two internal services, on the one client core.
 
 Each resource holds configuration only; a run opens one pooled client per service
-in `setup_for_execution` and closes it at teardown. With no base URL the resource
-serves the embedded demo services in-process, so `dagster dev` needs nothing else.
+in `setup_for_execution` and closes it at teardown. The embedded demo services are a
+variant of these resources, chosen where the definitions are built (demo_services.resources).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import ClassVar, Optional
 
 from dagster import ConfigurableResource, InitResourceContext
@@ -45,9 +44,7 @@ class ServiceResource(ConfigurableResource):
     client_class: ClassVar[type[ServiceClient]]
 
     auth: InternalJwtResource
-    base_url: Optional[str] = Field(None, description="Service base URL; unset: the embedded demo service.")
-    demo_database: Optional[str] = Field(None, description="SQLite file of the embedded demo services.")
-    demo_timezone: str = Field("UTC", description="Time zone the embedded demo data is seeded in.")
+    base_url: str = Field(description="Service base URL (SQL_SERVICE_URL, MONGO_SERVICE_URL).")
     connect_timeout_seconds: float = 5.0
     read_timeout_seconds: float = 30.0
     max_attempts: int = Field(5, ge=1, description="Tries per request for transient failures.")
@@ -65,9 +62,8 @@ class ServiceResource(ConfigurableResource):
     def open_client(self) -> ServiceClient:
         """A new client for this service; the caller closes it."""
         issuer = self.auth.build_issuer()
-        base_url = self.base_url or self._embedded_url(issuer)
         return self.client_class(
-            base_url=base_url,
+            base_url=self.service_url(issuer),
             issuer=issuer,
             connect_timeout=self.connect_timeout_seconds,
             read_timeout=self.read_timeout_seconds,
@@ -77,12 +73,9 @@ class ServiceResource(ConfigurableResource):
             page_size=self.page_size,
         )
 
-    def _embedded_url(self, issuer: TokenIssuer) -> str:
-        from cron_pipelines.demo_services.embedded import embedded_service_url
-
-        if not self.demo_database:
-            raise ValueError(f"{self.service_name}: set base_url, or demo_database for the embedded demo")
-        return embedded_service_url(self.service_name, Path(self.demo_database), issuer, timezone=self.demo_timezone)
+    def service_url(self, issuer: TokenIssuer) -> str:
+        """Where the service answers (the demo variant starts it here)."""
+        return self.base_url
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
         self._client = self.open_client()

@@ -23,8 +23,8 @@ from cron_pipelines.clients.models import Due, NotificationClaim
 from cron_pipelines.clients.mongo_service import MongoServiceClient
 from cron_pipelines.clients.sql_service import SqlServiceClient
 from cron_pipelines.clients.tokens import TokenIssuer
-from cron_pipelines.demo_services.server import ServiceServer
-from cron_pipelines.demo_services.testing import ServiceWorld
+from demo_services.server import ServiceServer
+from cron_pipelines_tests.support.services import ServiceWorld
 from cron_pipelines_tests.conftest import TEST_JWT_SECRET
 from cron_pipelines_tests.demo_services.helpers import due, user
 

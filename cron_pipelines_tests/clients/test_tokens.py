@@ -7,7 +7,8 @@ import time
 import jwt
 import pytest
 
-from cron_pipelines.clients.tokens import TokenError, TokenIssuer, TokenVerifier, public_key_pem
+from cron_pipelines.clients.tokens import TokenError, TokenIssuer, public_key_pem
+from demo_services.auth import TokenVerifier
 from cron_pipelines_tests.support.keys import private_key_pem
 
 SECRET = "a-test-secret-that-is-long-enough-for-hs256"

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from cron_pipelines.demo_services.testing import ServiceWorld
+from cron_pipelines_tests.support.services import ServiceWorld
 
 
 @pytest.fixture

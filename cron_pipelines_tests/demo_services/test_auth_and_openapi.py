@@ -15,9 +15,10 @@ import httpx
 import jwt
 import pytest
 
-from cron_pipelines.clients.tokens import Algorithm, TokenIssuer, TokenVerifier
-from cron_pipelines.demo_services import DemoStore, ServiceServer, create_mongo_app, create_sql_app
-from cron_pipelines.demo_services.testing import ServiceWorld
+from cron_pipelines.clients.tokens import Algorithm, TokenIssuer
+from demo_services.auth import TokenVerifier
+from demo_services import DemoStore, ServiceServer, create_mongo_app, create_sql_app
+from cron_pipelines_tests.support.services import ServiceWorld
 from cron_pipelines_tests.conftest import TEST_JWT_SECRET
 from cron_pipelines_tests.demo_services.helpers import assert_error
 from cron_pipelines_tests.support.keys import private_key_pem

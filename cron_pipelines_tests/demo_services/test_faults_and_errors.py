@@ -7,9 +7,9 @@ import time
 import httpx
 import pytest
 
-from cron_pipelines.demo_services import DemoStore, FaultInjector, RequestLog
-from cron_pipelines.demo_services.faults import RequestRecord
-from cron_pipelines.demo_services.testing import ServiceWorld
+from demo_services import DemoStore, FaultInjector, RequestLog
+from demo_services.faults import RequestRecord
+from cron_pipelines_tests.support.services import ServiceWorld
 from cron_pipelines_tests.demo_services.helpers import assert_error, due
 
 # -- faults --------------------------------------------------------------------------------------

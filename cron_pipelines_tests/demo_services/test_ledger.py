@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from cron_pipelines.clients.models import ClaimResult, NotificationClaim, NotificationRecord, parse_instant
-from cron_pipelines.demo_services import DemoStore
-from cron_pipelines.demo_services.testing import ServiceWorld
+from demo_services import DemoStore
+from cron_pipelines_tests.support.services import ServiceWorld
 from cron_pipelines_tests.demo_services.helpers import assert_error, claim, fetch_all, ids, ledger_record
 
 RECORD_FIELDS = {

@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 from cron_pipelines.clients.models import InactiveUser, VerificationAttempt
-from cron_pipelines.demo_services import DemoStore
+from demo_services import DemoStore
 from cron_pipelines_tests.demo_services.helpers import assert_error, attempt, fetch_all, ids, user
 
 CUTOFF = "2026-10-01T00:00:00Z"

@@ -9,7 +9,7 @@ from datetime import date, timedelta
 import httpx
 import pytest
 
-from cron_pipelines.demo_services import DemoStore
+from demo_services import DemoStore
 from cron_pipelines_tests.demo_services.helpers import (
     assert_error,
     attempt,

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from cron_pipelines.clients.models import parse_instant
-from cron_pipelines.demo_services import DemoStore, seed_demo_data
+from demo_services import DemoStore, seed_demo_data
 from cron_pipelines_tests.demo_services.helpers import fetch_all, ids
 
 D = date(2026, 11, 28)

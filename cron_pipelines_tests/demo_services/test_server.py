@@ -15,8 +15,9 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from cron_pipelines.clients.tokens import TokenIssuer, TokenVerifier
-from cron_pipelines.demo_services import DemoStore, ServiceServer, create_sql_app, seed_demo_data
+from cron_pipelines.clients.tokens import TokenIssuer
+from demo_services.auth import TokenVerifier
+from demo_services import DemoStore, ServiceServer, create_sql_app, seed_demo_data
 from cron_pipelines_tests.conftest import TEST_JWT_SECRET
 
 
@@ -76,8 +77,8 @@ def test_serve_demo_services_serves_both_until_interrupted(tmp_path: Path, token
     seed_demo_data(DemoStore(db_path), date.today(), users=0)
     sql_port, mongo_port = _free_port(), _free_port()
     script = (
-        "from cron_pipelines.clients.tokens import TokenVerifier\n"
-        "from cron_pipelines.demo_services.server import serve_demo_services\n"
+        "from demo_services.auth import TokenVerifier\n"
+        "from demo_services.server import serve_demo_services\n"
         f"serve_demo_services(db_path={str(db_path)!r}, sql_port={sql_port}, mongo_port={mongo_port},\n"
         f"    verifier_for=lambda service: TokenVerifier(audience=service, algorithm='HS256',\n"
         f"        verification_key={TEST_JWT_SECRET!r}))\n"

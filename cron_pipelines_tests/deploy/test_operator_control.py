@@ -20,7 +20,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from cron_pipelines.demo_services.store import DemoStore
+from demo_services.store import DemoStore
 from cron_pipelines.deployment.run_launcher import worker_pid
 from cron_pipelines_tests.conftest import TEST_JWT_SECRET
 from cron_pipelines_tests.demo_services.helpers import due, user

@@ -10,7 +10,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from cron_pipelines.demo_services.testing import ServiceWorld
+from cron_pipelines_tests.support.services import ServiceWorld
 from cron_pipelines.observability.logs import JsonLogFormatter, mask_emails
 from cron_pipelines_tests.conftest import TEST_JWT_SECRET
 from cron_pipelines_tests.demo_services.helpers import due, user

@@ -19,8 +19,8 @@ from cron_pipelines.clients.models import (
     VerificationDecisionResult,
     VerificationStatus,
 )
-from cron_pipelines.clients.tokens import TokenVerifier
-from cron_pipelines.demo_services.common import (
+from demo_services.auth import TokenVerifier
+from demo_services.common import (
     DEFAULT_PAGE_SIZE,
     BatchRequest,
     BatchResponse,
@@ -32,8 +32,8 @@ from cron_pipelines.demo_services.common import (
     decode_cursor,
     page_response,
 )
-from cron_pipelines.demo_services.faults import FaultInjector, RequestLog
-from cron_pipelines.demo_services.store import DemoStore
+from demo_services.faults import FaultInjector, RequestLog
+from demo_services.store import DemoStore
 
 SERVICE = "sql-service"
 

@@ -23,8 +23,8 @@ from cron_pipelines.clients.models import (
     VerificationAttempt,
     parse_instant,
 )
-from cron_pipelines.clients.tokens import TokenVerifier
-from cron_pipelines.demo_services.common import (
+from demo_services.auth import TokenVerifier
+from demo_services.common import (
     DEFAULT_PAGE_SIZE,
     BatchRequest,
     BatchResponse,
@@ -36,8 +36,8 @@ from cron_pipelines.demo_services.common import (
     decode_cursor,
     page_response,
 )
-from cron_pipelines.demo_services.faults import FaultInjector, RequestLog
-from cron_pipelines.demo_services.store import DemoStore
+from demo_services.faults import FaultInjector, RequestLog
+from demo_services.store import DemoStore
 
 SERVICE = "mongo-service"
 MAX_VERIFICATION_IDS = 100

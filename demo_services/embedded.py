@@ -14,13 +14,14 @@ from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from cron_pipelines.clients.tokens import TokenIssuer, TokenVerifier
-from cron_pipelines.demo_services.mongo_app import SERVICE as MONGO_SERVICE
-from cron_pipelines.demo_services.mongo_app import create_mongo_app
-from cron_pipelines.demo_services.seed import seed_demo_data
-from cron_pipelines.demo_services.server import ServiceServer
-from cron_pipelines.demo_services.sql_app import create_sql_app
-from cron_pipelines.demo_services.store import DemoStore
+from cron_pipelines.clients.tokens import TokenIssuer
+from demo_services.auth import TokenVerifier
+from demo_services.mongo_app import SERVICE as MONGO_SERVICE
+from demo_services.mongo_app import create_mongo_app
+from demo_services.seed import seed_demo_data
+from demo_services.server import ServiceServer
+from demo_services.sql_app import create_sql_app
+from demo_services.store import DemoStore
 
 _lock = threading.Lock()
 _servers: dict[tuple[str, Path, TokenVerifier], ServiceServer] = {}

@@ -19,12 +19,12 @@ from types import TracebackType
 import uvicorn
 from fastapi import FastAPI
 
-from cron_pipelines.clients.tokens import TokenVerifier
-from cron_pipelines.demo_services.mongo_app import SERVICE as MONGO_SERVICE
-from cron_pipelines.demo_services.mongo_app import create_mongo_app
-from cron_pipelines.demo_services.sql_app import SERVICE as SQL_SERVICE
-from cron_pipelines.demo_services.sql_app import create_sql_app
-from cron_pipelines.demo_services.store import DemoStore
+from demo_services.auth import TokenVerifier
+from demo_services.mongo_app import SERVICE as MONGO_SERVICE
+from demo_services.mongo_app import create_mongo_app
+from demo_services.sql_app import SERVICE as SQL_SERVICE
+from demo_services.sql_app import create_sql_app
+from demo_services.store import DemoStore
 
 
 class ServiceServer:

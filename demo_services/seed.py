@@ -22,7 +22,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from cron_pipelines.clients.models import format_instant
-from cron_pipelines.demo_services.store import DemoStore
+from demo_services.store import DemoStore
 
 _FIRST_NAMES = (
     "Asha", "Rohan", "Priya", "Vikram", "Meera", "Arjun", "Kavya", "Nikhil", "Ananya", "Siddharth",

@@ -4,12 +4,12 @@ They back `dagster dev` when no service URL is configured, and give the tests an
 the benchmark real HTTP servers with programmable faults and a request log.
 """
 
-from cron_pipelines.demo_services.faults import FaultInjector, RequestLog
-from cron_pipelines.demo_services.mongo_app import create_mongo_app
-from cron_pipelines.demo_services.seed import seed_demo_data
-from cron_pipelines.demo_services.server import ServiceServer
-from cron_pipelines.demo_services.sql_app import create_sql_app
-from cron_pipelines.demo_services.store import DemoStore
+from demo_services.faults import FaultInjector, RequestLog
+from demo_services.mongo_app import create_mongo_app
+from demo_services.seed import seed_demo_data
+from demo_services.server import ServiceServer
+from demo_services.sql_app import create_sql_app
+from demo_services.store import DemoStore
 
 __all__ = [
     "DemoStore",

@@ -22,9 +22,10 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cron_pipelines.clients.models import ErrorBody
-from cron_pipelines.clients.tokens import TokenError, TokenVerifier
-from cron_pipelines.demo_services.faults import FaultInjector, InstrumentationMiddleware, RequestLog
-from cron_pipelines.demo_services.store import DemoStore, KeysetPage, SortKey
+from cron_pipelines.clients.tokens import TokenError
+from demo_services.auth import TokenVerifier
+from demo_services.faults import FaultInjector, InstrumentationMiddleware, RequestLog
+from demo_services.store import DemoStore, KeysetPage, SortKey
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000

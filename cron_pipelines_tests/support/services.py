@@ -6,14 +6,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from cron_pipelines.clients.tokens import TokenIssuer, TokenVerifier
-from cron_pipelines.demo_services.faults import FaultInjector, RequestLog
-from cron_pipelines.demo_services.mongo_app import SERVICE as MONGO_SERVICE
-from cron_pipelines.demo_services.mongo_app import create_mongo_app
-from cron_pipelines.demo_services.server import ServiceServer, serving
-from cron_pipelines.demo_services.sql_app import SERVICE as SQL_SERVICE
-from cron_pipelines.demo_services.sql_app import create_sql_app
-from cron_pipelines.demo_services.store import DemoStore
+from cron_pipelines.clients.tokens import TokenIssuer
+from demo_services.auth import TokenVerifier
+from demo_services.faults import FaultInjector, RequestLog
+from demo_services.mongo_app import SERVICE as MONGO_SERVICE
+from demo_services.mongo_app import create_mongo_app
+from demo_services.server import ServiceServer, serving
+from demo_services.sql_app import SERVICE as SQL_SERVICE
+from demo_services.sql_app import create_sql_app
+from demo_services.store import DemoStore
 
 
 @dataclass
