@@ -49,12 +49,13 @@ def _instance(settings: Settings):
 
 
 def command_run(settings: Settings, args: argparse.Namespace) -> int:
-    from cron_pipelines.assembly import build_definitions
-    from cron_pipelines.jobs import JOB_SELECTIONS
+    from cron_pipelines.defs import build_definitions
 
-    if args.job not in JOB_SELECTIONS:
-        raise SystemExit(f"unknown job {args.job!r}; jobs: {', '.join(JOB_SELECTIONS)}")
-    job = build_definitions(settings).resolve_job_def(args.job)
+    definitions = build_definitions(settings)
+    jobs = sorted(job.name for job in definitions.resolve_all_job_defs() if not job.name.startswith("__"))
+    if args.job not in jobs:
+        raise SystemExit(f"unknown job {args.job!r}; jobs: {', '.join(jobs)}")
+    job = definitions.resolve_job_def(args.job)
     failures = 0
     with _instance(settings) as instance:
         for day in _dates(args):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from cron_pipelines.assembly import build_definitions
+from cron_pipelines.defs import build_definitions
 from cron_pipelines.settings import load_settings
 
 JOBS = {

@@ -17,7 +17,7 @@ import dagster as dg
 import httpx
 import pytest
 
-from cron_pipelines.assembly import build_definitions
+from cron_pipelines.defs import build_definitions
 from cron_pipelines.settings import load_settings
 from cron_pipelines_tests.support.smtp_sink import free_port
 from cron_pipelines_tests.support.webserver import LAUNCH_PARTITION, graphql, wait_until

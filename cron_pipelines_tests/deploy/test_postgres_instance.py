@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 import dagster as dg
 import pytest
 
-from cron_pipelines.assembly import build_definitions
+from cron_pipelines.defs import build_definitions
 from cron_pipelines.settings import load_settings
 from cron_pipelines_tests.deploy.conftest import PostgresHome
 

@@ -23,7 +23,7 @@ KIND_CONTEXTS = {
     NotificationKind.ACCOUNT_DEACTIVATED: {"last_active_date": "2026-08-30"},
     NotificationKind.VERIFICATION_RESULT: {"status": "verified", "requested_date": "2026-11-20"},
     NotificationKind.VERIFICATION_REMINDER: {"days_since_request": 3, "requested_date": "2026-11-25", "expiry_date": "2026-12-09"},
-    NotificationKind.OPS_ALERT: {"job_name": "send_payment_reminders", "partition_key": "2026-11-28", "run_id": "abc", "run_url": "http://localhost:3000/runs/abc", "error": "boom"},
+    NotificationKind.OPS_ALERT: {"headline": "run failed", "summary": "A run failed.", "job_name": "send_payment_reminders", "partition_key": "2026-11-28", "run_id": "abc", "run_url": "http://localhost:3000/runs/abc", "error": "boom"},
 }
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from cron_pipelines.assembly import build_definitions
+from cron_pipelines.defs import build_definitions
 from cron_pipelines.clients.models import Due
 from cron_pipelines.resources import MailerResource, build_resources
 from cron_pipelines.settings import load_settings

@@ -14,7 +14,7 @@ from typing import Any
 
 import dagster as dg
 
-from cron_pipelines.assembly import build_definitions
+from cron_pipelines.defs import build_definitions
 from cron_pipelines_tests.support.services import ServiceWorld
 from cron_pipelines.settings import Settings, load_settings
 from cron_pipelines_tests.support.smtp_sink import ReceivedMail, SmtpSink

@@ -10,7 +10,7 @@ USER_ACTIVITY = dg.AssetKey(["mongo_service", "user_activity"])
 VERIFICATION_ATTEMPTS = dg.AssetKey(["mongo_service", "verification_attempts"])
 NOTIFICATION_LEDGER = dg.AssetKey(["mongo_service", "notification_ledger"])
 
-external_assets = [
+SERVICES_DATA = [
     dg.AssetSpec(
         DUES, group_name="services", kinds={"sql"},
         description="Dues and their payment status (sql-service `GET /v1/dues`).",

@@ -1,22 +1,19 @@
-"""Ledger health: notifications claimed but never finished, reported and never resent."""
+"""`maintenance`: report notifications claimed and never finished; nothing resends them."""
 
 from collections import Counter
 from datetime import datetime, timezone
 
 import dagster as dg
 
-from cron_pipelines.assets.common import (
-    AssetFactoryOptions,
-    Stopwatch,
-    business_day,
-    no_retry_on_permanent_errors,
-    summary_metadata,
-)
-from cron_pipelines.assets.external import NOTIFICATION_LEDGER
 from cron_pipelines.clients.http import RejectedRecord, RejectedTally
+from cron_pipelines.defs.daily import DailyOptions, daily_job
+from cron_pipelines.defs.delivery import Stopwatch, business_day, no_retry_on_permanent_errors, summary_metadata
+from cron_pipelines.defs.services_data import NOTIFICATION_LEDGER
 from cron_pipelines.resources import MetricsResource, MongoServiceResource
 from cron_pipelines.rules.ledger import StaleClaimPolicy, is_stale_claim
 
+JOB = "maintenance"
+LEDGER_HEALTH = dg.AssetKey("ledger_health")
 STALE_CLAIMS_CHECK = "no_stale_claims"
 
 
@@ -30,7 +27,7 @@ def ledger_health(
     mongo_service: MongoServiceResource,
     metrics: MetricsResource,
 ) -> dg.MaterializeResult:
-    """Counts ledger records still `claimed` 15 minutes after their claim: a run died between claim and send.
+    """Counts ledger records still `claimed` stale_after_minutes after their claim: a run died between claim and send.
 
     They are at-most-once by design: nothing resends them. The report names them and
     their runs so an operator can check the mail server's logs and settle each one.
@@ -81,21 +78,18 @@ def ledger_health(
     )
 
 
-def build_ledger_assets(options: AssetFactoryOptions) -> list[dg.AssetsDefinition]:
-    return [
-        dg.asset(
-            name="ledger_health",
-            deps=[NOTIFICATION_LEDGER],
-            partitions_def=options.partitions_def,
-            retry_policy=options.retry_policy,
-            group_name="maintenance",
-            kinds={"python", "mongodb"},
-            owners=["team:platform"],
-            check_specs=[
-                dg.AssetCheckSpec(
-                    STALE_CLAIMS_CHECK, asset="ledger_health",
-                    description="Warns when notifications were claimed and never sent, failed or skipped.",
-                )
-            ],
-        )(no_retry_on_permanent_errors(ledger_health)),
-    ]
+def definitions(options: DailyOptions) -> dg.Definitions:
+    asset = dg.asset(
+        key=LEDGER_HEALTH, deps=[NOTIFICATION_LEDGER], partitions_def=options.partitions_def,
+        retry_policy=options.retry_policy, group_name="maintenance", kinds={"python", "mongodb"},
+        owners=["team:platform"],
+        check_specs=[
+            dg.AssetCheckSpec(
+                STALE_CLAIMS_CHECK, asset=LEDGER_HEALTH,
+                description="Warns when notifications were claimed and never sent, failed or skipped.",
+            )
+        ],
+    )(no_retry_on_permanent_errors(ledger_health))
+    return daily_job(
+        JOB, [asset], at=(4, 30), options=options, description="Report notifications claimed and never finished.",
+    )

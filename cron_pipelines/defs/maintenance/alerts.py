@@ -1,115 +1,23 @@
-"""Sensors: new verification attempts launch `verify_employees`; failed runs and stuck claims mail the operators."""
+"""Operators' alerts: a failed run, and notifications stuck `claimed`, mailed to OPS_ALERT_EMAIL once each."""
 
-import hashlib
 import itertools
-import json
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING
-from zoneinfo import ZoneInfo
+from datetime import datetime, timezone
 
 import dagster as dg
 
-from cron_pipelines.clients.http import RejectedRecord
-from cron_pipelines.clients.models import (
-    PLANNED_MESSAGE_ID,
-    NotificationRecord,
-    VerificationAttempt,
-    format_instant,
-    parse_instant,
-)
+from cron_pipelines.clients.models import PLANNED_MESSAGE_ID, NotificationRecord, format_instant
+from cron_pipelines.defs.daily import DailyOptions
 from cron_pipelines.notifications.messages import Notification, NotificationKind
 from cron_pipelines.notifications.pipeline import NotificationPipeline, RunInfo
 from cron_pipelines.resources import MailerResource, MongoServiceResource
 from cron_pipelines.rules.ledger import StaleClaimPolicy, is_stale_claim
 from cron_pipelines.safe_text import printable
-from cron_pipelines.schedules import SCHEDULED_RUN_PRIORITY
 
-if TYPE_CHECKING:  # the public API has no name for the type define_asset_job returns
-    from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
-
-VERIFY_EMPLOYEES_OP = "verify_employees_assets"
-# One tick launches one run for at most this many new attempts; the next tick continues.
-MAX_ATTEMPTS_PER_TICK = 5000
+RUN_FAILURE_SENSOR = "run_failure_alert_sensor"
+STUCK_CLAIMS_SENSOR = "stuck_claims_sensor"
 MAX_ALERT_ERROR_CHARACTERS = 4000
-
-
-@dataclass(frozen=True, order=True)
-class AttemptCursor:
-    """The last attempt a tick launched a run for, in the service's (attempted_at, id) order."""
-
-    attempted_at: datetime
-    id: str
-
-    def to_json(self) -> str:
-        return json.dumps({"attempted_at": format_instant(self.attempted_at), "id": self.id})
-
-    @classmethod
-    def from_json(cls, value: str) -> "AttemptCursor":
-        data = json.loads(value)
-        return cls(parse_instant(data["attempted_at"]), str(data["id"]))
-
-    @classmethod
-    def of(cls, attempt: VerificationAttempt) -> "AttemptCursor":
-        return cls(attempt.attempted_at_dt, attempt.id)
-
-
-def attempts_run_key(attempts: list[VerificationAttempt]) -> str:
-    """The same attempts always give the same key, so they never launch twice."""
-    digest = hashlib.sha256(",".join(sorted(attempt.id for attempt in attempts)).encode()).hexdigest()
-    return f"verify_employees:attempts:{digest[:32]}"
-
-
-def build_verification_attempts_sensor(
-    job: "UnresolvedAssetJobDefinition", cron_timezone: str, lookback_hours: int
-) -> dg.SensorDefinition:
-    @dg.sensor(
-        name="verification_attempts_sensor",
-        job=job,
-        minimum_interval_seconds=60,
-        default_status=dg.DefaultSensorStatus.RUNNING,
-        description="Launches verify_employees for the verifications that new attempts touched.",
-    )
-    def verification_attempts_sensor(
-        context: dg.SensorEvaluationContext, mongo_service: MongoServiceResource
-    ) -> dg.SensorResult | dg.SkipReason:
-        now = datetime.now(timezone.utc)
-        cursor = (
-            AttemptCursor.from_json(context.cursor)
-            if context.cursor
-            else AttemptCursor(now - timedelta(hours=lookback_hours), "")
-        )
-        new_attempts: list[VerificationAttempt] = []
-        malformed = 0
-        for attempt in mongo_service.client.iter_verification_attempts(since=cursor.attempted_at):
-            if isinstance(attempt, RejectedRecord):
-                malformed += 1
-            elif AttemptCursor.of(attempt) > cursor:
-                new_attempts.append(attempt)
-                if len(new_attempts) >= MAX_ATTEMPTS_PER_TICK:
-                    break
-        if malformed:
-            context.log.warning("%d malformed verification attempt(s) ignored", malformed)
-        if not new_attempts:
-            return dg.SkipReason(f"no verification attempts after {cursor.to_json()}")
-        touched = sorted({attempt.verification_id for attempt in new_attempts})
-        today = now.astimezone(ZoneInfo(cron_timezone)).date().isoformat()
-        request = dg.RunRequest(
-            run_key=attempts_run_key(new_attempts),
-            partition_key=today,
-            run_config={"ops": {VERIFY_EMPLOYEES_OP: {"config": {"verification_ids": touched}}}},
-            tags={
-                "dagster/priority": SCHEDULED_RUN_PRIORITY,
-                "cron_pipelines/trigger": "verification_attempts_sensor",
-                "cron_pipelines/attempts": str(len(new_attempts)),
-            },
-        )
-        # The cursor moves only with the request built: a failed tick re-reads the same attempts.
-        last = max(AttemptCursor.of(attempt) for attempt in new_attempts)
-        return dg.SensorResult(run_requests=[request], cursor=last.to_json())
-
-    return verification_attempts_sensor
 
 
 def failure_summary(context: dg.RunFailureSensorContext) -> str:
@@ -173,7 +81,7 @@ def send_ops_alert(
 
 def build_run_failure_alert_sensor(ops_alert_email: str | None, webserver_url: str) -> dg.SensorDefinition:
     @dg.run_failure_sensor(
-        name="run_failure_alert_sensor",
+        name=RUN_FAILURE_SENSOR,
         default_status=dg.DefaultSensorStatus.RUNNING,
         minimum_interval_seconds=30,
         description="Mails OPS_ALERT_EMAIL once per failed run of this code location.",
@@ -187,7 +95,7 @@ def build_run_failure_alert_sensor(ops_alert_email: str | None, webserver_url: s
             return
         counts = send_ops_alert(
             context, mongo_service, mailer, key=f"ops_alert:{run.run_id}", recipient=ops_alert_email, run=run,
-            sender="run_failure_alert_sensor", headline="run failed",
+            sender=RUN_FAILURE_SENSOR, headline="run failed",
             summary="A run of the cron_pipelines code location failed.", details=failure_summary(context),
             webserver_url=webserver_url,
         )
@@ -204,7 +112,7 @@ def build_stuck_claims_sensor(
     ops_alert_email: str | None, webserver_url: str, policy: StaleClaimPolicy
 ) -> dg.SensorDefinition:
     @dg.sensor(
-        name="stuck_claims_sensor",
+        name=STUCK_CLAIMS_SENSOR,
         minimum_interval_seconds=120,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=(
@@ -231,7 +139,7 @@ def build_stuck_claims_sensor(
                 continue
             counts = send_ops_alert(
                 context, mongo_service, mailer, key=f"ops_alert:stuck_claims:{run_id}", recipient=ops_alert_email,
-                run=run, sender="stuck_claims_sensor", headline="notifications stuck in `claimed`",
+                run=run, sender=STUCK_CLAIMS_SENSOR, headline="notifications stuck in `claimed`",
                 summary=(
                     f"Run {run_id} ({run.status.value}) left {stuck.count_by_run[run_id]} notification(s) `claimed` "
                     f"for more than {policy.stale_after_minutes} minutes: it died between claiming and recording "
@@ -282,3 +190,13 @@ class StuckClaims:
             f"  cron-pipelines settle --run {run_id} --as sent     # delivered",
         ]
         return "\n".join(lines)
+
+
+def definitions(options: DailyOptions) -> dg.Definitions:
+    settings = options.settings
+    return dg.Definitions(
+        sensors=[
+            build_run_failure_alert_sensor(settings.ops_alert_email, settings.dagster_webserver_url),
+            build_stuck_claims_sensor(settings.ops_alert_email, settings.dagster_webserver_url, StaleClaimPolicy()),
+        ]
+    )

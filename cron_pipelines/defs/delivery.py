@@ -1,4 +1,4 @@
-"""What every business asset shares: its business day, its delivery pipeline, its metadata and checks."""
+"""What every business asset shares: its business day, its delivery step, its metadata and checks."""
 
 from __future__ import annotations
 
@@ -24,14 +24,6 @@ from cron_pipelines.rules.calendar import BusinessDay
 from cron_pipelines.rules.confirmations import confirmation_from_record
 
 DELIVERY_CHECK = "delivery_within_thresholds"
-
-
-@dataclass(frozen=True)
-class AssetFactoryOptions:
-    """What the factories need from the settings: the partitions and the step retry policy."""
-
-    partitions_def: dg.TimeWindowPartitionsDefinition
-    retry_policy: dg.RetryPolicy
 
 
 class DeliveryThresholds(BaseModel):

@@ -1,13 +1,15 @@
-"""Inactivity warnings, and deactivation of users warned long enough ago."""
+"""`deactivate_inactive_users`: deactivate users inactive for long whose warning went out in time; warn the rest."""
 
 from collections import Counter
 from collections.abc import Sequence
 
 import dagster as dg
 
-from cron_pipelines.assets.common import (
-    AssetFactoryOptions,
-    DeliveryThresholds,
+from cron_pipelines.clients.http import MAX_BATCH_ITEMS, RejectedRecord, chunked
+from cron_pipelines.clients.models import ClaimResult, Deactivation, InactiveUser
+from cron_pipelines.clients.mongo_service import MongoServiceClient
+from cron_pipelines.defs.daily import DailyOptions, daily_job
+from cron_pipelines.defs.delivery import (
     Stopwatch,
     business_day,
     delivery_check_result,
@@ -17,41 +19,16 @@ from cron_pipelines.assets.common import (
     resend_failed_confirmations,
     summary_metadata,
 )
-from cron_pipelines.assets.external import NOTIFICATION_LEDGER, USER_ACTIVITY
-from cron_pipelines.clients.http import MAX_BATCH_ITEMS, RejectedRecord, chunked
-from cron_pipelines.clients.models import ClaimResult, Deactivation, InactiveUser
-from cron_pipelines.clients.mongo_service import MongoServiceClient
+from cron_pipelines.defs.services_data import NOTIFICATION_LEDGER, USER_ACTIVITY
+from cron_pipelines.defs.users.inactivity_warnings import InactivityConfig
 from cron_pipelines.notifications.messages import Notification, NotificationKind
 from cron_pipelines.notifications.pipeline import Gate
 from cron_pipelines.resources import MailerResource, MetricsResource, MongoServiceResource
 from cron_pipelines.rules import inactivity as rules
 from cron_pipelines.rules.confirmations import confirmation_skip_reason
 
-
-class InactivityConfig(dg.Config, rules.InactivityPolicy, DeliveryThresholds):
-    pass
-
-
-def inactivity_warnings(
-    context: dg.AssetExecutionContext,
-    config: InactivityConfig,
-    mongo_service: MongoServiceResource,
-    mailer: MailerResource,
-    metrics: MetricsResource,
-) -> dg.MaterializeResult:
-    """Warns each user inactive for 30 days, once per inactive stretch, naming the deactivation day."""
-    stopwatch = Stopwatch()
-    metrics.observe(mongo_service.client)
-    day = business_day(context)
-    cutoff = day.days_before_start(config.warn_after_days)
-    with delivery_step(context, mongo_service, mailer, metrics) as step:
-        pipeline = step.pipeline()
-        users = mongo_service.client.iter_inactive_users(last_active_before=cutoff)
-        pipeline.deliver(rules.inactivity_warnings(users, day, config))
-    return dg.MaterializeResult(
-        metadata=summary_metadata(day, stopwatch, inactive_before=cutoff.isoformat(), **pipeline.metadata()),
-        check_results=[delivery_check_result(context.asset_key, pipeline, config)],
-    )
+JOB = "deactivate_inactive_users"
+INACTIVE_USER_DEACTIVATIONS = dg.AssetKey("inactive_user_deactivations")
 
 
 def inactive_user_deactivations(
@@ -61,7 +38,7 @@ def inactive_user_deactivations(
     mailer: MailerResource,
     metrics: MetricsResource,
 ) -> dg.MaterializeResult:
-    """Deactivates users inactive for 90 days whose warning was sent at least 7 days ago; warns the rest.
+    """Deactivates users inactive for deactivate_after_days whose warning was sent warning_grace_days ago; warns the rest.
 
     Claiming each candidate's warning key answers both questions in one batch: a
     `claimed` warning was never sent (it is sent now), a `duplicate` carries the sent
@@ -136,21 +113,14 @@ def _deactivation_gate(client: MongoServiceClient, write_outcomes: Counter[str])
     return deactivate
 
 
-def build_inactivity_assets(options: AssetFactoryOptions) -> list[dg.AssetsDefinition]:
-    common = dict(
-        partitions_def=options.partitions_def,
-        retry_policy=options.retry_policy,
-        group_name="user_lifecycle",
-        owners=["team:accounts"],
-        deps=[USER_ACTIVITY, NOTIFICATION_LEDGER],
+def definitions(options: DailyOptions) -> dg.Definitions:
+    asset = dg.asset(
+        key=INACTIVE_USER_DEACTIVATIONS, deps=[USER_ACTIVITY, NOTIFICATION_LEDGER],
+        kinds={"python", "email", "mongodb"}, check_specs=[delivery_check_spec(INACTIVE_USER_DEACTIVATIONS)],
+        partitions_def=options.partitions_def, retry_policy=options.retry_policy,
+        group_name="user_lifecycle", owners=["team:accounts"],
+    )(no_retry_on_permanent_errors(inactive_user_deactivations))
+    return daily_job(
+        JOB, [asset], at=(11, 0), options=options,
+        description="Deactivate users inactive long enough whose warning was sent in time; warn the others.",
     )
-    return [
-        dg.asset(
-            name="inactivity_warnings", kinds={"python", "email"},
-            check_specs=[delivery_check_spec("inactivity_warnings")], **common,
-        )(no_retry_on_permanent_errors(inactivity_warnings)),
-        dg.asset(
-            name="inactive_user_deactivations", kinds={"python", "email", "mongodb"},
-            check_specs=[delivery_check_spec("inactive_user_deactivations")], **common,
-        )(no_retry_on_permanent_errors(inactive_user_deactivations)),
-    ]

@@ -1,14 +1,28 @@
-"""Employee verification decisions and reminders, from one pass over pending verifications."""
+"""`verify_employees`: decide pending verifications and remind the open ones; new attempts trigger it too."""
 
+import hashlib
+import json
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
 
 import dagster as dg
 from pydantic import Field
 
-from cron_pipelines.assets.common import (
-    AssetFactoryOptions,
+from cron_pipelines.clients.http import MAX_BATCH_ITEMS, RejectedRecord, RejectedTally, chunked
+from cron_pipelines.clients.models import (
+    ClaimResult,
+    Verification,
+    VerificationAttempt,
+    VerificationDecision,
+    format_instant,
+    parse_instant,
+)
+from cron_pipelines.clients.sql_service import SqlServiceClient
+from cron_pipelines.defs.daily import SCHEDULED_RUN_PRIORITY, DailyOptions, daily_job
+from cron_pipelines.defs.delivery import (
     DeliveryThresholds,
     Stopwatch,
     business_day,
@@ -19,16 +33,16 @@ from cron_pipelines.assets.common import (
     resend_failed_confirmations,
     summary_metadata,
 )
-from cron_pipelines.assets.external import NOTIFICATION_LEDGER, VERIFICATION_ATTEMPTS, VERIFICATIONS
-from cron_pipelines.clients.http import MAX_BATCH_ITEMS, RejectedRecord, RejectedTally, chunked
-from cron_pipelines.clients.models import ClaimResult, Verification, VerificationAttempt, VerificationDecision
-from cron_pipelines.clients.sql_service import SqlServiceClient
+from cron_pipelines.defs.services_data import NOTIFICATION_LEDGER, VERIFICATION_ATTEMPTS, VERIFICATIONS
 from cron_pipelines.notifications.messages import Notification, NotificationKind
 from cron_pipelines.notifications.pipeline import Gate
 from cron_pipelines.resources import MailerResource, MetricsResource, MongoServiceResource, SqlServiceResource
 from cron_pipelines.rules import verifications as rules
 from cron_pipelines.rules.confirmations import confirmation_skip_reason
 
+JOB = "verify_employees"
+STEP = "verify_employees_assets"
+SENSOR = "verification_attempts_sensor"
 DECISIONS = dg.AssetKey("verification_decisions")
 REMINDERS = dg.AssetKey("verification_reminders")
 
@@ -48,7 +62,7 @@ def verify_employees(
     mailer: MailerResource,
     metrics: MetricsResource,
 ):
-    """Decides pending verifications (verified, rejected, expired) and reminds the undecided ones."""
+    """Decides pending verifications (verified, rejected, expired) and reminds the undecided ones on the configured days."""
     stopwatch = Stopwatch()
     metrics.observe(sql_service.client, mongo_service.client)
     day = business_day(context)
@@ -156,24 +170,109 @@ def _decision_gate(client: SqlServiceClient, write_outcomes: Counter[str]) -> Ga
     return decide
 
 
-def build_verification_assets(options: AssetFactoryOptions) -> list[dg.AssetsDefinition]:
-    return [
-        dg.multi_asset(
-            name="verify_employees_assets",
-            specs=[
-                dg.AssetSpec(
-                    DECISIONS, deps=[VERIFICATIONS, VERIFICATION_ATTEMPTS, NOTIFICATION_LEDGER],
-                    kinds={"python", "email", "sql"}, group_name="verifications", owners=["team:people"],
-                    description="Pending verifications decided verified, rejected or expired, and the result emails.",
-                ),
-                dg.AssetSpec(
-                    REMINDERS, deps=[VERIFICATIONS, VERIFICATION_ATTEMPTS, NOTIFICATION_LEDGER],
-                    kinds={"python", "email"}, group_name="verifications", owners=["team:people"],
-                    description="Reminders to employees whose verification is still open on day 3, 7 and 10.",
-                ),
-            ],
-            check_specs=[delivery_check_spec(DECISIONS), delivery_check_spec(REMINDERS)],
-            partitions_def=options.partitions_def,
-            retry_policy=options.retry_policy,
-        )(no_retry_on_permanent_errors(verify_employees)),
-    ]
+# One tick launches one run for at most this many new attempts; the next tick continues.
+MAX_ATTEMPTS_PER_TICK = 5000
+MAX_ALERT_ERROR_CHARACTERS = 4000
+
+
+@dataclass(frozen=True, order=True)
+class AttemptCursor:
+    """The last attempt a tick launched a run for, in the service's (attempted_at, id) order."""
+
+    attempted_at: datetime
+    id: str
+
+    def to_json(self) -> str:
+        return json.dumps({"attempted_at": format_instant(self.attempted_at), "id": self.id})
+
+    @classmethod
+    def from_json(cls, value: str) -> "AttemptCursor":
+        data = json.loads(value)
+        return cls(parse_instant(data["attempted_at"]), str(data["id"]))
+
+    @classmethod
+    def of(cls, attempt: VerificationAttempt) -> "AttemptCursor":
+        return cls(attempt.attempted_at_dt, attempt.id)
+
+
+def attempts_run_key(attempts: list[VerificationAttempt]) -> str:
+    """The same attempts always give the same key, so they never launch twice."""
+    digest = hashlib.sha256(",".join(sorted(attempt.id for attempt in attempts)).encode()).hexdigest()
+    return f"verify_employees:attempts:{digest[:32]}"
+
+
+def build_verification_attempts_sensor(cron_timezone: str, lookback_hours: int) -> dg.SensorDefinition:
+    @dg.sensor(
+        name=SENSOR,
+        job_name=JOB,
+        minimum_interval_seconds=60,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Launches verify_employees for the verifications that new attempts touched.",
+    )
+    def verification_attempts_sensor(
+        context: dg.SensorEvaluationContext, mongo_service: MongoServiceResource
+    ) -> dg.SensorResult | dg.SkipReason:
+        now = datetime.now(timezone.utc)
+        cursor = (
+            AttemptCursor.from_json(context.cursor)
+            if context.cursor
+            else AttemptCursor(now - timedelta(hours=lookback_hours), "")
+        )
+        new_attempts: list[VerificationAttempt] = []
+        malformed = 0
+        for attempt in mongo_service.client.iter_verification_attempts(since=cursor.attempted_at):
+            if isinstance(attempt, RejectedRecord):
+                malformed += 1
+            elif AttemptCursor.of(attempt) > cursor:
+                new_attempts.append(attempt)
+                if len(new_attempts) >= MAX_ATTEMPTS_PER_TICK:
+                    break
+        if malformed:
+            context.log.warning("%d malformed verification attempt(s) ignored", malformed)
+        if not new_attempts:
+            return dg.SkipReason(f"no verification attempts after {cursor.to_json()}")
+        touched = sorted({attempt.verification_id for attempt in new_attempts})
+        today = now.astimezone(ZoneInfo(cron_timezone)).date().isoformat()
+        request = dg.RunRequest(
+            run_key=attempts_run_key(new_attempts),
+            partition_key=today,
+            run_config={"ops": {STEP: {"config": {"verification_ids": touched}}}},
+            tags={
+                "dagster/priority": SCHEDULED_RUN_PRIORITY,
+                "cron_pipelines/trigger": "verification_attempts_sensor",
+                "cron_pipelines/attempts": str(len(new_attempts)),
+            },
+        )
+        # The cursor moves only with the request built: a failed tick re-reads the same attempts.
+        last = max(AttemptCursor.of(attempt) for attempt in new_attempts)
+        return dg.SensorResult(run_requests=[request], cursor=last.to_json())
+
+    return verification_attempts_sensor
+
+
+def definitions(options: DailyOptions) -> dg.Definitions:
+    assets = dg.multi_asset(
+        name=STEP,
+        specs=[
+            dg.AssetSpec(
+                DECISIONS, deps=[VERIFICATIONS, VERIFICATION_ATTEMPTS, NOTIFICATION_LEDGER],
+                kinds={"python", "email", "sql"}, group_name="verifications", owners=["team:people"],
+                description="Pending verifications decided verified, rejected or expired, and the result emails.",
+            ),
+            dg.AssetSpec(
+                REMINDERS, deps=[VERIFICATIONS, VERIFICATION_ATTEMPTS, NOTIFICATION_LEDGER],
+                kinds={"python", "email"}, group_name="verifications", owners=["team:people"],
+                description="Reminders to employees whose verification is still open on the configured days.",
+            ),
+        ],
+        check_specs=[delivery_check_spec(DECISIONS), delivery_check_spec(REMINDERS)],
+        partitions_def=options.partitions_def,
+        retry_policy=options.retry_policy,
+    )(no_retry_on_permanent_errors(verify_employees))
+    sensor = build_verification_attempts_sensor(
+        options.settings.cron_timezone, options.settings.verification_sensor_lookback_hours
+    )
+    return daily_job(
+        JOB, [assets], at=(8, 0), options=options, sensors=[sensor],
+        description="Decide pending verifications and remind the open ones.",
+    )

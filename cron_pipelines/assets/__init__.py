@@ -1,2 +1,0 @@
-"""The lineage an auditor reads: the services' data as external assets, feeding the
-assets each job materializes (one per business outcome, summary metadata only)."""

@@ -1,0 +1,1 @@
+"""Dues: reminders before they are due, overdue marks and notices after (docs/services.md, "The business rules")."""

@@ -1,0 +1,49 @@
+"""What the two due-driven notification assets share: stream the day's dues through a rule, deliver."""
+
+from collections.abc import Callable, Iterable
+from datetime import date
+
+import dagster as dg
+
+from cron_pipelines.clients.http import RejectedRecord
+from cron_pipelines.clients.models import Due, DueStatus
+from cron_pipelines.defs.delivery import (
+    DeliveryThresholds,
+    Stopwatch,
+    business_day,
+    delivery_check_result,
+    delivery_step,
+    summary_metadata,
+)
+from cron_pipelines.notifications.messages import Notification
+from cron_pipelines.resources import MailerResource, MetricsResource, MongoServiceResource, SqlServiceResource
+
+DueRule = Callable[[Iterable[Due | RejectedRecord], date], Iterable[Notification | RejectedRecord]]
+
+
+def notify_about_dues(
+    context: dg.AssetExecutionContext,
+    thresholds: DeliveryThresholds,
+    status: DueStatus,
+    window: Callable[[date], tuple[date, date]],
+    rule: DueRule,
+    sql_service: SqlServiceResource,
+    mongo_service: MongoServiceResource,
+    mailer: MailerResource,
+    metrics: MetricsResource,
+) -> dg.MaterializeResult:
+    """Stream the dues of `status` in the day's window through `rule` and deliver what it decides."""
+    stopwatch = Stopwatch()
+    metrics.observe(sql_service.client, mongo_service.client)
+    day = business_day(context)
+    due_from, due_to = window(day.day)
+    with delivery_step(context, mongo_service, mailer, metrics) as step:
+        pipeline = step.pipeline()
+        dues = sql_service.client.iter_dues(statuses=[status], due_from=due_from, due_to=due_to)
+        pipeline.deliver(rule(dues, day.day))
+    return dg.MaterializeResult(
+        metadata=summary_metadata(
+            day, stopwatch, due_from=due_from.isoformat(), due_to=due_to.isoformat(), **pipeline.metadata()
+        ),
+        check_results=[delivery_check_result(context.asset_key, pipeline, thresholds)],
+    )

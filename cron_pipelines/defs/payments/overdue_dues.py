@@ -1,0 +1,102 @@
+"""`mark_overdue_dues`: mark past-due dues overdue, then tell their users on the configured days."""
+
+from collections import Counter
+from collections.abc import Iterator
+
+import dagster as dg
+
+from cron_pipelines.clients.http import RejectedRecord, RejectedTally
+from cron_pipelines.defs.daily import DailyOptions, daily_job
+from cron_pipelines.defs.delivery import (
+    DeliveryThresholds,
+    Stopwatch,
+    business_day,
+    delivery_check_spec,
+    no_retry_on_permanent_errors,
+    summary_metadata,
+)
+from cron_pipelines.defs.payments.dues import notify_about_dues
+from cron_pipelines.defs.services_data import DUES, NOTIFICATION_LEDGER
+from cron_pipelines.resources import MailerResource, MetricsResource, MongoServiceResource, SqlServiceResource
+from cron_pipelines.rules import payments as rules
+
+JOB = "mark_overdue_dues"
+OVERDUE_MARKS = dg.AssetKey("overdue_marks")
+OVERDUE_NOTICES = dg.AssetKey("overdue_notices")
+
+
+class OverdueNoticesConfig(dg.Config, rules.OverduePolicy, DeliveryThresholds):
+    pass
+
+
+def overdue_marks(
+    context: dg.AssetExecutionContext, sql_service: SqlServiceResource, metrics: MetricsResource
+) -> dg.MaterializeResult:
+    """Marks every pending due whose date has passed as overdue; one paid meanwhile is skipped."""
+    stopwatch = Stopwatch()
+    metrics.observe(sql_service.client)
+    day = business_day(context)
+    rejected = RejectedTally()
+
+    def due_ids_to_mark() -> Iterator[str]:
+        for due in sql_service.client.iter_dues(statuses=["pending"], due_to=day.plus_days(-1)):
+            if isinstance(due, RejectedRecord):
+                rejected.add(due)
+            elif rules.must_mark_overdue(due, day.day):
+                yield due.id
+
+    outcomes: Counter[str] = Counter()
+    sample: list[str] = []
+    for mark, result in sql_service.client.mark_overdue(due_ids_to_mark()):
+        outcomes[result.outcome] += 1
+        if result.outcome == "marked" and len(sample) < 10:
+            sample.append(mark.due_id)
+    if rejected.count:
+        context.log.warning("%d malformed pending due(s) not marked, e.g. %s", rejected.count, rejected.sample[0])
+    return dg.MaterializeResult(
+        metadata=summary_metadata(
+            day,
+            stopwatch,
+            marked=outcomes["marked"],
+            already_overdue=outcomes["already_overdue"],
+            invalid_state=outcomes["invalid_state"],
+            not_found=outcomes["not_found"],
+            rejected=rejected.count,
+            sample_marked_due_ids=sample,
+            rejected_records_sample=rejected.sample,
+        )
+    )
+
+
+def overdue_notices(
+    context: dg.AssetExecutionContext,
+    config: OverdueNoticesConfig,
+    sql_service: SqlServiceResource,
+    mongo_service: MongoServiceResource,
+    mailer: MailerResource,
+    metrics: MetricsResource,
+) -> dg.MaterializeResult:
+    """Tells users their due is overdue, on the configured days past due (notice_days_past_due)."""
+    return notify_about_dues(
+        context, config, "overdue", config.notice_window,
+        lambda dues, day: rules.overdue_notices(dues, day, config),
+        sql_service, mongo_service, mailer, metrics,
+    )
+
+
+def definitions(options: DailyOptions) -> dg.Definitions:
+    common = dict(
+        partitions_def=options.partitions_def, retry_policy=options.retry_policy,
+        group_name="payments", owners=["team:payments"],
+    )
+    marks = dg.asset(key=OVERDUE_MARKS, deps=[DUES], kinds={"python", "sql"}, **common)(
+        no_retry_on_permanent_errors(overdue_marks)
+    )
+    notices = dg.asset(
+        key=OVERDUE_NOTICES, deps=[OVERDUE_MARKS, NOTIFICATION_LEDGER], kinds={"python", "email"},
+        check_specs=[delivery_check_spec(OVERDUE_NOTICES)], **common,
+    )(no_retry_on_permanent_errors(overdue_notices))
+    return daily_job(
+        JOB, [marks, notices], at=(6, 0), options=options,
+        description="Mark past-due dues overdue, then send notices on the configured days past due.",
+    )

@@ -1,0 +1,1 @@
+"""Employee verifications: decided from their attempts, reminded while open (docs/services.md, "The business rules")."""
