@@ -20,8 +20,8 @@ install: $(STAMP)
 DEV_PORT ?= 3000
 dev: install
 	mkdir -p "$(DAGSTER_HOME)"
-	test -e "$(DAGSTER_HOME)/dagster.yaml" || cp dagster.yaml "$(DAGSTER_HOME)/dagster.yaml"
-	$(BIN)/dagster dev -w workspace.yaml -p $(DEV_PORT)
+	test -e "$(DAGSTER_HOME)/dagster.yaml" || cp deploy/dagster.dev.yaml "$(DAGSTER_HOME)/dagster.yaml"
+	VIRTUAL_ENV="$(abspath $(VENV))" $(BIN)/dg dev -p $(DEV_PORT)
 
 test: install
 	scripts/ensure-postgres.sh

@@ -178,7 +178,7 @@ def measure(side: str, pristine: Path, work: Path, size: int, *, connections: in
         if side == "project":
             home = work / f"dagster_home-{size}-{connections}"
             home.mkdir()
-            shutil.copy(PROJECT / "dagster.yaml", home / "dagster.yaml")
+            shutil.copy(PROJECT / "deploy" / "dagster.dev.yaml", home / "dagster.yaml")
             environment = _environment(
                 DAGSTER_HOME=str(home), SQL_SERVICE_URL=sql_url, MONGO_SERVICE_URL=mongo_url, MAILER_BACKEND="smtp",
                 SMTP_HOST="127.0.0.1", SMTP_PORT=str(smtp_port), MAIL_FROM="Cron Pipelines <no-reply@example.com>",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -81,3 +83,25 @@ def test_a_bad_environment_stops_the_code_location_naming_the_variable(tmp_path:
     )
     assert result.returncode != 0
     assert "SMTP_PORT='abc'" in result.stdout + result.stderr
+
+
+def _dg(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
+    environment = {**os.environ, "DAGSTER_HOME": str(home), "VIRTUAL_ENV": sys.prefix}
+    for name in ("SQL_SERVICE_URL", "MONGO_SERVICE_URL"):
+        environment.pop(name, None)
+    return subprocess.run([str(Path(sys.executable).parent / "dg"), *args], cwd=PROJECT, env=environment,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_dg_lists_and_checks_every_definition_from_the_project_root(tmp_path: Path) -> None:
+    listed = _dg("list", "defs", "--json", home=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    everything = json.loads(listed.stdout)
+    defs = build_definitions(load_settings({"DAGSTER_HOME": str(tmp_path)}))
+    assert {job["name"] for job in everything["jobs"]} == set(JOBS)
+    assert {schedule["name"] for schedule in everything["schedules"]} == {schedule.name for schedule in defs.schedules}
+    assert {sensor["name"] for sensor in everything["sensors"]} == {sensor.name for sensor in defs.sensors}
+    assert {asset["asset_key"] for asset in everything["assets"]} >= {key for assets in JOBS.values() for key in assets}
+    checked = _dg("check", "defs", home=tmp_path)
+    assert checked.returncode == 0 and "All definitions loaded successfully." in checked.stdout + checked.stderr
+    assert "does not match" not in checked.stdout + checked.stderr

@@ -82,7 +82,7 @@ def _exercise(dev_server: DevServer) -> None:
     wait_until(lambda: httpx.get(f"{dev_server.url}/server_info", timeout=2).status_code == 200, 180, "the UI")
     states = wait_until(lambda: dev_server.graphql(STATES)["schedulesOrError"]["results"] and dev_server.graphql(STATES),
                    120, "the code location")
-    assert (dev_server.home / "dagster.yaml").read_text() == (PROJECT / "dagster.yaml").read_text()
+    assert (dev_server.home / "dagster.yaml").read_text() == (PROJECT / "deploy" / "dagster.dev.yaml").read_text()
 
     defs = build_definitions(load_settings({"DAGSTER_HOME": str(dev_server.home)}))
     (repository,) = states["repositoriesOrError"]["nodes"]
@@ -113,3 +113,7 @@ def _exercise(dev_server: DevServer) -> None:
     assert sent > 0  # the demo data has dues 7, 3, 1 and 0 days ahead
     assert len(reminders) == sent
     assert len({message["X-Notification-Id"] for message in reminders}) == sent
+    # `dg dev`, quietly: no "use dg dev", no complaint about a dagster.yaml in the working folder
+    # or about the virtual environment.
+    log = dev_server.log.read_text(errors="replace").split("dg dev -p", 1)[1]
+    assert "superseded" not in log and "dagster.yaml" not in log and "does not match" not in log
