@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from cron_pipelines.observability.logs import REQUEST_LOGGER
+from cron_pipelines.log_format import REQUEST_LOGGER
 from cron_pipelines.settings import Settings, SettingsError, load_settings
 
 
@@ -92,7 +92,7 @@ def mask_recipient(address: str | None) -> str:
 
 
 def _audit_records(client, args: argparse.Namespace, run_window: tuple[datetime, datetime] | None) -> Iterator[Any]:
-    from cron_pipelines.clients.http import RejectedRecord
+    from cron_pipelines.models.records import RejectedRecord
 
     kind = args.kind or (args.key.split(":", 1)[0] if args.key else None)
     since = datetime.combine(args.since, time(0), tzinfo=timezone.utc) if args.since else None
@@ -203,7 +203,7 @@ _UNFINISHED = ("QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING")
 
 def _claimed_records(client, instance, run_id: str | None, keys: list[str] | None) -> Iterator[Any]:
     """The `claimed` ledger records of a run, or with one of these keys."""
-    from cron_pipelines.clients.http import RejectedRecord
+    from cron_pipelines.models.records import RejectedRecord
 
     if run_id is not None:
         window = _run_window(instance, run_id)
@@ -221,7 +221,7 @@ def _claimed_records(client, instance, run_id: str | None, keys: list[str] | Non
 
 def command_settle(settings: Settings, args: argparse.Namespace) -> int:
     """Record stuck claims `sent` or `failed` after an operator checked the mail server's logs."""
-    from cron_pipelines.clients.models import PLANNED_MESSAGE_ID, NotificationOutcome, format_instant
+    from cron_pipelines.models.payloads import PLANNED_MESSAGE_ID, NotificationOutcome, format_instant
     from cron_pipelines.resources import build_resources
     from cron_pipelines.safe_text import printable
 
@@ -267,7 +267,7 @@ def command_settle(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def command_health(settings: Settings, args: argparse.Namespace) -> int:
-    from cron_pipelines.observability.health import CheckResult, report, run_health_checks
+    from cron_pipelines.health import CheckResult, report, run_health_checks
 
     try:
         instance = _instance(settings)

@@ -21,7 +21,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from cron_pipelines.clients.models import ErrorBody
+from cron_pipelines.models.payloads import ErrorBody
 from cron_pipelines.clients.tokens import TokenError
 from demo_services.auth import TokenVerifier
 from demo_services.faults import FaultInjector, InstrumentationMiddleware, RequestLog

@@ -21,7 +21,7 @@ from datetime import date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from cron_pipelines.clients.models import format_instant
+from cron_pipelines.models.payloads import format_instant
 from demo_services.store import DemoStore
 
 _FIRST_NAMES = (

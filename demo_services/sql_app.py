@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, FastAPI, Query
 from fastapi.responses import JSONResponse
 
-from cron_pipelines.clients.models import (
+from cron_pipelines.models.payloads import (
     Due,
     DueStatus,
     OverdueMark,

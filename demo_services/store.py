@@ -22,7 +22,7 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from cron_pipelines.clients.models import (
+from cron_pipelines.models.payloads import (
     Deactivation,
     NotificationClaim,
     NotificationOutcome,

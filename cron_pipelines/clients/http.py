@@ -41,7 +41,8 @@ from cron_pipelines.clients.errors import (
     ServiceUnavailable,
 )
 from cron_pipelines.clients.tokens import TokenIssuer
-from cron_pipelines.observability.logs import request_log
+from cron_pipelines.log_format import request_log
+from cron_pipelines.models.records import RejectedRecord, describe_validation_error
 from cron_pipelines.safe_text import printable
 
 logger = logging.getLogger("cron_pipelines.clients")
@@ -79,29 +80,6 @@ class Backoff:
         ceiling = min(self.max_delay, self.base_delay * 2**retry_number)
         # "Equal jitter": never less than half the exponential step, never in lockstep.
         return ceiling / 2 + random.uniform(0, ceiling / 2)
-
-
-@dataclass(frozen=True)
-class RejectedRecord:
-    """A listed record that failed validation: the caller records a skip instead of crashing."""
-
-    record_id: str | None
-    reason: str
-    raw: Any = field(repr=False)
-
-
-@dataclass
-class RejectedTally:
-    """How many records were rejected, with a bounded sample of which and why."""
-
-    sample_size: int = 10
-    count: int = 0
-    sample: list[str] = field(default_factory=list)
-
-    def add(self, record: RejectedRecord) -> None:
-        self.count += 1
-        if len(self.sample) < self.sample_size:
-            self.sample.append(f"{printable(record.record_id or '<no id>', 80)}: {printable(record.reason, 200)}")
 
 
 @dataclass
@@ -145,23 +123,11 @@ class BatchReply:
 
 
 class RequestObserver(Protocol):
-    """Receives every request's result (metrics); see cron_pipelines.observability.metrics."""
+    """Receives every request's result (metrics); see cron_pipelines.resources.metrics."""
 
     def request_finished(self, *, service: str, endpoint: str, status: str, seconds: float) -> None: ...
 
     def request_retried(self, *, service: str, endpoint: str) -> None: ...
-
-
-def describe_validation_error(exc: ValidationError, limit: int = 3) -> str:
-    """A short reason naming the failing fields, e.g. `amount_cents: Input should be a valid integer`."""
-    parts = []
-    for error in exc.errors()[:limit]:
-        location = ".".join(printable(part, 40) for part in error["loc"]) or "record"
-        parts.append(f"{location}: {error['msg']}")
-    more = len(exc.errors()) - limit
-    if more > 0:
-        parts.append(f"and {more} more")
-    return "; ".join(parts)
 
 
 def chunked(items: Iterable[Any], size: int) -> Iterator[list[Any]]:

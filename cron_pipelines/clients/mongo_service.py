@@ -6,8 +6,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
-from cron_pipelines.clients.http import BatchReply, RejectedRecord, ServiceClient, chunked
-from cron_pipelines.clients.models import (
+from cron_pipelines.clients.http import BatchReply, ServiceClient, chunked
+from cron_pipelines.models.records import RejectedRecord
+from cron_pipelines.models.payloads import (
     ClaimResult,
     Deactivation,
     DeactivationResult,

@@ -6,8 +6,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from datetime import date
 from typing import Any
 
-from cron_pipelines.clients.http import RejectedRecord, ServiceClient
-from cron_pipelines.clients.models import (
+from cron_pipelines.models.records import RejectedRecord
+from cron_pipelines.clients.http import ServiceClient
+from cron_pipelines.models.payloads import (
     Due,
     DueStatus,
     OverdueMark,

@@ -15,8 +15,8 @@ import dagster as dg
 from pydantic import BaseModel, Field
 
 from cron_pipelines.clients.errors import ServiceAuthError, ServiceProtocolError, ServiceRequestError
-from cron_pipelines.clients.http import RejectedRecord
-from cron_pipelines.notifications.messages import NotificationKind
+from cron_pipelines.models.records import RejectedRecord
+from cron_pipelines.models.notification import NotificationKind
 from cron_pipelines.notifications.pipeline import Gate, Journal, NotificationPipeline, RunInfo
 from cron_pipelines.notifications.transports import MailTransport
 from cron_pipelines.resources import MailerResource, MetricsResource, MongoServiceResource

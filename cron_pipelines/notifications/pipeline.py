@@ -38,8 +38,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from cron_pipelines.clients.http import RejectedRecord, RejectedTally, chunked, describe_validation_error
-from cron_pipelines.clients.models import (
+from cron_pipelines.models.records import RejectedRecord, RejectedTally, describe_validation_error
+from cron_pipelines.clients.http import chunked
+from cron_pipelines.models.payloads import (
     CLAIM_TOKEN,
     PLANNED_MESSAGE_ID,
     ClaimResult,
@@ -48,7 +49,8 @@ from cron_pipelines.clients.models import (
     format_instant,
 )
 from cron_pipelines.clients.mongo_service import MongoServiceClient
-from cron_pipelines.notifications.messages import MessageComposer, Notification, OutgoingMessage, UnsendableNotification
+from cron_pipelines.notifications.composition import MessageComposer, OutgoingMessage, UnsendableNotification
+from cron_pipelines.models.notification import Notification
 from cron_pipelines.notifications.transports import MailServerUnavailable, MailTransport, SendResult
 from cron_pipelines.safe_text import printable
 
@@ -326,6 +328,11 @@ class NotificationPipeline:
             self._record(released)
             if released:
                 self._log.warning("released %d claim(s) sent without an answer as `failed`", len(released))
+
+    @property
+    def batch_size(self) -> int:
+        """Notifications claimed per ledger request: callers that read in chunks read this many."""
+        return self._batch_size
 
     @property
     def left_claimed(self) -> int:

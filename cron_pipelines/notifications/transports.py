@@ -30,7 +30,7 @@ from pathlib import Path
 from queue import Queue
 from typing import Literal, Protocol
 
-from cron_pipelines.notifications.messages import OutgoingMessage
+from cron_pipelines.notifications.composition import OutgoingMessage
 from cron_pipelines.safe_text import printable
 
 SendStatus = Literal["sent", "rejected", "failed", "unavailable", "stopped"]

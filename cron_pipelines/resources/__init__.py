@@ -12,7 +12,7 @@ from typing import Any
 from dagster import EnvVar
 from pydantic import SecretStr
 
-from cron_pipelines.observability.metrics import MetricsResource
+from cron_pipelines.resources.metrics import MetricsResource
 from cron_pipelines.resources.mailer import MailerResource
 from cron_pipelines.resources.services import (
     InternalJwtResource,

@@ -9,7 +9,7 @@ from typing import Optional
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from cron_pipelines.notifications.messages import MessageComposer
+from cron_pipelines.notifications.composition import MessageComposer
 from cron_pipelines.notifications.transports import MailTransport, OutboxTransport, SmtpSettings, SmtpTransport
 
 

@@ -11,9 +11,16 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from cron_pipelines.clients.http import RejectedRecord
-from cron_pipelines.clients.models import Id, InactiveUser, InstantStr, NotificationRecord, parse_instant, usable_email
-from cron_pipelines.notifications.messages import Notification, NotificationKind
+from cron_pipelines.models.records import RejectedRecord
+from cron_pipelines.models.payloads import (
+    Id,
+    InactiveUser,
+    InstantStr,
+    NotificationRecord,
+    parse_instant,
+    usable_email,
+)
+from cron_pipelines.models.notification import Notification, NotificationKind
 from cron_pipelines.rules.calendar import BusinessDay
 from cron_pipelines.rules.confirmations import resendable
 

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 
 from pydantic import BaseModel, Field
 
-from cron_pipelines.clients.models import NotificationRecord, parse_instant
+from cron_pipelines.models.payloads import NotificationRecord, parse_instant
 
 
 class StaleClaimPolicy(BaseModel):

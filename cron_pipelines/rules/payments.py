@@ -11,9 +11,9 @@ from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
-from cron_pipelines.clients.http import RejectedRecord
-from cron_pipelines.clients.models import Due, Id, usable_email, usable_id
-from cron_pipelines.notifications.messages import Notification, NotificationKind
+from cron_pipelines.models.records import RejectedRecord
+from cron_pipelines.models.payloads import Due, Id, usable_email, usable_id
+from cron_pipelines.models.notification import Notification, NotificationKind
 
 # ISO 4217 currencies without minor units; every other one is shown with two decimals.
 _ZERO_DECIMAL_CURRENCIES = frozenset({"BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG", "RWF", "UGX", "VND", "VUV", "XAF", "XOF", "XPF"})

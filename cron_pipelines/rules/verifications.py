@@ -12,8 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from cron_pipelines.clients.models import Verification, VerificationAttempt
-from cron_pipelines.notifications.messages import Notification, NotificationKind
+from cron_pipelines.models.payloads import Verification, VerificationAttempt
+from cron_pipelines.models.notification import Notification, NotificationKind
 from cron_pipelines.rules.calendar import BusinessDay
 from cron_pipelines.rules.confirmations import resendable
 

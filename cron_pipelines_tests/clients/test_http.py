@@ -18,8 +18,9 @@ from cron_pipelines.clients.errors import (
     ServiceRequestError,
     ServiceUnavailable,
 )
-from cron_pipelines.clients.http import Backoff, RejectedRecord, ServiceClient
-from cron_pipelines.clients.models import Due, NotificationClaim
+from cron_pipelines.clients.http import Backoff, ServiceClient
+from cron_pipelines.models.records import RejectedRecord
+from cron_pipelines.models.payloads import Due, NotificationClaim
 from cron_pipelines.clients.mongo_service import MongoServiceClient
 from cron_pipelines.clients.sql_service import SqlServiceClient
 from cron_pipelines.clients.tokens import TokenIssuer

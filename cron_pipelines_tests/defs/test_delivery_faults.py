@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from cron_pipelines.clients.models import format_instant
+from cron_pipelines.models.payloads import format_instant
 from cron_pipelines_tests.demo_services.helpers import due, user
 from cron_pipelines_tests.support.job_world import JobWorld, check_result, failure_messages, metadata
 

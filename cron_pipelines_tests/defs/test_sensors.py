@@ -10,7 +10,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from cron_pipelines.clients.models import format_instant
+from cron_pipelines.models.payloads import format_instant
 from cron_pipelines_tests.support.services import ServiceWorld
 from cron_pipelines_tests.demo_services.helpers import attempt, due, user
 from cron_pipelines_tests.conftest import TEST_JWT_SECRET

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cron_pipelines.clients.models import ClaimResult, NotificationClaim, NotificationRecord, parse_instant
+from cron_pipelines.models.payloads import ClaimResult, NotificationClaim, NotificationRecord, parse_instant
 from demo_services import DemoStore
 from cron_pipelines_tests.support.services import ServiceWorld
 from cron_pipelines_tests.demo_services.helpers import assert_error, claim, fetch_all, ids, ledger_record

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from cron_pipelines.clients.models import InactiveUser, VerificationAttempt
+from cron_pipelines.models.payloads import InactiveUser, VerificationAttempt
 from demo_services import DemoStore
 from cron_pipelines_tests.demo_services.helpers import assert_error, attempt, fetch_all, ids, user
 

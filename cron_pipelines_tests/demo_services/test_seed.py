@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cron_pipelines.clients.models import parse_instant
+from cron_pipelines.models.payloads import parse_instant
 from demo_services import DemoStore, seed_demo_data
 from cron_pipelines_tests.demo_services.helpers import fetch_all, ids
 

@@ -6,7 +6,7 @@ import pytest
 import httpx
 from pydantic import ValidationError
 
-from cron_pipelines.clients.models import Due, Verification
+from cron_pipelines.models.payloads import Due, Verification
 from demo_services import DemoStore
 from cron_pipelines_tests.demo_services.helpers import assert_error, due, fetch_all, ids, user, verification
 

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from cron_pipelines.clients.models import NotificationClaim
+from cron_pipelines.models.payloads import NotificationClaim
 from demo_services import DemoStore
 from demo_services.store import sortable_instant
 from cron_pipelines_tests.demo_services.helpers import attempt, due, ledger_record, user, verification

@@ -16,7 +16,7 @@ import dagster as dg
 import httpx
 import pytest
 
-from cron_pipelines.observability.health import check_daemon
+from cron_pipelines.health import check_daemon
 from cron_pipelines_tests.deploy.conftest import PostgresHome
 from cron_pipelines_tests.deploy.stack import PROGRAMS, Stack, alive, running_stack
 from cron_pipelines_tests.support.smtp_sink import SmtpSink

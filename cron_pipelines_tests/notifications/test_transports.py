@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from cron_pipelines.notifications.messages import MessageComposer, Notification, NotificationKind, OutgoingMessage
+from cron_pipelines.notifications.composition import MessageComposer, OutgoingMessage
+from cron_pipelines.models.notification import Notification, NotificationKind
 from cron_pipelines.notifications.transports import OutboxTransport, SmtpSettings, SmtpTransport
 from cron_pipelines_tests.support.certificates import self_signed_localhost
 from cron_pipelines_tests.support.smtp_sink import SmtpSink, free_port

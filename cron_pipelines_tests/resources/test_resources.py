@@ -11,7 +11,7 @@ import dagster as dg
 import pytest
 
 from cron_pipelines.defs import build_definitions
-from cron_pipelines.clients.models import Due
+from cron_pipelines.models.payloads import Due
 from cron_pipelines.resources import MailerResource, build_resources
 from cron_pipelines.settings import load_settings
 

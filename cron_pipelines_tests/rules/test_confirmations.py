@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from cron_pipelines.clients.models import InactiveUser, NotificationRecord, Verification
-from cron_pipelines.notifications.messages import Notification
+from cron_pipelines.models.payloads import InactiveUser, NotificationRecord, Verification
+from cron_pipelines.models.notification import Notification
 from cron_pipelines.rules.calendar import BusinessDay
 from cron_pipelines.rules.confirmations import confirmation_from_record, confirmation_skip_reason
 from cron_pipelines.rules.inactivity import account_deactivated

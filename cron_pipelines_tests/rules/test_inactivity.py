@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from cron_pipelines.clients.http import RejectedRecord
-from cron_pipelines.clients.models import InactiveUser, NotificationRecord, format_instant
-from cron_pipelines.notifications.messages import Notification, NotificationKind
+from cron_pipelines.models.records import RejectedRecord
+from cron_pipelines.models.payloads import InactiveUser, NotificationRecord, format_instant
+from cron_pipelines.models.notification import Notification, NotificationKind
 from cron_pipelines.rules.calendar import BusinessDay
 from cron_pipelines.rules.inactivity import (
     InactivityPolicy,

@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from pydantic import ValidationError
 
-from cron_pipelines.clients.models import NotificationRecord, format_instant
+from cron_pipelines.models.payloads import NotificationRecord, format_instant
 from cron_pipelines.rules.ledger import StaleClaimPolicy, is_stale_claim
 
 AS_OF = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)

@@ -8,8 +8,8 @@ from itertools import count
 import pytest
 from pydantic import ValidationError
 
-from cron_pipelines.clients.models import Verification, VerificationAttempt, format_instant
-from cron_pipelines.notifications.messages import NotificationKind
+from cron_pipelines.models.payloads import Verification, VerificationAttempt, format_instant
+from cron_pipelines.models.notification import NotificationKind
 from cron_pipelines.rules.calendar import BusinessDay
 from cron_pipelines.rules.verifications import (
     Decision,

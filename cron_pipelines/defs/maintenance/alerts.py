@@ -7,9 +7,9 @@ from datetime import datetime, timezone
 
 import dagster as dg
 
-from cron_pipelines.clients.models import PLANNED_MESSAGE_ID, NotificationRecord, format_instant
+from cron_pipelines.models.payloads import PLANNED_MESSAGE_ID, NotificationRecord, format_instant
 from cron_pipelines.defs.daily import DailyOptions
-from cron_pipelines.notifications.messages import Notification, NotificationKind
+from cron_pipelines.models.notification import Notification, NotificationKind
 from cron_pipelines.notifications.pipeline import NotificationPipeline, RunInfo
 from cron_pipelines.resources import MailerResource, MongoServiceResource
 from cron_pipelines.rules.ledger import StaleClaimPolicy, is_stale_claim

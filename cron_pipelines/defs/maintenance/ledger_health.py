@@ -5,7 +5,7 @@ from datetime import datetime, timezone
 
 import dagster as dg
 
-from cron_pipelines.clients.http import RejectedRecord, RejectedTally
+from cron_pipelines.models.records import RejectedRecord, RejectedTally
 from cron_pipelines.defs.daily import DailyOptions, daily_job
 from cron_pipelines.defs.delivery import Stopwatch, business_day, no_retry_on_permanent_errors, summary_metadata
 from cron_pipelines.defs.services_data import NOTIFICATION_LEDGER

@@ -5,8 +5,8 @@ from datetime import date
 
 import dagster as dg
 
-from cron_pipelines.clients.http import RejectedRecord
-from cron_pipelines.clients.models import Due, DueStatus
+from cron_pipelines.models.records import RejectedRecord
+from cron_pipelines.models.payloads import Due, DueStatus
 from cron_pipelines.defs.delivery import (
     DeliveryThresholds,
     Stopwatch,
@@ -15,7 +15,7 @@ from cron_pipelines.defs.delivery import (
     delivery_step,
     summary_metadata,
 )
-from cron_pipelines.notifications.messages import Notification
+from cron_pipelines.models.notification import Notification
 from cron_pipelines.resources import MailerResource, MetricsResource, MongoServiceResource, SqlServiceResource
 
 DueRule = Callable[[Iterable[Due | RejectedRecord], date], Iterable[Notification | RejectedRecord]]

@@ -5,7 +5,7 @@ from collections.abc import Iterator
 
 import dagster as dg
 
-from cron_pipelines.clients.http import RejectedRecord, RejectedTally
+from cron_pipelines.models.records import RejectedRecord, RejectedTally
 from cron_pipelines.defs.daily import DailyOptions, daily_job
 from cron_pipelines.defs.delivery import (
     DeliveryThresholds,

@@ -5,8 +5,9 @@ from collections.abc import Sequence
 
 import dagster as dg
 
-from cron_pipelines.clients.http import MAX_BATCH_ITEMS, RejectedRecord, chunked
-from cron_pipelines.clients.models import ClaimResult, Deactivation, InactiveUser
+from cron_pipelines.clients.http import chunked
+from cron_pipelines.models.records import RejectedRecord
+from cron_pipelines.models.payloads import ClaimResult, Deactivation, InactiveUser
 from cron_pipelines.clients.mongo_service import MongoServiceClient
 from cron_pipelines.defs.daily import DailyOptions, daily_job
 from cron_pipelines.defs.delivery import (
@@ -21,7 +22,7 @@ from cron_pipelines.defs.delivery import (
 )
 from cron_pipelines.defs.services_data import NOTIFICATION_LEDGER, USER_ACTIVITY
 from cron_pipelines.defs.users.inactivity_warnings import InactivityConfig
-from cron_pipelines.notifications.messages import Notification, NotificationKind
+from cron_pipelines.models.notification import Notification, NotificationKind
 from cron_pipelines.notifications.pipeline import Gate
 from cron_pipelines.resources import MailerResource, MetricsResource, MongoServiceResource
 from cron_pipelines.rules import inactivity as rules
@@ -54,7 +55,7 @@ def inactive_user_deactivations(
     with delivery_step(context, mongo_service, mailer, metrics) as step:
         pipeline = step.pipeline()
         users = mongo_service.client.iter_inactive_users(last_active_before=cutoff)
-        for chunk in chunked(users, MAX_BATCH_ITEMS):
+        for chunk in chunked(users, pipeline.batch_size):
             candidates: dict[str, InactiveUser] = {}  # by id: a user listed twice is decided once
             for user in chunk:
                 if isinstance(user, RejectedRecord):

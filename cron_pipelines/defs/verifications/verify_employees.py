@@ -11,8 +11,9 @@ from zoneinfo import ZoneInfo
 import dagster as dg
 from pydantic import Field
 
-from cron_pipelines.clients.http import MAX_BATCH_ITEMS, RejectedRecord, RejectedTally, chunked
-from cron_pipelines.clients.models import (
+from cron_pipelines.clients.http import chunked
+from cron_pipelines.models.records import RejectedRecord, RejectedTally
+from cron_pipelines.models.payloads import (
     ClaimResult,
     Verification,
     VerificationAttempt,
@@ -34,7 +35,7 @@ from cron_pipelines.defs.delivery import (
     summary_metadata,
 )
 from cron_pipelines.defs.services_data import NOTIFICATION_LEDGER, VERIFICATION_ATTEMPTS, VERIFICATIONS
-from cron_pipelines.notifications.messages import Notification, NotificationKind
+from cron_pipelines.models.notification import Notification, NotificationKind
 from cron_pipelines.notifications.pipeline import Gate
 from cron_pipelines.resources import MailerResource, MetricsResource, MongoServiceResource, SqlServiceResource
 from cron_pipelines.rules import verifications as rules
@@ -77,7 +78,7 @@ def verify_employees(
         decisions = step.pipeline()
         reminders = step.pipeline()
         pending = sql_service.client.iter_verifications(statuses=["pending"])
-        for chunk in chunked(pending, MAX_BATCH_ITEMS):
+        for chunk in chunked(pending, decisions.batch_size):
             verifications = []
             for verification in chunk:
                 if isinstance(verification, RejectedRecord):

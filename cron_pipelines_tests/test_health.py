@@ -15,7 +15,7 @@ import pytest
 from dagster._daemon.types import DaemonHeartbeat
 
 from cron_pipelines_tests.support.services import ServiceWorld
-from cron_pipelines.observability.health import report, run_health_checks
+from cron_pipelines.health import report, run_health_checks
 from cron_pipelines.settings import load_settings
 from cron_pipelines_tests.support.job_world import job_environment
 from cron_pipelines_tests.support.smtp_sink import SmtpSink, free_port

@@ -11,7 +11,7 @@ import dagster as dg
 import pytest
 
 from cron_pipelines_tests.support.services import ServiceWorld
-from cron_pipelines.observability.logs import JsonLogFormatter, mask_emails
+from cron_pipelines.log_format import JsonLogFormatter, mask_emails
 from cron_pipelines_tests.conftest import TEST_JWT_SECRET
 from cron_pipelines_tests.demo_services.helpers import due, user
 from cron_pipelines_tests.support.job_world import JobWorld, job_environment
@@ -30,7 +30,7 @@ def world(services: ServiceWorld, tmp_path: Path, log_file: Path) -> Iterator[Jo
         "python_log_level": "INFO",
         "dagster_handler_config": {
             "handlers": {"json": {"class": "logging.FileHandler", "filename": str(log_file), "formatter": "json"}},
-            "formatters": {"json": {"()": "cron_pipelines.observability.logs.JsonLogFormatter"}},
+            "formatters": {"json": {"()": "cron_pipelines.log_format.JsonLogFormatter"}},
         },
     }
     home = tmp_path / "home"

@@ -1,4 +1,4 @@
-"""What a notification is, and how it becomes an email (contract §6).
+"""How a notification becomes an email (docs/services.md, "The mail").
 
 Rendering is the hot path of a large run: the stdlib generator spends most of a
 message's ~0.7 ms folding headers and compiling a regex per boundary. The messages
@@ -17,41 +17,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from email.header import Header
 from email.utils import formataddr, formatdate, make_msgid, parseaddr, quote
-from enum import StrEnum
 from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
-from cron_pipelines.clients.models import MAX_NAME_CHARACTERS
+from cron_pipelines.models.notification import Notification, NotificationKind
+from cron_pipelines.models.payloads import MAX_NAME_CHARACTERS
 from cron_pipelines.safe_text import without_bidi_controls
-
-
-class NotificationKind(StrEnum):
-    PAYMENT_REMINDER = "payment_reminder"
-    OVERDUE_NOTICE = "overdue_notice"
-    INACTIVITY_WARNING = "inactivity_warning"
-    ACCOUNT_DEACTIVATED = "account_deactivated"
-    VERIFICATION_RESULT = "verification_result"
-    VERIFICATION_REMINDER = "verification_reminder"
-    OPS_ALERT = "ops_alert"
-
-
-@dataclass(frozen=True)
-class Notification:
-    """One email a business rule decided to send; `key` is its idempotency key (contract §5)."""
-
-    key: str
-    kind: NotificationKind
-    user_id: str | None
-    email: str | None
-    name: str | None
-    context: Mapping[str, Any] = field(default_factory=dict)
-    # Why it is sent (ids, dates, offsets): stored with the ledger record for auditors.
-    metadata: Mapping[str, Any] = field(default_factory=dict)
-    # Set when the source record is unusable: the notification is claimed and recorded
-    # `skipped` with this reason, and never composed or sent.
-    skip_reason: str | None = None
 
 
 @dataclass(frozen=True)

@@ -7,14 +7,13 @@ from email import policy
 
 import pytest
 
-from cron_pipelines.notifications.messages import (
+from cron_pipelines.notifications.composition import (
     MessageComposer,
-    Notification,
-    NotificationKind,
     Recipient,
     UnsendableNotification,
     check_recipient,
 )
+from cron_pipelines.models.notification import Notification, NotificationKind
 
 KIND_CONTEXTS = {
     NotificationKind.PAYMENT_REMINDER: {"amount": "INR 1,250.00", "description": "Membership fee", "due_date": "2026-12-05", "days_before": 7},

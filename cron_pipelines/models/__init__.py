@@ -1,0 +1,4 @@
+"""The vocabulary every layer shares: service payloads, notifications, rejected records.
+
+Layers point one way: models ← rules ← notifications ← resources ← defs ← cli.
+"""

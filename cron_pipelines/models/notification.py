@@ -1,0 +1,35 @@
+"""What a notification is: one email a business rule decided to send, and its kind."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class NotificationKind(StrEnum):
+    PAYMENT_REMINDER = "payment_reminder"
+    OVERDUE_NOTICE = "overdue_notice"
+    INACTIVITY_WARNING = "inactivity_warning"
+    ACCOUNT_DEACTIVATED = "account_deactivated"
+    VERIFICATION_RESULT = "verification_result"
+    VERIFICATION_REMINDER = "verification_reminder"
+    OPS_ALERT = "ops_alert"
+
+
+@dataclass(frozen=True)
+class Notification:
+    """One email a business rule decided to send; `key` is its idempotency key (contract §5)."""
+
+    key: str
+    kind: NotificationKind
+    user_id: str | None
+    email: str | None
+    name: str | None
+    context: Mapping[str, Any] = field(default_factory=dict)
+    # Why it is sent (ids, dates, offsets): stored with the ledger record for auditors.
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    # Set when the source record is unusable: the notification is claimed and recorded
+    # `skipped` with this reason, and never composed or sent.
+    skip_reason: str | None = None

@@ -1,1 +1,0 @@
-"""What the project tells operators besides run metadata: JSON log lines and Prometheus metrics."""
