@@ -92,7 +92,7 @@ def mask_recipient(address: str | None) -> str:
 
 
 def _audit_records(client, args: argparse.Namespace, run_window: tuple[datetime, datetime] | None) -> Iterator[Any]:
-    from cron_pipelines.models.records import RejectedRecord
+    from cron_pipelines.models.records import InvalidRecord
 
     kind = args.kind or (args.key.split(":", 1)[0] if args.key else None)
     since = datetime.combine(args.since, time(0), tzinfo=timezone.utc) if args.since else None
@@ -100,7 +100,7 @@ def _audit_records(client, args: argparse.Namespace, run_window: tuple[datetime,
     if run_window is not None:
         since, until = run_window
     for record in client.iter_notifications(user_id=args.user, kind=kind, status=args.status, since=since, until=until):
-        if isinstance(record, RejectedRecord):
+        if isinstance(record, InvalidRecord):
             print(f"warning: unreadable ledger record {record.record_id}: {record.reason}", file=sys.stderr)
             continue
         if args.key and record.idempotency_key != args.key:
@@ -203,7 +203,7 @@ _UNFINISHED = ("QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING")
 
 def _claimed_records(client, instance, run_id: str | None, keys: list[str] | None) -> Iterator[Any]:
     """The `claimed` ledger records of a run, or with one of these keys."""
-    from cron_pipelines.models.records import RejectedRecord
+    from cron_pipelines.models.records import InvalidRecord
 
     if run_id is not None:
         window = _run_window(instance, run_id)
@@ -213,7 +213,7 @@ def _claimed_records(client, instance, run_id: str | None, keys: list[str] | Non
     wanted = set(keys or [])
     for query in queries:
         for record in client.iter_notifications(status="claimed", **query):
-            if isinstance(record, RejectedRecord):
+            if isinstance(record, InvalidRecord):
                 print(f"warning: unreadable ledger record {record.record_id}: {record.reason}", file=sys.stderr)
             elif (run_id is not None and record.run_id == run_id) or record.idempotency_key in wanted:
                 yield record

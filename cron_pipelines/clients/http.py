@@ -42,7 +42,7 @@ from cron_pipelines.clients.errors import (
 )
 from cron_pipelines.clients.tokens import TokenIssuer
 from cron_pipelines.log_format import request_log
-from cron_pipelines.models.records import RejectedRecord, describe_validation_error
+from cron_pipelines.models.records import InvalidRecord, describe_validation_error
 from cron_pipelines.safe_text import printable
 
 logger = logging.getLogger("cron_pipelines.clients")
@@ -88,7 +88,7 @@ class ClientStats:
 
     requests: Counter[str] = field(default_factory=Counter)
     retries: int = 0
-    rejected_records: int = 0
+    invalid_records: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def count_request(self, endpoint: str) -> None:
@@ -99,9 +99,9 @@ class ClientStats:
         with self._lock:
             self.retries += 1
 
-    def count_rejected(self) -> None:
+    def count_invalid(self) -> None:
         with self._lock:
-            self.rejected_records += 1
+            self.invalid_records += 1
 
 
 @dataclass(frozen=True)
@@ -490,10 +490,10 @@ class ServiceClient:
         params: Mapping[str, Any] | None = None,
         *,
         id_field: str = "id",
-    ) -> Iterator[M | RejectedRecord]:
+    ) -> Iterator[M | InvalidRecord]:
         """Every item of a list endpoint, fetched page by page as the caller consumes them.
 
-        An item that does not validate against `model` is yielded as a RejectedRecord.
+        An item that does not validate against `model` is yielded as a InvalidRecord.
         A page with more items than asked for, or a `next_cursor` this pagination has
         already followed (a loop), is a ServiceProtocolError: the stream would not end.
         """
@@ -526,13 +526,13 @@ class ServiceClient:
                 )
             followed.add(digest)
 
-    def _validate_item(self, model: type[M], raw: Any, id_field: str) -> M | RejectedRecord:
+    def _validate_item(self, model: type[M], raw: Any, id_field: str) -> M | InvalidRecord:
         try:
             return model.model_validate(raw)
         except ValidationError as exc:
-            self.stats.count_rejected()
+            self.stats.count_invalid()
             record_id = raw.get(id_field) if isinstance(raw, dict) else None
-            return RejectedRecord(
+            return InvalidRecord(
                 record_id=printable(record_id, 120) if record_id is not None else None,
                 reason=describe_validation_error(exc),
                 raw=raw,

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from cron_pipelines.clients.http import BatchReply, ServiceClient, chunked
-from cron_pipelines.models.records import RejectedRecord
+from cron_pipelines.models.records import InvalidRecord
 from cron_pipelines.models.payloads import (
     ClaimResult,
     Deactivation,
@@ -30,7 +30,7 @@ class MongoServiceClient(ServiceClient):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(service=MONGO_SERVICE, **kwargs)
 
-    def iter_inactive_users(self, *, last_active_before: datetime) -> Iterator[InactiveUser | RejectedRecord]:
+    def iter_inactive_users(self, *, last_active_before: datetime) -> Iterator[InactiveUser | InvalidRecord]:
         return self.paginate(
             "/v1/users/inactive", InactiveUser, {"last_active_before": format_instant(last_active_before)}
         )
@@ -42,7 +42,7 @@ class MongoServiceClient(ServiceClient):
 
     def iter_verification_attempts(
         self, *, verification_ids: Sequence[str] | None = None, since: datetime | None = None
-    ) -> Iterator[VerificationAttempt | RejectedRecord]:
+    ) -> Iterator[VerificationAttempt | InvalidRecord]:
         """Attempts in (attempted_at, id) order; more than 100 ids are queried 100 at a time."""
         since_param = {"since": format_instant(since)} if since is not None else {}
         if verification_ids is None:
@@ -68,7 +68,7 @@ class MongoServiceClient(ServiceClient):
         status: NotificationStatus | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
-    ) -> Iterator[NotificationRecord | RejectedRecord]:
+    ) -> Iterator[NotificationRecord | InvalidRecord]:
         params: dict[str, Any] = {"user_id": user_id, "kind": kind, "status": status}
         if since is not None:
             params["since"] = format_instant(since)

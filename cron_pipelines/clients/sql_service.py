@@ -6,7 +6,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from datetime import date
 from typing import Any
 
-from cron_pipelines.models.records import RejectedRecord
+from cron_pipelines.models.records import InvalidRecord
 from cron_pipelines.clients.http import ServiceClient
 from cron_pipelines.models.payloads import (
     Due,
@@ -32,7 +32,7 @@ class SqlServiceClient(ServiceClient):
         statuses: Sequence[DueStatus],
         due_from: date | None = None,
         due_to: date | None = None,
-    ) -> Iterator[Due | RejectedRecord]:
+    ) -> Iterator[Due | InvalidRecord]:
         params: dict[str, Any] = {"status": list(statuses)}
         if due_from is not None:
             params["due_from"] = due_from.isoformat()
@@ -44,7 +44,7 @@ class SqlServiceClient(ServiceClient):
         marks = (OverdueMark(due_id=due_id) for due_id in due_ids)
         return self.write_all("/v1/dues/overdue-marks", marks, OverdueMarkResult)
 
-    def iter_verifications(self, *, statuses: Sequence[VerificationStatus]) -> Iterator[Verification | RejectedRecord]:
+    def iter_verifications(self, *, statuses: Sequence[VerificationStatus]) -> Iterator[Verification | InvalidRecord]:
         return self.paginate("/v1/verifications", Verification, {"status": list(statuses)})
 
     def decide_verifications(

@@ -6,7 +6,7 @@ import functools
 import inspect
 import itertools
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +15,7 @@ import dagster as dg
 from pydantic import BaseModel, Field
 
 from cron_pipelines.clients.errors import ServiceAuthError, ServiceProtocolError, ServiceRequestError
-from cron_pipelines.models.records import RejectedRecord
+from cron_pipelines.models.records import InvalidRecord
 from cron_pipelines.models.notification import NotificationKind
 from cron_pipelines.notifications.pipeline import Gate, Journal, NotificationPipeline, RunInfo
 from cron_pipelines.notifications.transports import MailTransport
@@ -66,7 +66,7 @@ def no_retry_on_permanent_errors(fn: Callable) -> Callable:
     return function
 
 
-def business_day(context: dg.AssetExecutionContext) -> BusinessDay:
+def business_day_of(context: dg.AssetExecutionContext) -> BusinessDay:
     partitions_def = context.assets_def.partitions_def
     assert isinstance(partitions_def, dg.TimeWindowPartitionsDefinition)
     return BusinessDay.from_partition_key(context.partition_key, partitions_def.timezone)
@@ -259,8 +259,8 @@ def resend_failed_confirmations(
     failed = []
     records = mongo_service.client.iter_notifications(kind=kind, status="failed")
     for record in itertools.islice(records, FAILED_CONFIRMATIONS_PER_RUN):
-        if isinstance(record, RejectedRecord):
-            pipeline.stats.count_rejected(record)
+        if isinstance(record, InvalidRecord):
+            pipeline.stats.count_invalid(record)
         else:
             failed.append(confirmation_from_record(record))
     pipeline.deliver(failed, gate=gate)
@@ -276,10 +276,15 @@ class Stopwatch:
         return round(time.perf_counter() - self._started, 3)
 
 
-def summary_metadata(day: BusinessDay, stopwatch: Stopwatch, **extra: Any) -> dict[str, Any]:
+def prefixed(prefix: str, counts: Mapping[str, int], names: Iterable[str]) -> dict[str, int]:
+    """Counts under one prefix (`write.marked`, `decision.expired`), every name present, zero or not."""
+    return {f"{prefix}.{name}": counts.get(name, 0) for name in names}
+
+
+def summary_metadata(business_day: BusinessDay, stopwatch: Stopwatch, **extra: Any) -> dict[str, Any]:
     return {
-        "business_date": day.day.isoformat(),
-        "timezone": str(day.timezone),
+        "business_date": business_day.day.isoformat(),
+        "timezone": str(business_day.timezone),
         "duration_seconds": stopwatch.seconds,
         **extra,
     }
@@ -301,8 +306,8 @@ def delivery_check_result(
 ) -> dg.AssetCheckResult:
     counts = pipeline.stats.counts
     failed, skipped, claimed = counts.get("failed", 0), counts.get("skipped", 0), counts.get("claimed", 0)
-    rejected = counts.get("rejected", 0)
-    skipped_ratio = (skipped + rejected) / max(claimed + rejected, 1)
+    invalid = counts.get("invalid", 0)
+    skipped_ratio = (skipped + invalid) / max(claimed + invalid, 1)
     # Claimed with no outcome recorded: each is an email nobody knows the fate of.
     too_many_failed = failed > thresholds.max_failed or pipeline.left_claimed > 0
     too_many_skipped = skipped_ratio > thresholds.max_skipped_ratio
@@ -315,7 +320,7 @@ def delivery_check_result(
             "failed": failed,
             "left_claimed": pipeline.left_claimed,
             "skipped": skipped,
-            "rejected_records": rejected,
+            "invalid": invalid,
             "skipped_ratio": round(skipped_ratio, 4),
             "max_failed": thresholds.max_failed,
             "max_skipped_ratio": thresholds.max_skipped_ratio,

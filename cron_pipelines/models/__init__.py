@@ -1,4 +1,4 @@
-"""The vocabulary every layer shares: service payloads, notifications, rejected records.
+"""The vocabulary every layer shares: service payloads, notifications, invalid records.
 
 Layers point one way: models ← rules ← notifications ← resources ← defs ← cli.
 """

@@ -11,7 +11,7 @@ from cron_pipelines.safe_text import printable
 
 
 @dataclass(frozen=True)
-class RejectedRecord:
+class InvalidRecord:
     """A listed record that failed validation: the caller records a skip instead of crashing."""
 
     record_id: str | None
@@ -20,14 +20,14 @@ class RejectedRecord:
 
 
 @dataclass
-class RejectedTally:
-    """How many records were rejected, with a bounded sample of which and why."""
+class InvalidTally:
+    """How many records were invalid, with a bounded sample of which and why."""
 
     sample_size: int = 10
     count: int = 0
     sample: list[str] = field(default_factory=list)
 
-    def add(self, record: RejectedRecord) -> None:
+    def add(self, record: InvalidRecord) -> None:
         self.count += 1
         if len(self.sample) < self.sample_size:
             self.sample.append(f"{printable(record.record_id or '<no id>', 80)}: {printable(record.reason, 200)}")

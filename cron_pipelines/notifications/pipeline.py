@@ -38,7 +38,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from cron_pipelines.models.records import RejectedRecord, RejectedTally, describe_validation_error
+from cron_pipelines.models.records import InvalidRecord, InvalidTally, describe_validation_error
 from cron_pipelines.clients.http import chunked
 from cron_pipelines.models.payloads import (
     CLAIM_TOKEN,
@@ -56,7 +56,8 @@ from cron_pipelines.safe_text import printable
 
 logger = logging.getLogger("cron_pipelines.notifications")
 
-OUTCOMES = ("claimed", "duplicate", "sent", "failed", "skipped", "rejected", "repeated_in_source")
+# The counts every notification asset reports (README, "Auditing"): claim outcomes, then ledger statuses.
+COUNTS = ("claimed", "duplicate", "sent", "failed", "skipped", "invalid", "repeated_in_source")
 PROGRESS_LOG_INTERVAL_SECONDS = 10.0
 DEFAULT_BATCH_SIZE = 100
 MAX_BATCH_SIZE = 500  # the contract's batch limit
@@ -87,7 +88,7 @@ class DeliveryStats:
     counts_by_kind: dict[str, Counter[str]] = field(default_factory=dict)
     skip_reasons: Counter[str] = field(default_factory=Counter)
     samples: dict[str, list[str]] = field(default_factory=dict)
-    rejected: RejectedTally = field(default_factory=RejectedTally)
+    invalid: InvalidTally = field(default_factory=InvalidTally)
 
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -110,10 +111,10 @@ class DeliveryStats:
             if reason in self.skip_reasons or len(self.skip_reasons) < 50:
                 self.skip_reasons[reason] += 1
 
-    def count_rejected(self, record: RejectedRecord) -> None:
+    def count_invalid(self, record: InvalidRecord) -> None:
         with self._lock:
-            self.counts["rejected"] += 1
-            self.rejected.add(record)
+            self.counts["invalid"] += 1
+            self.invalid.add(record)
 
 
 @dataclass
@@ -238,7 +239,7 @@ class NotificationPipeline:
         self.journal.outcomes.extend(outcomes)
         self._flush_journal()
 
-    def deliver(self, items: Iterable[Notification | RejectedRecord], *, gate: Gate | None = None) -> None:
+    def deliver(self, items: Iterable[Notification | InvalidRecord], *, gate: Gate | None = None) -> None:
         """Deliver a stream of notifications batch by batch; RejectedRecords are counted, not sent.
 
         While one batch is being sent, the next is claimed and composed, so the ledger,
@@ -247,7 +248,7 @@ class NotificationPipeline:
         self._deliver(items, gate, None)
 
     def deliver_chunk(
-        self, items: Sequence[Notification | RejectedRecord], *, gate: Gate | None = None
+        self, items: Sequence[Notification | InvalidRecord], *, gate: Gate | None = None
     ) -> dict[str, ClaimResult]:
         """Deliver these notifications now; each key's claim result, for rules that depend on it."""
         claims: dict[str, ClaimResult] = {}
@@ -255,7 +256,7 @@ class NotificationPipeline:
         return claims
 
     def _deliver(
-        self, items: Iterable[Notification | RejectedRecord], gate: Gate | None, claims: dict[str, ClaimResult] | None
+        self, items: Iterable[Notification | InvalidRecord], gate: Gate | None, claims: dict[str, ClaimResult] | None
     ) -> None:
         # At most three batches are claimed and not yet recorded: one being recorded, one
         # with the mail server, one claimed and composed next.
@@ -341,25 +342,25 @@ class NotificationPipeline:
 
     def metadata(self) -> dict[str, Any]:
         """Counts (numeric, plotted by the UI) and bounded samples of keys and reasons."""
-        metadata: dict[str, Any] = {outcome: self.stats.counts.get(outcome, 0) for outcome in OUTCOMES}
+        metadata: dict[str, Any] = {outcome: self.stats.counts.get(outcome, 0) for outcome in COUNTS}
         metadata["left_claimed"] = self.left_claimed
         if len(self.stats.counts_by_kind) > 1:
             for kind, counts in sorted(self.stats.counts_by_kind.items()):
-                for outcome in OUTCOMES:
+                for outcome in COUNTS:
                     if counts.get(outcome):
                         metadata[f"{kind}.{outcome}"] = counts[outcome]
         for outcome, keys in sorted(self.stats.samples.items()):
             metadata[f"sample_{outcome}_keys"] = list(keys)
         if self.stats.skip_reasons:
             metadata["skip_reasons"] = dict(self.stats.skip_reasons.most_common(10))
-        if self.stats.rejected.sample:
-            metadata["rejected_records_sample"] = list(self.stats.rejected.sample)
+        if self.stats.invalid.sample:
+            metadata["invalid_records_sample"] = list(self.stats.invalid.sample)
         return metadata
 
     # -- a batch's life: claim and compose, start (send), finish (record) -----------------
 
     def _claim_and_compose(
-        self, items: Sequence[Notification | RejectedRecord], gate: Gate | None, batch: _Batch
+        self, items: Sequence[Notification | InvalidRecord], gate: Gate | None, batch: _Batch
     ) -> None:
         claimable = self._claimable(items)
         if not claimable:
@@ -371,13 +372,13 @@ class NotificationPipeline:
         for (notification, claim), reason in zip(batch.owned, reasons):
             self._compose(notification, claim, reason, batch)
 
-    def _claimable(self, items: Sequence[Notification | RejectedRecord]) -> list[tuple[Notification, NotificationClaim]]:
+    def _claimable(self, items: Sequence[Notification | InvalidRecord]) -> list[tuple[Notification, NotificationClaim]]:
         """The batch's notifications with their claims, each key once; the rest counted."""
         seen: set[str] = set()
         claimable = []
         for item in items:
-            if isinstance(item, RejectedRecord):
-                self.stats.count_rejected(item)
+            if isinstance(item, InvalidRecord):
+                self.stats.count_invalid(item)
                 continue
             if item.key in seen:
                 self.stats.count("repeated_in_source", item.kind, item.key)
@@ -396,7 +397,7 @@ class NotificationPipeline:
                 )
             except ValidationError as exc:
                 # Not even a ledger record can be made of it (e.g. an absurd id in the key).
-                self.stats.count_rejected(RejectedRecord(printable(item.key, 80), describe_validation_error(exc), None))
+                self.stats.count_invalid(InvalidRecord(printable(item.key, 80), describe_validation_error(exc), None))
                 continue
             claimable.append((item, claim))
         return claimable
@@ -548,17 +549,17 @@ class NotificationPipeline:
     # -- outcomes ------------------------------------------------------------------
 
     def _outcome_of_sending(self, notification: Notification, message: OutgoingMessage, result: SendResult) -> NotificationOutcome:
-        if result.status == "sent":
+        if result.outcome == "sent":
             self.stats.count("sent", notification.kind, notification.key)
             return self._outcome(notification, "sent", message_id=message.message_id)
-        if result.status == "rejected":  # refused for good: no run tries it again
+        if result.outcome == "bounced":  # refused for good: no run tries it again
             reason = result.error or "refused by the mail server"
             self.stats.count_skip(notification.kind, notification.key, reason)
             return self._outcome(notification, "skipped", error=reason)
-        if result.status == "unavailable":
+        if result.outcome == "unavailable":
             self._unavailable += 1
             self._last_unavailable_error = self._last_unavailable_error or result.error
-        elif result.status == "stopped":
+        elif result.outcome == "stopped":
             self._stopped_sending += 1
         self.stats.count("failed", notification.kind, notification.key)
         return self._outcome(notification, "failed", error=result.error)

@@ -3,7 +3,7 @@
 Both answer a batch with one result per message, so the notification pipeline
 records every outcome the same way:
 - `sent`;
-- `rejected`: refused for good (a 5xx reply to RCPT, DATA or the end of data, or an
+- `bounced`: refused for good (a 5xx reply to RCPT, DATA or the end of data, or an
   address that needs SMTPUTF8 where the server lacks it): never tried again;
 - `failed`: refused for now (4xx, a dropped session): a later run tries again;
 - `unavailable`: the server cannot be reached at all; the rest of the batch is
@@ -33,14 +33,14 @@ from typing import Literal, Protocol
 from cron_pipelines.notifications.composition import OutgoingMessage
 from cron_pipelines.safe_text import printable
 
-SendStatus = Literal["sent", "rejected", "failed", "unavailable", "stopped"]
+SendOutcome = Literal["sent", "bounced", "failed", "unavailable", "stopped"]
 STOPPED = "not sent: the run was stopped before this message was handed to the mail server"
 
 
 @dataclass(frozen=True)
 class SendResult:
     key: str
-    status: SendStatus
+    outcome: SendOutcome
     error: str | None = None
 
 
@@ -113,7 +113,7 @@ def _reply_text(code: int, reply: bytes | str) -> str:
 def _refusal(code: int, reply: bytes | str, key: str, what: str) -> SendResult:
     """A 5xx is permanent (the address bounced): recorded so that no run tries it again."""
     if 500 <= code < 600:
-        return SendResult(key, "rejected", f"bounced: {what}: {_reply_text(code, reply)}")
+        return SendResult(key, "bounced", f"bounced: {what}: {_reply_text(code, reply)}")
     return SendResult(key, "failed", f"{what}: {_reply_text(code, reply)}")
 
 
@@ -212,7 +212,7 @@ class _SmtpConnection:
         if message.smtputf8:
             smtp.ehlo_or_helo_if_needed()
             if not smtp.has_extn("smtputf8"):
-                return SendResult(message.key, "rejected",
+                return SendResult(message.key, "bounced",
                                   "not sent: the address needs SMTPUTF8, which the mail server does not offer")
             options = ("SMTPUTF8",)
         try:
@@ -299,7 +299,7 @@ class SmtpTransport:
                 result = connection.send(message)
         finally:
             self._connections.put(connection)
-        if result.status == "unavailable":
+        if result.outcome == "unavailable":
             # Once the server is gone, don't pay a connect timeout per remaining message.
             self._down_reason = result.error or "SMTP server unavailable"
             self._server_down.set()

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from cron_pipelines.models.records import RejectedRecord
+from cron_pipelines.models.records import InvalidRecord
 from cron_pipelines.models.payloads import (
     Id,
     InactiveUser,
@@ -94,23 +94,23 @@ class _UserKeyFields(BaseModel):
 
 
 def inactivity_warnings(
-    users: Iterable[InactiveUser | RejectedRecord], business_day: BusinessDay, policy: InactivityPolicy
-) -> Iterator[Notification | RejectedRecord]:
+    users: Iterable[InactiveUser | InvalidRecord], business_day: BusinessDay, policy: InactivityPolicy
+) -> Iterator[Notification | InvalidRecord]:
     """A warning for each user inactive long enough; malformed users become recorded skips where keyable."""
     for user in users:
-        if isinstance(user, RejectedRecord):
+        if isinstance(user, InvalidRecord):
             yield _skip_for_malformed_user(user) or user
         elif is_inactive(user, business_day, policy.warn_after_days):
             yield inactivity_warning(user, business_day, policy)
 
 
-def _skip_for_malformed_user(rejected: RejectedRecord) -> Notification | None:
+def _skip_for_malformed_user(invalid: InvalidRecord) -> Notification | None:
     try:
-        fields = _UserKeyFields.model_validate(rejected.raw)
+        fields = _UserKeyFields.model_validate(invalid.raw)
     except ValidationError:
         return None
     last_active_at = fields.last_login_at or fields.created_at
-    raw = rejected.raw if isinstance(rejected.raw, Mapping) else {}
+    raw = invalid.raw if isinstance(invalid.raw, Mapping) else {}
     return Notification(
         key=inactivity_warning_key(fields.id, last_active_at),
         kind=NotificationKind.INACTIVITY_WARNING,
@@ -118,7 +118,7 @@ def _skip_for_malformed_user(rejected: RejectedRecord) -> Notification | None:
         email=usable_email(raw.get("email")),
         name=None,
         metadata={"last_active_at": last_active_at},
-        skip_reason=f"malformed user record: {rejected.reason}",
+        skip_reason=f"malformed user record: {invalid.reason}",
     )
 
 

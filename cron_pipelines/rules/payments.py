@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
-from cron_pipelines.models.records import RejectedRecord
+from cron_pipelines.models.records import InvalidRecord
 from cron_pipelines.models.payloads import Due, Id, usable_email, usable_id
 from cron_pipelines.models.notification import Notification, NotificationKind
 
@@ -116,20 +116,20 @@ class _DueKeyFields(BaseModel):
 
 
 def _skip_for_malformed_due(
-    rejected: RejectedRecord,
+    invalid: InvalidRecord,
     kind: NotificationKind,
     offset_of: Callable[[date], int],
     offsets: list[int],
     key_of: Callable[[str, date, int], str],
 ) -> Notification | None:
     try:
-        fields = _DueKeyFields.model_validate(rejected.raw)
+        fields = _DueKeyFields.model_validate(invalid.raw)
     except ValidationError:
-        return None  # not even a key can be formed: the caller counts it as rejected
+        return None  # not even a key can be formed: the caller counts it as invalid
     offset = offset_of(fields.due_date)
     if offset not in offsets:
         return None
-    raw = rejected.raw if isinstance(rejected.raw, Mapping) else {}
+    raw = invalid.raw if isinstance(invalid.raw, Mapping) else {}
     user = raw.get("user")
     return Notification(
         key=key_of(fields.id, fields.due_date, offset),
@@ -139,45 +139,45 @@ def _skip_for_malformed_due(
         email=usable_email(user.get("email")) if isinstance(user, Mapping) else None,
         name=None,
         metadata={"due_id": fields.id, "due_date": fields.due_date.isoformat()},
-        skip_reason=f"malformed due record: {rejected.reason}",
+        skip_reason=f"malformed due record: {invalid.reason}",
     )
 
 
 def _notifications_for_dues(
-    dues: Iterable[Due | RejectedRecord],
+    dues: Iterable[Due | InvalidRecord],
     notification_for: Callable[[Due], Notification | None],
-    skip_for_malformed: Callable[[RejectedRecord], Notification | None],
-) -> Iterator[Notification | RejectedRecord]:
+    skip_for_malformed: Callable[[InvalidRecord], Notification | None],
+) -> Iterator[Notification | InvalidRecord]:
     for due in dues:
-        if isinstance(due, RejectedRecord):
+        if isinstance(due, InvalidRecord):
             yield skip_for_malformed(due) or due
         elif (notification := notification_for(due)) is not None:
             yield notification
 
 
 def payment_reminders(
-    dues: Iterable[Due | RejectedRecord], day: date, policy: PaymentReminderPolicy
-) -> Iterator[Notification | RejectedRecord]:
+    dues: Iterable[Due | InvalidRecord], day: date, policy: PaymentReminderPolicy
+) -> Iterator[Notification | InvalidRecord]:
     """The reminders `day` owes, in the order of `dues`; malformed dues become recorded skips where keyable."""
     return _notifications_for_dues(
         dues,
         lambda due: payment_reminder(due, day, policy),
-        lambda rejected: _skip_for_malformed_due(
-            rejected, NotificationKind.PAYMENT_REMINDER, lambda due_date: (due_date - day).days,
+        lambda invalid: _skip_for_malformed_due(
+            invalid, NotificationKind.PAYMENT_REMINDER, lambda due_date: (due_date - day).days,
             policy.reminder_days_before, payment_reminder_key,
         ),
     )
 
 
 def overdue_notices(
-    dues: Iterable[Due | RejectedRecord], day: date, policy: OverduePolicy
-) -> Iterator[Notification | RejectedRecord]:
+    dues: Iterable[Due | InvalidRecord], day: date, policy: OverduePolicy
+) -> Iterator[Notification | InvalidRecord]:
     """The overdue notices `day` owes; malformed dues become recorded skips where keyable."""
     return _notifications_for_dues(
         dues,
         lambda due: overdue_notice(due, day, policy),
-        lambda rejected: _skip_for_malformed_due(
-            rejected, NotificationKind.OVERDUE_NOTICE, lambda due_date: (day - due_date).days,
+        lambda invalid: _skip_for_malformed_due(
+            invalid, NotificationKind.OVERDUE_NOTICE, lambda due_date: (day - due_date).days,
             policy.notice_days_past_due, overdue_notice_key,
         ),
     )

@@ -19,7 +19,7 @@ from cron_pipelines.clients.errors import (
     ServiceUnavailable,
 )
 from cron_pipelines.clients.http import Backoff, ServiceClient
-from cron_pipelines.models.records import RejectedRecord
+from cron_pipelines.models.records import InvalidRecord
 from cron_pipelines.models.payloads import Due, NotificationClaim
 from cron_pipelines.clients.mongo_service import MongoServiceClient
 from cron_pipelines.clients.sql_service import SqlServiceClient
@@ -95,9 +95,9 @@ def test_malformed_records_are_yielded_as_rejections_and_counted(services: Servi
     )
     with _sql(services, sleeps) as client:
         items = list(client.iter_dues(statuses=["pending"]))
-        assert client.stats.rejected_records == 2
+        assert client.stats.invalid_records == 2
     valid = [item.id for item in items if isinstance(item, Due)]
-    rejected = {item.record_id: item.reason for item in items if isinstance(item, RejectedRecord)}
+    rejected = {item.record_id: item.reason for item in items if isinstance(item, InvalidRecord)}
     assert valid == ["ok_1", "ok_2"]
     assert set(rejected) == {"bad_amount", "bad_date"}
     assert "amount_cents" in rejected["bad_amount"] and "due_date" in rejected["bad_date"]

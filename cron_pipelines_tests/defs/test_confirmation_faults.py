@@ -43,7 +43,7 @@ def test_a_deactivation_email_lost_to_a_mail_outage_is_sent_by_a_later_run(world
     assert "&lt;Old&gt;" in mail.message.get_body(("html",)).get_content()
     assert (world.ledger()[DEACTIVATED]["status"], world.ledger()[DEACTIVATED]["attempts"]) == ("sent", 2)
     summary = metadata(back, "inactive_user_deactivations")
-    assert (summary["failed_confirmations_retried"], summary["already_inactive"], summary["sent"]) == (1, 1, 1)
+    assert (summary["failed_confirmations_retried"], summary["write.already_inactive"], summary["sent"]) == (1, 1, 1)
 
     assert world.run("deactivate_inactive_users", D).success
     assert len(_deactivation_mails(world)) == 1
@@ -77,7 +77,7 @@ def test_a_deactivation_whose_answer_was_lost_is_confirmed_by_a_later_run(world:
 
     later = world.run("deactivate_inactive_users", D)
     assert later.success and len(_deactivation_mails(world)) == 1
-    assert metadata(later, "inactive_user_deactivations")["already_inactive"] == 1
+    assert metadata(later, "inactive_user_deactivations")["write.already_inactive"] == 1
 
 
 def test_a_verification_result_lost_to_a_mail_outage_is_sent_by_a_later_run(world: JobWorld) -> None:
@@ -95,5 +95,5 @@ def test_a_verification_result_lost_to_a_mail_outage_is_sent_by_a_later_run(worl
     assert back.success
     assert world.sent_keys() == ["verification_result:v_ok:verified"]
     decisions = metadata(back, "verification_decisions")
-    assert (decisions["failed_confirmations_retried"], decisions["unchanged"], decisions["email_sent"]) == (1, 1, 1)
+    assert (decisions["failed_confirmations_retried"], decisions["write.unchanged"], decisions["sent"]) == (1, 1, 1)
     assert world.run("verify_employees", D).success and len(world.mails()) == 1

@@ -102,8 +102,8 @@ def test_an_unkeyable_record_is_counted_as_rejected(world: JobWorld) -> None:
     result = world.run("send_payment_reminders", D)
     assert result.success and world.sent_keys() == GOOD_KEYS
     summary = metadata(result, "payment_reminders")
-    assert summary["rejected"] == 1
-    assert summary["rejected_records_sample"] == [
+    assert summary["invalid"] == 1
+    assert summary["invalid_records_sample"] == [
         "due_baddate: due_date: Datetimes provided to dates should have zero time - e.g. be exact dates"
     ]
 

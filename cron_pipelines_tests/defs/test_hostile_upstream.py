@@ -183,9 +183,9 @@ def test_a_600_character_id_is_counted_invalid_and_the_rest_is_sent(world: JobWo
     assert result.success
     assert world.sent_keys() == ["payment_reminder:due_ok:2026-12-01:3"]
     summary = metadata(result, "payment_reminders")
-    assert summary["rejected"] == 1 and summary["sent"] == 1
-    assert "id: String should have at most 128 characters" in summary["rejected_records_sample"][0]
-    assert summary["rejected_records_sample"][0].startswith("d" * 80 + "…")
+    assert summary["invalid"] == 1 and summary["sent"] == 1
+    assert "id: String should have at most 128 characters" in summary["invalid_records_sample"][0]
+    assert summary["invalid_records_sample"][0].startswith("d" * 80 + "…")
     _assert_each_key_mailed_at_most_once_and_nothing_left_claimed(world)
 
 

@@ -71,11 +71,12 @@ def test_deactivation_needs_a_warning_sent_a_week_ago_and_warns_the_rest(world: 
         "inactivity_warning:u_never:2026-06-01T00:00:00Z",
     ])
     summary = metadata(result, "inactive_user_deactivations")
-    assert summary["deactivated"] == 2
-    assert summary["warning_states"] == {"deactivate": 2, "grace_pending": 1, "warned_now": 2}
+    assert summary["write.deactivated"] == 2
+    assert {state: summary[f"warning.{state}"] for state in ("deactivate", "grace_pending", "warned_now")} == {
+        "deactivate": 2, "grace_pending": 1, "warned_now": 2}
     assert summary["account_deactivated.sent"] == 2 and summary["inactivity_warning.sent"] == 2
 
     again = world.run("deactivate_inactive_users", D)
     assert again.success and len(world.mails()) == 4
-    assert metadata(again, "inactive_user_deactivations")["deactivated"] == 0
+    assert metadata(again, "inactive_user_deactivations")["write.deactivated"] == 0
 

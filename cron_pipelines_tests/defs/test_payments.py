@@ -57,8 +57,8 @@ def test_reminders_send_exactly_what_the_day_owes(world: JobWorld) -> None:
     assert ledger["payment_reminder:due_d3:2026-12-01:3"]["metadata"]["due_id"] == "due_d3"
 
     summary = metadata(result, "payment_reminders")
-    assert {name: summary[name] for name in ("claimed", "sent", "skipped", "failed", "duplicate", "rejected")} == {
-        "claimed": 4, "sent": 4, "skipped": 0, "failed": 0, "duplicate": 0, "rejected": 0,
+    assert {name: summary[name] for name in ("claimed", "sent", "skipped", "failed", "duplicate", "invalid")} == {
+        "claimed": 4, "sent": 4, "skipped": 0, "failed": 0, "duplicate": 0, "invalid": 0,
     }
     assert summary["business_date"] == D and summary["due_from"] == D and summary["due_to"] == "2026-12-05"
     assert set(summary["sample_sent_keys"]) == set(EXPECTED_ON_D)
@@ -144,7 +144,7 @@ def test_mark_overdue_marks_past_due_dues_then_sends_notices(world: JobWorld) ->
     assert store.get_due("pend_today")["status"] == "pending"
     assert store.get_due("paid_old")["status"] == "paid" and store.get_due("cancel_old")["status"] == "cancelled"
     marks = metadata(result, "overdue_marks")
-    assert (marks["marked"], marks["already_overdue"], marks["invalid_state"]) == (2, 0, 0)
+    assert (marks["write.marked"], marks["write.already_overdue"], marks["write.invalid_state"]) == (2, 0, 0)
     assert world.sent_keys() == sorted(
         [
             "overdue_notice:pend_1:2026-11-27:1",
@@ -157,5 +157,5 @@ def test_mark_overdue_marks_past_due_dues_then_sends_notices(world: JobWorld) ->
 
     again = world.run("mark_overdue_dues", D)
     assert again.success and len(world.mails()) == 4
-    assert metadata(again, "overdue_marks")["marked"] == 0
+    assert metadata(again, "overdue_marks")["write.marked"] == 0
     assert metadata(again, "overdue_notices")["duplicate"] == 4

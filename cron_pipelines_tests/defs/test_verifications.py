@@ -55,13 +55,13 @@ def test_decisions_and_reminders(world: JobWorld) -> None:
     rejected_mail = next(m for m in world.mails() if m.notification_id == "verification_result:v_five:rejected")
     assert rejected_mail.rcpt_tos == ("v_five@example.org",)
     decisions = metadata(result, "verification_decisions")
-    assert (decisions["verified"], decisions["rejected"], decisions["expired"], decisions["updated"]) == (1, 1, 1, 3)
-    assert decisions["email_sent"] == 3
+    assert (decisions["decision.verified"], decisions["decision.rejected"], decisions["decision.expired"]) == (1, 1, 1)
+    assert (decisions["write.updated"], decisions["sent"]) == (3, 3)
     assert metadata(result, "verification_reminders")["sent"] == 2
 
     again = world.run("verify_employees", D)
     assert again.success and world.sent_keys() == EXPECTED
-    assert metadata(again, "verification_decisions")["updated"] == 0
+    assert metadata(again, "verification_decisions")["write.updated"] == 0
 
 
 def test_a_decision_made_elsewhere_is_not_announced(world: JobWorld) -> None:

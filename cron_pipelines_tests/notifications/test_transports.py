@@ -53,7 +53,7 @@ def test_outbox_writes_one_parseable_eml_per_message_in_time_order(tmp_path: Pat
     messages = _messages(5)
     results = list(transport.send_batch(messages[:3])) + list(transport.send_batch(messages[3:]))
 
-    assert [result.status for result in results] == ["sent"] * 5
+    assert [result.outcome for result in results] == ["sent"] * 5
     files = sorted(os.listdir(tmp_path / "outbox"))
     assert len(files) == 5 and all(name.endswith(".eml") for name in files)
     parsed = [email.message_from_bytes((tmp_path / "outbox" / name).read_bytes(), policy=policy.default) for name in files]
@@ -74,7 +74,7 @@ def test_outbox_that_cannot_be_written_reports_every_message_unavailable(tmp_pat
     finally:
         if (tmp_path / "outbox").is_dir():
             (tmp_path / "outbox").chmod(0o700)
-    assert [result.status for result in results] == ["unavailable", "unavailable"]
+    assert [result.outcome for result in results] == ["unavailable", "unavailable"]
     assert all("outbox not writable" in (result.error or "") for result in results)
 
 
@@ -88,7 +88,7 @@ def test_smtp_delivers_over_one_reused_connection(smtp_sink: SmtpSink) -> None:
         results = list(transport.send_batch(messages))
     finally:
         transport.close()
-    assert [result.status for result in results] == ["sent"] * 20
+    assert [result.outcome for result in results] == ["sent"] * 20
     received = smtp_sink.wait_for(20)
     assert [mail.notification_id for mail in received] == [message.key for message in messages]
     assert received[0].mail_from == "no-reply@example.com" and received[0].rcpt_tos == ("u0@example.com",)
@@ -104,7 +104,7 @@ def test_refused_recipients_fail_only_their_own_message_permanently_or_for_now(s
         results = list(transport.send_batch(_messages(4)))
     finally:
         transport.close()
-    assert [result.status for result in results] == ["sent", "rejected", "failed", "sent"]
+    assert [result.outcome for result in results] == ["sent", "bounced", "failed", "sent"]
     assert results[1].error is not None and results[1].error.startswith("bounced: recipient refused: 550 5.1.1")
     assert results[2].error is not None and results[2].error.startswith("recipient refused: 451 4.3.0")
     assert {mail.rcpt_tos[0] for mail in smtp_sink.wait_for(2)} == {"u0@example.com", "u3@example.com"}
@@ -114,9 +114,9 @@ def test_a_dropped_connection_is_reopened_once(smtp_sink: SmtpSink) -> None:
     transport = _smtp(smtp_sink, max_connections=1)
     messages = _messages(4)
     try:
-        assert [r.status for r in list(transport.send_batch(messages[:2]))] == ["sent", "sent"]
+        assert [r.outcome for r in list(transport.send_batch(messages[:2]))] == ["sent", "sent"]
         smtp_sink.restart()  # the server drops the session the transport holds
-        assert [r.status for r in list(transport.send_batch(messages[2:]))] == ["sent", "sent"]
+        assert [r.outcome for r in list(transport.send_batch(messages[2:]))] == ["sent", "sent"]
     finally:
         transport.close()
     assert [mail.notification_id for mail in smtp_sink.wait_for(4)] == [message.key for message in messages]
@@ -129,7 +129,7 @@ def test_a_server_that_is_down_marks_the_batch_unavailable_quickly() -> None:
         results = list(transport.send_batch(_messages(50)))
     finally:
         transport.close()
-    assert {result.status for result in results} == {"unavailable"}
+    assert {result.outcome for result in results} == {"unavailable"}
     assert "cannot connect to SMTP server" in (results[0].error or "")
     assert time.monotonic() - started < 5
 
@@ -142,8 +142,8 @@ def test_server_going_down_mid_batch_keeps_what_was_sent(smtp_sink: SmtpSink) ->
         second = list(transport.send_batch(_messages(3, prefix="b")))
     finally:
         transport.close()
-    assert [r.status for r in first] == ["sent", "sent"]
-    assert [r.status for r in second] == ["unavailable"] * 3
+    assert [r.outcome for r in first] == ["sent", "sent"]
+    assert [r.outcome for r in second] == ["unavailable"] * 3
 
 
 def test_login_when_credentials_are_configured() -> None:
@@ -152,7 +152,7 @@ def test_login_when_credentials_are_configured() -> None:
             SmtpSettings(host=sink.host, port=sink.port, username="mailer", password="s3cret-password", timeout=5)
         )
         try:
-            assert [r.status for r in list(transport.send_batch(_messages(2)))] == ["sent", "sent"]
+            assert [r.outcome for r in list(transport.send_batch(_messages(2)))] == ["sent", "sent"]
         finally:
             transport.close()
         assert sink.logins and set(sink.logins) == {"mailer"}
@@ -162,7 +162,7 @@ def test_login_when_credentials_are_configured() -> None:
             results = list(wrong.send_batch(_messages(1)))
         finally:
             wrong.close()
-        assert results[0].status == "unavailable"
+        assert results[0].outcome == "unavailable"
         assert "login refused" in (results[0].error or "") and "nope" not in (results[0].error or "")
 
 
@@ -177,7 +177,7 @@ def test_tls_modes(tmp_path: Path, security: str) -> None:
             SmtpSettings(host="127.0.0.1", port=sink.port, security=security, timeout=5, ssl_context=tls.client_context())
         )
         try:
-            assert [r.status for r in list(transport.send_batch(_messages(2)))] == ["sent", "sent"]
+            assert [r.outcome for r in list(transport.send_batch(_messages(2)))] == ["sent", "sent"]
         finally:
             transport.close()
         assert len(sink.wait_for(2)) == 2
@@ -194,7 +194,7 @@ def test_parallel_connections_share_the_work_and_pay_latency_in_parallel() -> No
         finally:
             transport.close()
         assert [r.key for r in results] == [m.key for m in messages]  # results in input order
-        assert {r.status for r in results} == {"sent"}
+        assert {r.outcome for r in results} == {"sent"}
         assert sorted(mail.notification_id for mail in sink.wait_for(40)) == sorted(m.key for m in messages)
         # Sequentially this is 40 x 60 ms = 2.4 s; eight sessions must do far better.
         assert elapsed < 1.2
@@ -209,7 +209,7 @@ def test_rate_limit_is_never_exceeded_in_any_second_at_the_server(smtp_sink: Smt
         elapsed = time.monotonic() - started
     finally:
         transport.close()
-    assert {result.status for result in results} == {"sent"}
+    assert {result.outcome for result in results} == {"sent"}
     arrivals = sorted(smtp_sink.arrivals)
     assert len(arrivals) == 120
     busiest = max(sum(1 for other in arrivals if moment - 1.0 < other <= moment) for moment in arrivals)

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from cron_pipelines.models.records import RejectedRecord
+from cron_pipelines.models.records import InvalidRecord
 from cron_pipelines.models.payloads import InactiveUser, NotificationRecord, format_instant
 from cron_pipelines.models.notification import Notification, NotificationKind
 from cron_pipelines.rules.calendar import BusinessDay
@@ -241,7 +241,7 @@ def test_malformed_user_with_a_usable_key_becomes_a_recorded_skip() -> None:
         "last_login_at": "2026-08-01T17:30:00+05:30",
         "created_at": CREATED,
     }
-    record = RejectedRecord(record_id="usr_bad", reason="email: Input should be a valid string", raw=raw)
+    record = InvalidRecord(record_id="usr_bad", reason="email: Input should be a valid string", raw=raw)
 
     [item] = list(inactivity_warnings([record], business_day(), POLICY))
 
@@ -254,7 +254,7 @@ def test_malformed_user_with_a_usable_key_becomes_a_recorded_skip() -> None:
 
 def test_malformed_never_logged_in_user_skip_uses_created_at() -> None:
     raw = {"id": "usr_bad", "status": "weird", "last_login_at": None, "created_at": "2026-01-01T00:00:00+01:00"}
-    record = RejectedRecord(record_id="usr_bad", reason="status: bad", raw=raw)
+    record = InvalidRecord(record_id="usr_bad", reason="status: bad", raw=raw)
 
     [item] = list(inactivity_warnings([record], business_day(), POLICY))
 
@@ -274,7 +274,7 @@ def test_malformed_never_logged_in_user_skip_uses_created_at() -> None:
     ids=["no-id", "bad-instant", "naive-instant", "no-created_at", "string"],
 )
 def test_malformed_user_without_a_usable_key_stays_rejected(raw: Any) -> None:
-    record = RejectedRecord(record_id=None, reason="bad", raw=raw)
+    record = InvalidRecord(record_id=None, reason="bad", raw=raw)
 
     assert list(inactivity_warnings([record], business_day(), POLICY)) == [record]
 

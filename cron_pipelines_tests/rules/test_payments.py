@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from cron_pipelines.models.records import RejectedRecord
+from cron_pipelines.models.records import InvalidRecord
 from cron_pipelines.models.payloads import Due, DueUser
 from cron_pipelines.models.notification import Notification, NotificationKind
 from cron_pipelines.rules.payments import (
@@ -68,9 +68,9 @@ def raw_due(**overrides: Any) -> dict[str, Any]:
     return raw
 
 
-def rejected(raw: Any, reason: str = "amount_cents: Input should be a valid integer") -> RejectedRecord:
+def rejected(raw: Any, reason: str = "amount_cents: Input should be a valid integer") -> InvalidRecord:
     record_id = raw.get("id") if isinstance(raw, dict) else None
-    return RejectedRecord(record_id=str(record_id) if record_id is not None else None, reason=reason, raw=raw)
+    return InvalidRecord(record_id=str(record_id) if record_id is not None else None, reason=reason, raw=raw)
 
 
 DEFAULT_REMINDERS = PaymentReminderPolicy()
@@ -332,7 +332,7 @@ def test_malformed_due_off_the_reminder_days_yields_no_notification(days_before:
 
 
 def test_malformed_and_valid_dues_keep_their_order() -> None:
-    dues: list[Due | RejectedRecord] = [
+    dues: list[Due | InvalidRecord] = [
         make_due(due_id="due_a", due_date=days_from_d(7)),
         rejected(raw_due(amount_cents="lots")),
         make_due(due_id="due_b", due_date=days_from_d(5)),
@@ -428,7 +428,7 @@ def test_custom_notice_window_starts_at_its_largest_offset() -> None:
 
 
 def test_overdue_notices_stream_with_a_malformed_due() -> None:
-    dues: list[Due | RejectedRecord] = [
+    dues: list[Due | InvalidRecord] = [
         make_due(due_id="due_a", due_date=days_from_d(-7), status="overdue"),
         make_due(due_id="due_b", due_date=days_from_d(-8), status="overdue"),
         rejected(raw_due(due_date=days_from_d(-14).isoformat(), status="overdue", amount_cents=None)),
@@ -462,7 +462,7 @@ def test_overdue_malformed_due_off_the_notice_days_yields_no_notification(days_p
 
 
 def test_a_due_with_only_a_wrongly_typed_user_id_is_still_recorded_as_a_skip() -> None:
-    rejected = RejectedRecord(
+    rejected = InvalidRecord(
         "due_9",
         "user_id: Input should be a valid string",
         {"id": "due_9", "user_id": 42, "due_date": "2026-12-01", "status": "pending"},

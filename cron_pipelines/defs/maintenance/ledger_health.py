@@ -5,9 +5,9 @@ from datetime import datetime, timezone
 
 import dagster as dg
 
-from cron_pipelines.models.records import RejectedRecord, RejectedTally
+from cron_pipelines.models.records import InvalidRecord, InvalidTally
 from cron_pipelines.defs.daily import DailyOptions, daily_job
-from cron_pipelines.defs.delivery import Stopwatch, business_day, no_retry_on_permanent_errors, summary_metadata
+from cron_pipelines.defs.delivery import Stopwatch, business_day_of, no_retry_on_permanent_errors, summary_metadata
 from cron_pipelines.defs.services_data import NOTIFICATION_LEDGER
 from cron_pipelines.resources import MetricsResource, MongoServiceResource
 from cron_pipelines.rules.ledger import StaleClaimPolicy, is_stale_claim
@@ -34,16 +34,16 @@ def ledger_health(
     """
     stopwatch = Stopwatch()
     metrics.observe(mongo_service.client)
-    day = business_day(context)
-    cutoff = config.cutoff(day.as_of(datetime.now(timezone.utc)))
+    business_day = business_day_of(context)
+    cutoff = config.cutoff(business_day.as_of(datetime.now(timezone.utc)))
     by_kind: Counter[str] = Counter()
     by_run: Counter[str] = Counter()
     sample: list[str] = []
-    rejected = RejectedTally()
+    invalid = InvalidTally()
     oldest: str | None = None
     for record in mongo_service.client.iter_notifications(status="claimed", until=cutoff):
-        if isinstance(record, RejectedRecord):
-            rejected.add(record)
+        if isinstance(record, InvalidRecord):
+            invalid.add(record)
             continue
         if not is_stale_claim(record, cutoff):
             continue
@@ -57,7 +57,7 @@ def ledger_health(
         context.log.warning("%d notification(s) claimed but never finished, in %d run(s)", stale, len(by_run))
     return dg.MaterializeResult(
         metadata=summary_metadata(
-            day,
+            business_day,
             stopwatch,
             stale_claims=stale,
             claimed_before=cutoff.isoformat(),
@@ -65,7 +65,7 @@ def ledger_health(
             stale_by_kind=dict(by_kind),
             stale_by_run=dict(by_run.most_common(config.sample_size)),
             sample_stale_keys=sample,
-            rejected_records=rejected.count,
+            invalid=invalid.count,
         ),
         check_results=[
             dg.AssetCheckResult(

@@ -5,12 +5,12 @@ from datetime import date
 
 import dagster as dg
 
-from cron_pipelines.models.records import RejectedRecord
+from cron_pipelines.models.records import InvalidRecord
 from cron_pipelines.models.payloads import Due, DueStatus
 from cron_pipelines.defs.delivery import (
     DeliveryThresholds,
     Stopwatch,
-    business_day,
+    business_day_of,
     delivery_check_result,
     delivery_step,
     summary_metadata,
@@ -18,7 +18,7 @@ from cron_pipelines.defs.delivery import (
 from cron_pipelines.models.notification import Notification
 from cron_pipelines.resources import MailerResource, MetricsResource, MongoServiceResource, SqlServiceResource
 
-DueRule = Callable[[Iterable[Due | RejectedRecord], date], Iterable[Notification | RejectedRecord]]
+DueRule = Callable[[Iterable[Due | InvalidRecord], date], Iterable[Notification | InvalidRecord]]
 
 
 def notify_about_dues(
@@ -35,15 +35,15 @@ def notify_about_dues(
     """Stream the dues of `status` in the day's window through `rule` and deliver what it decides."""
     stopwatch = Stopwatch()
     metrics.observe(sql_service.client, mongo_service.client)
-    day = business_day(context)
-    due_from, due_to = window(day.day)
+    business_day = business_day_of(context)
+    due_from, due_to = window(business_day.day)
     with delivery_step(context, mongo_service, mailer, metrics) as step:
         pipeline = step.pipeline()
         dues = sql_service.client.iter_dues(statuses=[status], due_from=due_from, due_to=due_to)
-        pipeline.deliver(rule(dues, day.day))
+        pipeline.deliver(rule(dues, business_day.day))
     return dg.MaterializeResult(
         metadata=summary_metadata(
-            day, stopwatch, due_from=due_from.isoformat(), due_to=due_to.isoformat(), **pipeline.metadata()
+            business_day, stopwatch, due_from=due_from.isoformat(), due_to=due_to.isoformat(), **pipeline.metadata()
         ),
         check_results=[delivery_check_result(context.asset_key, pipeline, thresholds)],
     )

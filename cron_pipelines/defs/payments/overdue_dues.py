@@ -5,14 +5,15 @@ from collections.abc import Iterator
 
 import dagster as dg
 
-from cron_pipelines.models.records import RejectedRecord, RejectedTally
+from cron_pipelines.models.records import InvalidRecord, InvalidTally
 from cron_pipelines.defs.daily import DailyOptions, daily_job
 from cron_pipelines.defs.delivery import (
     DeliveryThresholds,
     Stopwatch,
-    business_day,
+    business_day_of,
     delivery_check_spec,
     no_retry_on_permanent_errors,
+    prefixed,
     summary_metadata,
 )
 from cron_pipelines.defs.payments.dues import notify_about_dues
@@ -35,14 +36,14 @@ def overdue_marks(
     """Marks every pending due whose date has passed as overdue; one paid meanwhile is skipped."""
     stopwatch = Stopwatch()
     metrics.observe(sql_service.client)
-    day = business_day(context)
-    rejected = RejectedTally()
+    business_day = business_day_of(context)
+    invalid = InvalidTally()
 
     def due_ids_to_mark() -> Iterator[str]:
-        for due in sql_service.client.iter_dues(statuses=["pending"], due_to=day.plus_days(-1)):
-            if isinstance(due, RejectedRecord):
-                rejected.add(due)
-            elif rules.must_mark_overdue(due, day.day):
+        for due in sql_service.client.iter_dues(statuses=["pending"], due_to=business_day.plus_days(-1)):
+            if isinstance(due, InvalidRecord):
+                invalid.add(due)
+            elif rules.must_mark_overdue(due, business_day.day):
                 yield due.id
 
     outcomes: Counter[str] = Counter()
@@ -51,19 +52,16 @@ def overdue_marks(
         outcomes[result.outcome] += 1
         if result.outcome == "marked" and len(sample) < 10:
             sample.append(mark.due_id)
-    if rejected.count:
-        context.log.warning("%d malformed pending due(s) not marked, e.g. %s", rejected.count, rejected.sample[0])
+    if invalid.count:
+        context.log.warning("%d malformed pending due(s) not marked, e.g. %s", invalid.count, invalid.sample[0])
     return dg.MaterializeResult(
         metadata=summary_metadata(
-            day,
+            business_day,
             stopwatch,
-            marked=outcomes["marked"],
-            already_overdue=outcomes["already_overdue"],
-            invalid_state=outcomes["invalid_state"],
-            not_found=outcomes["not_found"],
-            rejected=rejected.count,
+            **prefixed("write", outcomes, ("marked", "already_overdue", "invalid_state", "not_found")),
+            invalid=invalid.count,
             sample_marked_due_ids=sample,
-            rejected_records_sample=rejected.sample,
+            invalid_records_sample=invalid.sample,
         )
     )
 

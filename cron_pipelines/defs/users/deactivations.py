@@ -2,20 +2,22 @@
 
 from collections import Counter
 from collections.abc import Sequence
+from typing import get_args
 
 import dagster as dg
 
 from cron_pipelines.clients.http import chunked
-from cron_pipelines.models.records import RejectedRecord
+from cron_pipelines.models.records import InvalidRecord
 from cron_pipelines.models.payloads import ClaimResult, Deactivation, InactiveUser
 from cron_pipelines.clients.mongo_service import MongoServiceClient
 from cron_pipelines.defs.daily import DailyOptions, daily_job
 from cron_pipelines.defs.delivery import (
     Stopwatch,
-    business_day,
+    business_day_of,
     delivery_check_result,
     delivery_check_spec,
     delivery_step,
+    prefixed,
     no_retry_on_permanent_errors,
     resend_failed_confirmations,
     summary_metadata,
@@ -47,8 +49,8 @@ def inactive_user_deactivations(
     """
     stopwatch = Stopwatch()
     metrics.observe(mongo_service.client)
-    day = business_day(context)
-    cutoff = day.days_before_start(config.deactivate_after_days)
+    business_day = business_day_of(context)
+    cutoff = business_day.days_before_start(config.deactivate_after_days)
     warning_states: Counter[str] = Counter()
     write_outcomes: Counter[str] = Counter()
     gate = _deactivation_gate(mongo_service.client, write_outcomes)
@@ -58,33 +60,30 @@ def inactive_user_deactivations(
         for chunk in chunked(users, pipeline.batch_size):
             candidates: dict[str, InactiveUser] = {}  # by id: a user listed twice is decided once
             for user in chunk:
-                if isinstance(user, RejectedRecord):
-                    pipeline.stats.count_rejected(user)
-                elif rules.is_inactive(user, day, config.deactivate_after_days):
+                if isinstance(user, InvalidRecord):
+                    pipeline.stats.count_invalid(user)
+                elif rules.is_inactive(user, business_day, config.deactivate_after_days):
                     candidates.setdefault(user.id, user)
-            warnings = [rules.inactivity_warning(user, day, config) for user in candidates.values()]
+            warnings = [rules.inactivity_warning(user, business_day, config) for user in candidates.values()]
             claims = pipeline.deliver_chunk(warnings)
             eligible = []
             for user, warning in zip(candidates.values(), warnings, strict=True):
                 claim = claims.get(warning.key)
-                if claim is None:  # not claimable (counted as rejected): nothing known about its warning
+                if claim is None:  # not claimable (counted as invalid): nothing known about its warning
                     continue
-                state = rules.warning_state(claim.outcome, claim.record, day, config)
+                state = rules.warning_state(claim.outcome, claim.record, business_day, config)
                 warning_states[state] += 1
                 if state == "deactivate":
                     eligible.append(user)
-            pipeline.deliver_chunk([rules.account_deactivated(user, day) for user in eligible], gate=gate)
+            pipeline.deliver_chunk([rules.account_deactivated(user, business_day) for user in eligible], gate=gate)
         resent = resend_failed_confirmations(pipeline, mongo_service, NotificationKind.ACCOUNT_DEACTIVATED, gate)
     return dg.MaterializeResult(
         metadata=summary_metadata(
-            day,
+            business_day,
             stopwatch,
             inactive_before=cutoff.isoformat(),
-            deactivated=write_outcomes["deactivated"],
-            already_inactive=write_outcomes["already_inactive"],
-            active_again=write_outcomes["active_again"],
-            not_found=write_outcomes["not_found"],
-            warning_states=dict(warning_states),
+            **prefixed("write", write_outcomes, ("deactivated", "already_inactive", "active_again", "not_found")),
+            **prefixed("warning", warning_states, get_args(rules.WarningState)),
             failed_confirmations_retried=resent,
             **pipeline.metadata(),
         ),

@@ -6,7 +6,7 @@ from cron_pipelines.defs.daily import DailyOptions, daily_job
 from cron_pipelines.defs.delivery import (
     DeliveryThresholds,
     Stopwatch,
-    business_day,
+    business_day_of,
     delivery_check_result,
     delivery_check_spec,
     delivery_step,
@@ -32,17 +32,17 @@ def inactivity_warnings(
     mailer: MailerResource,
     metrics: MetricsResource,
 ) -> dg.MaterializeResult:
-    """Warns each user inactive for warn_after_days, once per inactive stretch, naming the deactivation day."""
+    """Warns each user inactive for warn_after_days, once per inactive stretch, naming the deactivation business_day."""
     stopwatch = Stopwatch()
     metrics.observe(mongo_service.client)
-    day = business_day(context)
-    cutoff = day.days_before_start(config.warn_after_days)
+    business_day = business_day_of(context)
+    cutoff = business_day.days_before_start(config.warn_after_days)
     with delivery_step(context, mongo_service, mailer, metrics) as step:
         pipeline = step.pipeline()
         users = mongo_service.client.iter_inactive_users(last_active_before=cutoff)
-        pipeline.deliver(rules.inactivity_warnings(users, day, config))
+        pipeline.deliver(rules.inactivity_warnings(users, business_day, config))
     return dg.MaterializeResult(
-        metadata=summary_metadata(day, stopwatch, inactive_before=cutoff.isoformat(), **pipeline.metadata()),
+        metadata=summary_metadata(business_day, stopwatch, inactive_before=cutoff.isoformat(), **pipeline.metadata()),
         check_results=[delivery_check_result(context.asset_key, pipeline, config)],
     )
 
@@ -55,5 +55,5 @@ def definitions(options: DailyOptions) -> dg.Definitions:
     )(no_retry_on_permanent_errors(inactivity_warnings))
     return daily_job(
         JOB, [asset], at=(10, 0), options=options,
-        description="Warn users inactive for the configured number of days, naming their deactivation day.",
+        description="Warn users inactive for the configured number of days, naming their deactivation business_day.",
     )

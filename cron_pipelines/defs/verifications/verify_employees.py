@@ -12,7 +12,7 @@ import dagster as dg
 from pydantic import Field
 
 from cron_pipelines.clients.http import chunked
-from cron_pipelines.models.records import RejectedRecord, RejectedTally
+from cron_pipelines.models.records import InvalidRecord
 from cron_pipelines.models.payloads import (
     ClaimResult,
     Verification,
@@ -26,17 +26,18 @@ from cron_pipelines.defs.daily import SCHEDULED_RUN_PRIORITY, DailyOptions, dail
 from cron_pipelines.defs.delivery import (
     DeliveryThresholds,
     Stopwatch,
-    business_day,
+    business_day_of,
     delivery_check_result,
     delivery_check_spec,
     delivery_step,
+    prefixed,
     no_retry_on_permanent_errors,
     resend_failed_confirmations,
     summary_metadata,
 )
 from cron_pipelines.defs.services_data import NOTIFICATION_LEDGER, VERIFICATION_ATTEMPTS, VERIFICATIONS
 from cron_pipelines.models.notification import Notification, NotificationKind
-from cron_pipelines.notifications.pipeline import Gate
+from cron_pipelines.notifications.pipeline import DeliveryStats, Gate
 from cron_pipelines.resources import MailerResource, MetricsResource, MongoServiceResource, SqlServiceResource
 from cron_pipelines.rules import verifications as rules
 from cron_pipelines.rules.confirmations import confirmation_skip_reason
@@ -66,12 +67,11 @@ def verify_employees(
     """Decides pending verifications (verified, rejected, expired) and reminds the undecided ones on the configured days."""
     stopwatch = Stopwatch()
     metrics.observe(sql_service.client, mongo_service.client)
-    day = business_day(context)
-    as_of = day.as_of(datetime.now(timezone.utc))
+    business_day = business_day_of(context)
+    as_of = business_day.as_of(datetime.now(timezone.utc))
     only = set(config.verification_ids)
     decided: Counter[str] = Counter()
     write_outcomes: Counter[str] = Counter()
-    rejected = RejectedTally()
     unassessed = 0
     gate = _decision_gate(sql_service.client, write_outcomes)
     with delivery_step(context, mongo_service, mailer, metrics) as step:
@@ -81,64 +81,58 @@ def verify_employees(
         for chunk in chunked(pending, decisions.batch_size):
             verifications = []
             for verification in chunk:
-                if isinstance(verification, RejectedRecord):
-                    rejected.add(verification)
+                if isinstance(verification, InvalidRecord):
+                    decisions.stats.count_invalid(verification)
                 elif not only or verification.id in only:
                     verifications.append(verification)
             if not verifications:
                 continue
-            attempts, unreadable = _attempts_by_verification(mongo_service, verifications, rejected)
+            attempts, unreadable = _attempts_by_verification(mongo_service, verifications, decisions.stats)
             results, reminder_notifications = [], []
             for verification in verifications:
                 if verification.id in unreadable:
                     unassessed += 1  # a malformed attempt might be the success: decide next time
                     continue
-                verdict = rules.assess_verification(verification, attempts[verification.id], day, as_of, config)
+                verdict = rules.assess_verification(verification, attempts[verification.id], business_day, as_of, config)
                 if isinstance(verdict, rules.Decision):
                     decided[verdict.status] += 1
                     results.append((verification, verdict))
                 elif isinstance(verdict, rules.Reminder):
-                    reminder_notifications.append(rules.verification_reminder(verification, verdict, day, config))
+                    reminder_notifications.append(rules.verification_reminder(verification, verdict, business_day, config))
             decisions.deliver_chunk(
-                [rules.verification_result(verification, decision, day) for verification, decision in results],
+                [rules.verification_result(verification, decision, business_day) for verification, decision in results],
                 gate=gate,
             )
             reminders.deliver_chunk(reminder_notifications)
         resent = resend_failed_confirmations(decisions, mongo_service, NotificationKind.VERIFICATION_RESULT, gate)
-    common = dict(
-        only_verification_ids=len(only), rejected_verifications=rejected.count, unassessed=unassessed
-    )
-    if rejected.sample:
-        common["rejected_records_sample"] = rejected.sample
+    common = dict(only_verification_ids=len(only), unassessed=unassessed)
     yield dg.MaterializeResult(
         asset_key=DECISIONS,
         metadata=summary_metadata(
-            day, stopwatch,
-            verified=decided["verified"], rejected=decided["rejected"], expired=decided["expired"],
-            updated=write_outcomes["updated"], unchanged=write_outcomes["unchanged"],
-            invalid_state=write_outcomes["invalid_state"], not_found=write_outcomes["not_found"],
-            failed_confirmations_retried=resent,
-            **{f"email_{name}": value for name, value in decisions.metadata().items()}, **common,
+            business_day, stopwatch,
+            **prefixed("decision", decided, ("verified", "rejected", "expired")),
+            **prefixed("write", write_outcomes, ("updated", "unchanged", "invalid_state", "not_found")),
+            failed_confirmations_retried=resent, **decisions.metadata(), **common,
         ),
         check_results=[delivery_check_result(DECISIONS, decisions, config)],
     )
     yield dg.MaterializeResult(
         asset_key=REMINDERS,
-        metadata=summary_metadata(day, stopwatch, **reminders.metadata(), **common),
+        metadata=summary_metadata(business_day, stopwatch, **reminders.metadata(), **common),
         check_results=[delivery_check_result(REMINDERS, reminders, config)],
     )
 
 
 def _attempts_by_verification(
-    mongo_service: MongoServiceResource, verifications: Sequence[Verification], rejected: RejectedTally
+    mongo_service: MongoServiceResource, verifications: Sequence[Verification], stats: DeliveryStats
 ) -> tuple[dict[str, list[VerificationAttempt]], set[str]]:
     """Every attempt of these verifications, and the ids that had an unreadable attempt."""
     attempts: dict[str, list[VerificationAttempt]] = defaultdict(list)
     unreadable: set[str] = set()
     ids = [verification.id for verification in verifications]
     for attempt in mongo_service.client.iter_verification_attempts(verification_ids=ids):
-        if isinstance(attempt, RejectedRecord):
-            rejected.add(attempt)
+        if isinstance(attempt, InvalidRecord):
+            stats.count_invalid(attempt)
             raw = attempt.raw if isinstance(attempt.raw, dict) else {}
             unreadable.add(str(raw.get("verification_id")))
         else:
@@ -222,7 +216,7 @@ def build_verification_attempts_sensor(cron_timezone: str, lookback_hours: int) 
         new_attempts: list[VerificationAttempt] = []
         malformed = 0
         for attempt in mongo_service.client.iter_verification_attempts(since=cursor.attempted_at):
-            if isinstance(attempt, RejectedRecord):
+            if isinstance(attempt, InvalidRecord):
                 malformed += 1
             elif AttemptCursor.of(attempt) > cursor:
                 new_attempts.append(attempt)
