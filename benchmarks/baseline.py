@@ -24,7 +24,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from email.utils import formatdate, make_msgid
 
 import httpx
@@ -37,12 +37,16 @@ SENDER = "no-reply@example.com"
 def build_message(due: dict, days_before: int, key: str, message_id: str) -> bytes:
     amount = f"{due['currency']} {due['amount_cents'] // 100:,}.{due['amount_cents'] % 100:02d}"
     name = due["user"]["full_name"]
-    text = (f"Hello {name},\r\n\r\nYour payment of {amount} for {due['description']} is due on "
-            f"{due['due_date']}, in {days_before} days.\r\n\r\nIf you have already paid, please ignore this "
-            f"message.\r\n\r\nReference: {key}\r\n")
-    html = (f"<html><body><p>Hello {name},</p><p>Your payment of <strong>{amount}</strong> for "
-            f"{due['description']} is due on <strong>{due['due_date']}</strong>, in {days_before} days.</p>"
-            f"<p>If you have already paid, please ignore this message.</p></body></html>")
+    text = (
+        f"Hello {name},\r\n\r\nYour payment of {amount} for {due['description']} is due on "
+        f"{due['due_date']}, in {days_before} days.\r\n\r\nIf you have already paid, please ignore this "
+        f"message.\r\n\r\nReference: {key}\r\n"
+    )
+    html = (
+        f"<html><body><p>Hello {name},</p><p>Your payment of <strong>{amount}</strong> for "
+        f"{due['description']} is due on <strong>{due['due_date']}</strong>, in {days_before} days.</p>"
+        f"<p>If you have already paid, please ignore this message.</p></body></html>"
+    )
     boundary = uuid.uuid4().hex
     return (
         f"From: Cron Pipelines <{SENDER}>\r\nTo: {name} <{due['user']['email']}>\r\n"
@@ -80,12 +84,17 @@ def main() -> None:
         return key, message_id
 
     with httpx.Client(timeout=30) as http, ThreadPoolExecutor(args.connections) as pool:
+
         def headers(service: str) -> dict[str, str]:
             return {"Authorization": f"Bearer {issuer.token_for(service)}"}
 
         def dues() -> Iterator[dict]:
-            params = {"status": "pending", "due_from": args.date.isoformat(),
-                      "due_to": (args.date + timedelta(days=7)).isoformat(), "limit": 1000}
+            params = {
+                "status": "pending",
+                "due_from": args.date.isoformat(),
+                "due_to": (args.date + timedelta(days=7)).isoformat(),
+                "limit": 1000,
+            }
             while True:
                 page = http.get(f"{args.sql_url}/v1/dues", params=params, headers=headers("sql-service")).json()
                 yield from page["items"]
@@ -101,14 +110,26 @@ def main() -> None:
 
         def claim_and_build(batch: list[tuple[dict, int, str]]) -> list[tuple[str, str, bytes, str]]:
             claims = http.post(
-                f"{args.mongo_url}/v1/notifications/claims", headers=headers("mongo-service"),
-                json={"items": [{"idempotency_key": key, "kind": "payment_reminder", "user_id": due["user_id"],
-                                 "recipient": due["user"]["email"], "run_id": "baseline", "job_name": "baseline",
-                                 "partition_key": args.date.isoformat(), "metadata": {}}
-                                for due, _, key in batch]},
+                f"{args.mongo_url}/v1/notifications/claims",
+                headers=headers("mongo-service"),
+                json={
+                    "items": [
+                        {
+                            "idempotency_key": key,
+                            "kind": "payment_reminder",
+                            "user_id": due["user_id"],
+                            "recipient": due["user"]["email"],
+                            "run_id": "baseline",
+                            "job_name": "baseline",
+                            "partition_key": args.date.isoformat(),
+                            "metadata": {},
+                        }
+                        for due, _, key in batch
+                    ]
+                },
             ).json()["results"]
             messages = []
-            for (due, days_before, key), result in zip(batch, claims):
+            for (due, days_before, key), result in zip(batch, claims, strict=True):
                 if result["outcome"] == "claimed":
                     message_id = make_msgid(domain="example.com")
                     data = build_message(due, days_before, key, message_id)
@@ -116,10 +137,17 @@ def main() -> None:
             return messages
 
         def record(sent: list[tuple[str, str]]) -> None:
-            at = datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
-            http.post(f"{args.mongo_url}/v1/notifications/outcomes", headers=headers("mongo-service"),
-                      json={"items": [{"idempotency_key": key, "status": "sent", "message_id": message_id, "at": at}
-                                      for key, message_id in sent]})
+            at = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+            http.post(
+                f"{args.mongo_url}/v1/notifications/outcomes",
+                headers=headers("mongo-service"),
+                json={
+                    "items": [
+                        {"idempotency_key": key, "status": "sent", "message_id": message_id, "at": at}
+                        for key, message_id in sent
+                    ]
+                },
+            )
 
         stream = reminders()
         sending: list[Future] = []

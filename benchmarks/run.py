@@ -24,21 +24,22 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 
 from cron_pipelines.clients.tokens import TokenIssuer
-from demo_services.store import DemoStore
 from cron_pipelines_tests.support.smtp_sink import free_port
+from demo_services.store import DemoStore
 
 PROJECT = Path(__file__).resolve().parents[1]
 SECRET = "benchmark-secret-0123456789abcdef0123456789"
-D = datetime.now(timezone.utc).date()
+D = datetime.now(UTC).date()
 
 
 @dataclass
@@ -65,11 +66,29 @@ def seed(path: Path, size: int) -> None:
     due_date = (D + timedelta(days=3)).isoformat()
     for start in range(0, size, batch):
         numbers = range(start, min(start + batch, size))
-        store.add_users({"id": f"usr_{n:07d}", "email": f"user{n}@example.com", "full_name": f"User {n}",
-                         "status": "active", "last_login_at": "2026-11-01T10:00:00Z",
-                         "created_at": "2025-01-01T00:00:00Z"} for n in numbers)
-        store.add_dues({"id": f"due_{n:07d}", "user_id": f"usr_{n:07d}", "amount_cents": 125000, "currency": "INR",
-                        "due_date": due_date, "status": "pending", "description": "Membership fee"} for n in numbers)
+        store.add_users(
+            {
+                "id": f"usr_{n:07d}",
+                "email": f"user{n}@example.com",
+                "full_name": f"User {n}",
+                "status": "active",
+                "last_login_at": "2026-11-01T10:00:00Z",
+                "created_at": "2025-01-01T00:00:00Z",
+            }
+            for n in numbers
+        )
+        store.add_dues(
+            {
+                "id": f"due_{n:07d}",
+                "user_id": f"usr_{n:07d}",
+                "amount_cents": 125000,
+                "currency": "INR",
+                "due_date": due_date,
+                "status": "pending",
+                "description": "Membership fee",
+            }
+            for n in numbers
+        )
     with sqlite3.connect(path) as connection:
         connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
@@ -93,7 +112,9 @@ def _wait_ready(process: subprocess.Popen, url: str, timeout: float = 60) -> Non
 
 
 def _environment(**extra: str) -> dict[str, str]:
-    environment = {key: value for key, value in os.environ.items() if not key.startswith(("SQL_", "MONGO_", "SMTP_", "MAIL"))}
+    environment = {
+        key: value for key, value in os.environ.items() if not key.startswith(("SQL_", "MONGO_", "SMTP_", "MAIL"))
+    }
     return {**environment, "INTERNAL_JWT_SECRET": SECRET, **extra}
 
 
@@ -101,9 +122,20 @@ def _environment(**extra: str) -> dict[str, str]:
 def services(database: Path) -> Iterator[tuple[str, str]]:
     sql_port, mongo_port = free_port(), free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "cron_pipelines.cli", "demo-services", "--db", str(database),
-         "--sql-port", str(sql_port), "--mongo-port", str(mongo_port)],
-        env=_environment(DAGSTER_HOME=str(database.parent)), stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "cron_pipelines.cli",
+            "demo-services",
+            "--db",
+            str(database),
+            "--sql-port",
+            str(sql_port),
+            "--mongo-port",
+            str(mongo_port),
+        ],
+        env=_environment(DAGSTER_HOME=str(database.parent)),
+        stderr=subprocess.DEVNULL,
     )
     try:
         sql_url, mongo_url = f"http://127.0.0.1:{sql_port}", f"http://127.0.0.1:{mongo_port}"
@@ -119,8 +151,19 @@ def services(database: Path) -> Iterator[tuple[str, str]]:
 def smtp_sink(latency: float) -> Iterator[tuple[int, str]]:
     port, status_port = free_port(), free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.smtp_sink", "--port", str(port), "--status-port", str(status_port),
-         "--latency", str(latency)], stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.smtp_sink",
+            "--port",
+            str(port),
+            "--status-port",
+            str(status_port),
+            "--latency",
+            str(latency),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert process.stdout is not None and process.stdout.readline().strip() == "ready"
@@ -134,9 +177,12 @@ def request_counts(sql_url: str, mongo_url: str) -> dict[str, int]:
     issuer = TokenIssuer(algorithm="HS256", signing_key=SECRET)
     counts: dict[str, int] = {}
     for service, url in (("sql-service", sql_url), ("mongo-service", mongo_url)):
-        answer = httpx.get(f"{url}/_admin/request-counts",
-                           headers={"Authorization": f"Bearer {issuer.token_for(service)}"}).json()
-        counts.update({f"{service} {endpoint}": count for endpoint, count in answer.items() if "/_admin/" not in endpoint})
+        answer = httpx.get(
+            f"{url}/_admin/request-counts", headers={"Authorization": f"Bearer {issuer.token_for(service)}"}
+        ).json()
+        counts.update(
+            {f"{service} {endpoint}": count for endpoint, count in answer.items() if "/_admin/" not in endpoint}
+        )
     return counts
 
 
@@ -168,8 +214,17 @@ def _run_measured(command: list[str], environment: dict[str, str]) -> tuple[floa
     return seconds, rss, usage.ru_utime + usage.ru_stime, output
 
 
-def measure(side: str, pristine: Path, work: Path, size: int, *, connections: int, latency: float,
-            rate_limit: float | None, profile: Path | None = None) -> Measurement:
+def measure(
+    side: str,
+    pristine: Path,
+    work: Path,
+    size: int,
+    *,
+    connections: int,
+    latency: float,
+    rate_limit: float | None,
+    profile: Path | None = None,
+) -> Measurement:
     database = work / f"{side}-{size}-{connections}.sqlite3"
     copy_database(pristine, database)
     with services(database) as (sql_url, mongo_url), smtp_sink(latency) as (smtp_port, status_url):
@@ -180,43 +235,84 @@ def measure(side: str, pristine: Path, work: Path, size: int, *, connections: in
             home.mkdir()
             shutil.copy(PROJECT / "deploy" / "dagster.dev.yaml", home / "dagster.yaml")
             environment = _environment(
-                DAGSTER_HOME=str(home), SQL_SERVICE_URL=sql_url, MONGO_SERVICE_URL=mongo_url, MAILER_BACKEND="smtp",
-                SMTP_HOST="127.0.0.1", SMTP_PORT=str(smtp_port), MAIL_FROM="Cron Pipelines <no-reply@example.com>",
-                MAIL_MAX_CONNECTIONS=str(connections), STEP_MAX_RETRIES="0",
+                DAGSTER_HOME=str(home),
+                SQL_SERVICE_URL=sql_url,
+                MONGO_SERVICE_URL=mongo_url,
+                MAILER_BACKEND="smtp",
+                SMTP_HOST="127.0.0.1",
+                SMTP_PORT=str(smtp_port),
+                MAIL_FROM="Cron Pipelines <no-reply@example.com>",
+                MAIL_MAX_CONNECTIONS=str(connections),
+                STEP_MAX_RETRIES="0",
                 **({"MAIL_RATE_LIMIT_PER_SECOND": str(rate_limit)} if rate_limit else {}),
             )
             command = _module_command("cron_pipelines.cli", "run", "send_payment_reminders", "--date", D.isoformat())
             if profile is not None:  # sampled by py-spy; its own overhead is small but not nil
                 profile.mkdir(parents=True, exist_ok=True)
-                command = [str(Path(sys.executable).parent / "py-spy"), "record", "--format", "raw", "--rate", "50",
-                           "-o", str(profile / f"project-{size}-{connections}.txt"), "--", *command]
+                command = [
+                    str(Path(sys.executable).parent / "py-spy"),
+                    "record",
+                    "--format",
+                    "raw",
+                    "--rate",
+                    "50",
+                    "-o",
+                    str(profile / f"project-{size}-{connections}.txt"),
+                    "--",
+                    *command,
+                ]
             seconds, rss, cpu, output = _run_measured(command, environment)
             run_id = output.split("run_id=")[1].split()[0]
             events = _count_events(home, run_id)
         else:
             command = _module_command(
-                "benchmarks.baseline", "--sql-url", sql_url, "--mongo-url", mongo_url, "--smtp-port", str(smtp_port),
-                "--date", D.isoformat(), "--connections", str(connections),
-                "--batch-size", os.environ.get("DELIVERY_BATCH_SIZE", "100"),
+                "benchmarks.baseline",
+                "--sql-url",
+                sql_url,
+                "--mongo-url",
+                mongo_url,
+                "--smtp-port",
+                str(smtp_port),
+                "--date",
+                D.isoformat(),
+                "--connections",
+                str(connections),
+                "--batch-size",
+                os.environ.get("DELIVERY_BATCH_SIZE", "100"),
             )
             seconds, rss, cpu, output = _run_measured(command, _environment())
         after = request_counts(sql_url, mongo_url)
         sink = httpx.get(status_url).json()
     requests = {endpoint: after.get(endpoint, 0) - before.get(endpoint, 0) for endpoint in after}
     return Measurement(
-        side=side, size=size, connections=connections, seconds=round(seconds, 2),
-        per_second=round(sink["received"] / seconds, 1), peak_rss_mb=round(rss, 1), cpu_seconds=round(cpu, 1),
-        emails_received=sink["received"], duplicate_emails=sink["duplicate_notification_ids"],
-        http_requests={k: v for k, v in sorted(requests.items()) if v}, dagster_events=events,
-        max_emails_per_second=sink["max_per_second"], steady_emails_per_second=sink["steady_per_second"],
+        side=side,
+        size=size,
+        connections=connections,
+        seconds=round(seconds, 2),
+        per_second=round(sink["received"] / seconds, 1),
+        peak_rss_mb=round(rss, 1),
+        cpu_seconds=round(cpu, 1),
+        emails_received=sink["received"],
+        duplicate_emails=sink["duplicate_notification_ids"],
+        http_requests={k: v for k, v in sorted(requests.items()) if v},
+        dagster_events=events,
+        max_emails_per_second=sink["max_per_second"],
+        steady_emails_per_second=sink["steady_per_second"],
     )
 
 
 def _count_events(home: Path, run_id: str) -> int:
     output = subprocess.run(
-        [sys.executable, "-c",
-         "import sys, dagster as dg; i = dg.DagsterInstance.get(); print(len(i.all_logs(sys.argv[1])))", run_id],
-        env=_environment(DAGSTER_HOME=str(home)), capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-c",
+            "import sys, dagster as dg; i = dg.DagsterInstance.get(); print(len(i.all_logs(sys.argv[1])))",
+            run_id,
+        ],
+        env=_environment(DAGSTER_HOME=str(home)),
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     return int(output.strip())
 
@@ -226,11 +322,15 @@ def _print(measurements: list[Measurement]) -> None:
     print(header)
     for m in measurements:
         per_thousand = round(m.cpu_seconds / max(m.emails_received, 1) * 1000, 3)
-        print(f"{m.side:9} {m.size:>7} {m.connections:>5} {m.seconds:>8} {m.per_second:>9} {m.peak_rss_mb or 0:>11} {m.cpu_seconds:>6} {per_thousand:>8} "
-              f"{m.emails_received:>7} {m.duplicate_emails:>4} {sum(m.http_requests.values()):>13} {m.dagster_events if m.dagster_events is not None else '-':>6}")
+        print(
+            f"{m.side:9} {m.size:>7} {m.connections:>5} {m.seconds:>8} {m.per_second:>9} {m.peak_rss_mb or 0:>11} {m.cpu_seconds:>6} {per_thousand:>8} "
+            f"{m.emails_received:>7} {m.duplicate_emails:>4} {sum(m.http_requests.values()):>13} {m.dagster_events if m.dagster_events is not None else '-':>6}"
+        )
     for m in measurements:
-        print(f"  {m.side} N={m.size} conns={m.connections}: {m.http_requests}"
-              + f" sending rate {m.steady_emails_per_second}/s, most in any one second {m.max_emails_per_second}")
+        print(
+            f"  {m.side} N={m.size} conns={m.connections}: {m.http_requests}"
+            + f" sending rate {m.steady_emails_per_second}/s, most in any one second {m.max_emails_per_second}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -241,7 +341,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smtp-latency", type=float, default=0.0, help="seconds added per SMTP command")
     parser.add_argument("--rate-limit", type=float, help="MAIL_RATE_LIMIT_PER_SECOND for the project side")
     parser.add_argument("--no-baseline", action="store_true")
-    parser.add_argument("--profile", type=Path, help="write a py-spy profile (collapsed stacks) of the project run here")
+    parser.add_argument(
+        "--profile", type=Path, help="write a py-spy profile (collapsed stacks) of the project run here"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     sizes = [int(value) for value in args.sizes.split(",")] if args.sizes else [args.size]
@@ -253,18 +355,47 @@ def main(argv: list[str] | None = None) -> int:
             pristine = work / f"pristine-{size}.sqlite3"
             seed(pristine, size)
             for connections in connection_counts:
-                measurements.append(measure("project", pristine, work, size, connections=connections,
-                                            latency=args.smtp_latency, rate_limit=args.rate_limit, profile=args.profile))
+                measurements.append(
+                    measure(
+                        "project",
+                        pristine,
+                        work,
+                        size,
+                        connections=connections,
+                        latency=args.smtp_latency,
+                        rate_limit=args.rate_limit,
+                        profile=args.profile,
+                    )
+                )
                 print(f"done: {asdict(measurements[-1])}", file=sys.stderr, flush=True)
             if not args.no_baseline:  # the same connections as the project's first setting
-                measurements.append(measure("baseline", pristine, work, size, connections=connection_counts[0],
-                                            latency=args.smtp_latency, rate_limit=None))
+                measurements.append(
+                    measure(
+                        "baseline",
+                        pristine,
+                        work,
+                        size,
+                        connections=connection_counts[0],
+                        latency=args.smtp_latency,
+                        rate_limit=None,
+                    )
+                )
                 print(f"done: {asdict(measurements[-1])}", file=sys.stderr, flush=True)
     failures = [m for m in measurements if m.emails_received != m.size or m.duplicate_emails]
     if args.json:
-        print(json.dumps({"machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
-                                      "platform": platform.platform()},
-                          "measurements": [asdict(m) for m in measurements]}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "machine": {
+                        "python": platform.python_version(),
+                        "cpus": os.cpu_count(),
+                        "platform": platform.platform(),
+                    },
+                    "measurements": [asdict(m) for m in measurements],
+                },
+                indent=2,
+            )
+        )
     else:
         print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
         _print(measurements)
@@ -274,7 +405,10 @@ def main(argv: list[str] | None = None) -> int:
             if project and baseline:
                 print(f"N={size}: project/baseline time = {project[0].seconds / baseline[0].seconds:.2f}")
     if failures:
-        print(f"COUNT MISMATCH: {[(m.side, m.size, m.emails_received, m.duplicate_emails) for m in failures]}", file=sys.stderr)
+        print(
+            f"COUNT MISMATCH: {[(m.side, m.size, m.emails_received, m.duplicate_emails) for m in failures]}",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

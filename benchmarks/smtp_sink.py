@@ -1,6 +1,6 @@
 """A counting SMTP server in its own process, with a JSON status endpoint for the benchmark.
 
-  python -m benchmarks.smtp_sink --port P --status-port S [--latency 0.02]
+python -m benchmarks.smtp_sink --port P --status-port S [--latency 0.02]
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def main() -> None:
     sink = SmtpSink(port=args.port, latency=args.latency, keep_messages=False).start()
 
     class Status(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        def do_GET(self) -> None:
             with sink._lock:
                 arrivals = list(sink.arrivals)
                 body = {

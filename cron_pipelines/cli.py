@@ -1,14 +1,14 @@
 """`cron-pipelines`: the operator's and auditor's command line.
 
-  run JOB --date D | --from D1 --to D2   run a job for days, on the Dagster instance (like the old seed-jobs.sh)
-  audit [--user ID] [--key K] [--run R] [--kind K] [--since D] [--json]
-                                         which email went to whom, when, why and from which run
-  settle (--run R | --key K...) --as sent|failed [--dry-run] [--note TEXT]
-                                         settle notifications a dead run left `claimed`
-  health [--json]                        instance, daemon, services, mail: exit 0 when all are fine
-  demo-services [--sql-port P] [--mongo-port P]
-                                         serve the stand-in services for curl
-  demo-seed [--reset]                    (re)fill the embedded demo data for today
+run JOB --date D | --from D1 --to D2   run a job for days, on the Dagster instance (like the old seed-jobs.sh)
+audit [--user ID] [--key K] [--run R] [--kind K] [--since D] [--json]
+                                       which email went to whom, when, why and from which run
+settle (--run R | --key K...) --as sent|failed [--dry-run] [--note TEXT]
+                                       settle notifications a dead run left `claimed`
+health [--json]                        instance, daemon, services, mail: exit 0 when all are fine
+demo-services [--sql-port P] [--mongo-port P]
+                                       serve the stand-in services for curl
+demo-seed [--reset]                    (re)fill the embedded demo data for today
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import logging
 import os
 import sys
 from collections.abc import Iterator, Sequence
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -95,7 +95,7 @@ def _audit_records(client, args: argparse.Namespace, run_window: tuple[datetime,
     from cron_pipelines.models.records import InvalidRecord
 
     kind = args.kind or (args.key.split(":", 1)[0] if args.key else None)
-    since = datetime.combine(args.since, time(0), tzinfo=timezone.utc) if args.since else None
+    since = datetime.combine(args.since, time(0), tzinfo=UTC) if args.since else None
     until = None
     if run_window is not None:
         since, until = run_window
@@ -127,7 +127,7 @@ def _run_summary(instance, run_id: str | None, cache: dict[str, dict[str, Any]])
                 or ("schedule" if run.tags.get("dagster/schedule_name") else None)
                 or ("backfill" if run.tags.get("dagster/backfill") else None)
                 or ("sensor" if run.tags.get("dagster/sensor_name") else "manual"),
-                "run_started_at": datetime.fromtimestamp(record.start_time, timezone.utc).isoformat()
+                "run_started_at": datetime.fromtimestamp(record.start_time, UTC).isoformat()
                 if record.start_time
                 else None,
             }
@@ -139,8 +139,8 @@ def _run_window(instance, run_id: str) -> tuple[datetime, datetime] | None:
     record = instance.get_run_record_by_id(run_id)
     if record is None or not record.start_time:
         return None
-    started = datetime.fromtimestamp(record.start_time, timezone.utc) - timedelta(minutes=1)
-    ended = datetime.fromtimestamp(record.end_time, timezone.utc) if record.end_time else datetime.now(timezone.utc)
+    started = datetime.fromtimestamp(record.start_time, UTC) - timedelta(minutes=1)
+    ended = datetime.fromtimestamp(record.end_time, UTC) if record.end_time else datetime.now(UTC)
     return started, ended + timedelta(minutes=1)
 
 
@@ -175,7 +175,16 @@ def command_audit(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if rows else 3
 
 
-AUDIT_COLUMNS = ("claimed_at", "kind", "status", "recipient", "idempotency_key", "partition_key", "run_status", "run_url")
+AUDIT_COLUMNS = (
+    "claimed_at",
+    "kind",
+    "status",
+    "recipient",
+    "idempotency_key",
+    "partition_key",
+    "run_status",
+    "run_url",
+)
 
 
 def _print_table(rows: Sequence[dict[str, Any]]) -> None:
@@ -187,9 +196,9 @@ def _print_table(rows: Sequence[dict[str, Any]]) -> None:
     # Ledger fields may hold what a service or mail server sent: printed escaped, never raw.
     cells = [[printable(row.get(column) or "", 200) for column in AUDIT_COLUMNS] for row in rows]
     widths = [max(len(column), *(len(cell[index]) for cell in cells)) for index, column in enumerate(AUDIT_COLUMNS)]
-    print("  ".join(column.ljust(width) for column, width in zip(AUDIT_COLUMNS, widths)))
+    print("  ".join(column.ljust(width) for column, width in zip(AUDIT_COLUMNS, widths, strict=True)))
     for cell in cells:
-        print("  ".join(value.ljust(width) for value, width in zip(cell, widths)))
+        print("  ".join(value.ljust(width) for value, width in zip(cell, widths, strict=True)))
     for row in rows:
         if row.get("error"):
             print(f"{printable(row['idempotency_key'], 200)}: {row['status']}: {printable(row['error'], 600)}")
@@ -237,18 +246,25 @@ def command_settle(settings: Settings, args: argparse.Namespace) -> int:
                 blocked.add(f"{record.run_id} ({run.status.value})")
                 continue
             planned = record.metadata.get(PLANNED_MESSAGE_ID)
-            print(f"{printable(record.idempotency_key, 200)}  claimed_at={record.claimed_at}  "
-                  f"recipient={mask_recipient(record.recipient)}  Message-ID={printable(planned or 'unknown', 200)}")
-            outcomes.append(NotificationOutcome(
-                idempotency_key=record.idempotency_key,
-                status=args.settle_as,
-                message_id=planned if args.settle_as == "sent" and isinstance(planned, str) else None,
-                error=note,
-                at=format_instant(datetime.now(timezone.utc)),
-            ))
+            print(
+                f"{printable(record.idempotency_key, 200)}  claimed_at={record.claimed_at}  "
+                f"recipient={mask_recipient(record.recipient)}  Message-ID={printable(planned or 'unknown', 200)}"
+            )
+            outcomes.append(
+                NotificationOutcome(
+                    idempotency_key=record.idempotency_key,
+                    status=args.settle_as,
+                    message_id=planned if args.settle_as == "sent" and isinstance(planned, str) else None,
+                    error=note,
+                    at=format_instant(datetime.now(UTC)),
+                )
+            )
         if blocked:
-            print(f"left alone: claims of run(s) still in progress, which record them themselves: "
-                  f"{', '.join(sorted(blocked))} (--force to settle anyway)", file=sys.stderr)
+            print(
+                f"left alone: claims of run(s) still in progress, which record them themselves: "
+                f"{', '.join(sorted(blocked))} (--force to settle anyway)",
+                file=sys.stderr,
+            )
         if not outcomes:
             print("no `claimed` notification matches")
             return 3
@@ -329,7 +345,9 @@ def command_demo_seed(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cron-pipelines", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="cron-pipelines", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run a job for a day or a range of days")
@@ -358,8 +376,13 @@ def _parser() -> argparse.ArgumentParser:
     which = settle.add_mutually_exclusive_group(required=True)
     which.add_argument("--run", help="every notification this Dagster run left `claimed`")
     which.add_argument("--key", action="append", help="an idempotency key (repeatable)")
-    settle.add_argument("--as", dest="settle_as", required=True, choices=["sent", "failed"],
-                        help="sent: delivered, never sent again; failed: not delivered, a later run sends it")
+    settle.add_argument(
+        "--as",
+        dest="settle_as",
+        required=True,
+        choices=["sent", "failed"],
+        help="sent: delivered, never sent again; failed: not delivered, a later run sends it",
+    )
     settle.add_argument("--note", help="why, for the audit trail (e.g. the mail log you checked)")
     settle.add_argument("--dry-run", action="store_true", help="list what would be settled, change nothing")
     settle.add_argument("--force", action="store_true", help="also settle claims of a run still in progress")

@@ -55,7 +55,8 @@ def check_daemon(instance: Any, now: float | None = None) -> CheckResult:
             raise RuntimeError("no daemon heartbeat: is dagster-daemon running?")
         current = time.time() if now is None else now
         stale = sorted(
-            daemon for daemon in required
+            daemon
+            for daemon in required
             if daemon not in heartbeats or current - heartbeats[daemon].timestamp > HEARTBEAT_TOLERANCE_SECONDS
         )
         if stale:
@@ -89,6 +90,7 @@ def check_services(settings: Settings) -> list[CheckResult]:
 
 def check_mail(settings: Settings) -> CheckResult:
     if settings.mailer_backend == "outbox":
+
         def outbox() -> str:
             directory = Path(settings.outbox_dir)
             directory.mkdir(parents=True, exist_ok=True)
@@ -102,7 +104,9 @@ def check_mail(settings: Settings) -> CheckResult:
         timeout = min(settings.smtp_timeout_seconds, 10.0)
         context = ssl.create_default_context()
         if settings.smtp_security == "ssl":
-            server: smtplib.SMTP = smtplib.SMTP_SSL(settings.smtp_host, settings.smtp_port, timeout=timeout, context=context)
+            server: smtplib.SMTP = smtplib.SMTP_SSL(
+                settings.smtp_host, settings.smtp_port, timeout=timeout, context=context
+            )
         else:
             server = smtplib.SMTP(settings.smtp_host, settings.smtp_port, timeout=timeout)
         with server:
@@ -112,7 +116,9 @@ def check_mail(settings: Settings) -> CheckResult:
             if settings.smtp_security == "starttls":
                 server.starttls(context=context)
             if settings.smtp_username:
-                server.login(settings.smtp_username, settings.smtp_password.get_secret_value() if settings.smtp_password else "")
+                server.login(
+                    settings.smtp_username, settings.smtp_password.get_secret_value() if settings.smtp_password else ""
+                )
             return f"{settings.smtp_host}:{settings.smtp_port} greeted: {greeting.decode(errors='replace').splitlines()[0]}"
 
     return _timed("mail (smtp)", smtp)

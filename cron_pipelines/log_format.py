@@ -17,13 +17,23 @@ import json
 import logging
 import re
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 # Fields the project's loggers pass with `extra=`; anything else on a record is ignored.
 CONTEXT_FIELDS = (
-    "run_id", "job", "partition",  # on request-log records, which do not pass through Dagster
-    "service", "method", "endpoint", "status", "request_id", "outcome", "attempt", "elapsed_ms", "counts",
+    "run_id",
+    "job",
+    "partition",  # on request-log records, which do not pass through Dagster
+    "service",
+    "method",
+    "endpoint",
+    "status",
+    "request_id",
+    "outcome",
+    "attempt",
+    "elapsed_ms",
+    "counts",
 )
 REQUEST_LOGGER = "cron_pipelines.requests"
 _EMAIL = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+\.[A-Za-z]{2,})")
@@ -41,7 +51,7 @@ class JsonLogFormatter(logging.Formatter):
         if record.levelno >= logging.INFO:
             message = mask_emails(message)
         entry: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
             "message": message,
@@ -68,7 +78,7 @@ class _StderrHandler(logging.StreamHandler):
     """Writes to whatever sys.stderr is when a record comes (Dagster's log capture swaps it)."""
 
     @property  # type: ignore[override]
-    def stream(self):  # noqa: ANN201
+    def stream(self):
         return sys.stderr
 
     @stream.setter

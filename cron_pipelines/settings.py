@@ -140,12 +140,10 @@ class Settings(BaseModel):
         return check_mail_address(value, "the alert recipient") if value is not None else None
 
     @model_validator(mode="after")
-    def _consistent(self) -> "Settings":
+    def _consistent(self) -> Settings:
         problems: list[str] = []
         if (self.sql_service_url is None) != (self.mongo_service_url is None):
-            problems.append(
-                "SQL_SERVICE_URL, MONGO_SERVICE_URL: set both (real services) or neither (embedded demo)"
-            )
+            problems.append("SQL_SERVICE_URL, MONGO_SERVICE_URL: set both (real services) or neither (embedded demo)")
         if self.internal_jwt_algorithm == "HS256":
             secret = self.internal_jwt_secret.get_secret_value() if self.internal_jwt_secret else None
             if secret is not None and len(secret.encode()) < MIN_HS256_SECRET_BYTES:

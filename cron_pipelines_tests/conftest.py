@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from cron_pipelines.clients.tokens import TokenIssuer
-from demo_services.store import DemoStore
 from cron_pipelines_tests.support.services import ServiceWorld, start_service_world
+from demo_services.store import DemoStore
 
 TEST_JWT_SECRET = "test-secret-" + "0123456789abcdef0123456789abcdef"
 

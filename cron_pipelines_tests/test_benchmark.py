@@ -13,7 +13,10 @@ PROJECT = Path(__file__).resolve().parents[1]
 def test_benchmark_runs_both_sides_end_to_end_and_counts_correctly() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "benchmarks.run", "--size", "2000", "--json"],
-        cwd=PROJECT, capture_output=True, text=True, timeout=600,
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     report = json.loads(result.stdout)

@@ -7,7 +7,7 @@ import json
 import os
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -20,7 +20,11 @@ def _cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
     for name in ("SQL_SERVICE_URL", "MONGO_SERVICE_URL", "MAILER_BACKEND"):
         environment.pop(name, None)
     return subprocess.run(
-        [sys.executable, "-m", "cron_pipelines.cli", *args], env=environment, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "cron_pipelines.cli", *args],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -33,7 +37,7 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def reminder_run(home: Path) -> str:
-    today = datetime.now(timezone.utc).date().isoformat()
+    today = datetime.now(UTC).date().isoformat()
     result = _cli(home, "run", "send_payment_reminders", "--date", today)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"send_payment_reminders {today} succeeded run_id=" in result.stdout
@@ -45,7 +49,7 @@ def reminder_run(home: Path) -> str:
 
 
 def test_run_goes_through_the_instance_and_the_ledger(home: Path, reminder_run: str) -> None:
-    today = datetime.now(timezone.utc).date().isoformat()
+    today = datetime.now(UTC).date().isoformat()
     again = _cli(home, "run", "send_payment_reminders", "--date", today)
     assert again.returncode == 0
     counts = json.loads(again.stdout.splitlines()[0].split(" ", 4)[4])
@@ -87,8 +91,13 @@ def test_audit_by_key_and_by_run(home: Path, reminder_run: str) -> None:
 
 def test_bad_configuration_is_reported_not_raised(home: Path) -> None:
     environment = {**os.environ, "DAGSTER_HOME": str(home), "MAILER_BACKEND": "pigeon"}
-    result = subprocess.run([sys.executable, "-m", "cron_pipelines.cli", "audit"], env=environment,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "cron_pipelines.cli", "audit"],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2 and "MAILER_BACKEND='pigeon'" in result.stderr and "Traceback" not in result.stderr
 
 
@@ -98,18 +107,20 @@ def test_mask_recipient(address: str | None, masked: str) -> None:
 
 
 def test_audit_filters_by_kind_status_and_day(home: Path, reminder_run: str) -> None:
-    today = datetime.now(timezone.utc).date().isoformat()
-    sent = json.loads(_cli(home, "audit", "--kind", "payment_reminder", "--status", "sent", "--since", today, "--json").stdout)
+    today = datetime.now(UTC).date().isoformat()
+    sent = json.loads(
+        _cli(home, "audit", "--kind", "payment_reminder", "--status", "sent", "--since", today, "--json").stdout
+    )
     assert sent and {(row["kind"], row["status"]) for row in sent} == {("payment_reminder", "sent")}
     assert reminder_run in {row["run_id"] for row in sent}
     everything = json.loads(_cli(home, "audit", "--since", today, "--json").stdout)
     assert {row["status"] for row in everything} >= {"sent", "skipped"} and len(everything) > len(sent)
-    tomorrow = (datetime.now(timezone.utc).date() + timedelta(days=1)).isoformat()
+    tomorrow = (datetime.now(UTC).date() + timedelta(days=1)).isoformat()
     assert _cli(home, "audit", "--since", tomorrow).returncode == 3  # nothing claimed yet
 
 
 def test_run_over_a_date_range_runs_each_day_once(home: Path, reminder_run: str) -> None:
-    today = datetime.now(timezone.utc).date()
+    today = datetime.now(UTC).date()
     first = (today - timedelta(days=2)).isoformat()
     result = _cli(home, "run", "send_payment_reminders", "--from", first, "--to", today.isoformat())
     assert result.returncode == 0, result.stderr

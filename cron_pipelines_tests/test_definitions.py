@@ -34,7 +34,9 @@ def test_the_six_jobs_are_daily_partitioned_in_the_business_time_zone() -> None:
         selected = {key.to_user_string() for key in job.asset_layer.executable_asset_keys}
         assert selected == assets
     assert {sensor.name for sensor in defs.sensors} == {
-        "verification_attempts_sensor", "run_failure_alert_sensor", "stuck_claims_sensor"
+        "verification_attempts_sensor",
+        "run_failure_alert_sensor",
+        "stuck_claims_sensor",
     }
     assert all(sensor.default_status == dg.DefaultSensorStatus.RUNNING for sensor in defs.sensors)
 
@@ -42,11 +44,14 @@ def test_the_six_jobs_are_daily_partitioned_in_the_business_time_zone() -> None:
 def test_lineage_starts_at_the_services_data() -> None:
     defs = build_definitions(load_settings({"DAGSTER_HOME": "/tmp/unused"}))
     graph = defs.resolve_asset_graph()
-    parents = lambda name: {key.to_user_string() for key in graph.get(dg.AssetKey.from_user_string(name)).parent_keys}  # noqa: E731
+    parents = lambda name: {key.to_user_string() for key in graph.get(dg.AssetKey.from_user_string(name)).parent_keys}
     assert parents("payment_reminders") == {"sql_service/dues", "mongo_service/notification_ledger"}
     assert parents("overdue_notices") == {"overdue_marks", "mongo_service/notification_ledger"}
     assert parents("verification_decisions") == {
-        "sql_service/verifications", "mongo_service/verification_attempts", "mongo_service/notification_ledger"}
+        "sql_service/verifications",
+        "mongo_service/verification_attempts",
+        "mongo_service/notification_ledger",
+    }
     assert parents("ledger_health") == {"mongo_service/notification_ledger"}
     assert not graph.get(dg.AssetKey(["sql_service", "dues"])).is_materializable
 
@@ -54,10 +59,16 @@ def test_lineage_starts_at_the_services_data() -> None:
 def test_secrets_from_the_environment_stay_env_vars_in_the_resource_config(monkeypatch) -> None:
     monkeypatch.setenv("INTERNAL_JWT_SECRET", "a-real-secret-that-is-long-enough-000")
     monkeypatch.setenv("SMTP_PASSWORD", "smtp-secret")
-    settings = load_settings({
-        "DAGSTER_HOME": "/tmp/unused", "SQL_SERVICE_URL": "https://sql.internal", "MONGO_SERVICE_URL": "https://mongo.internal",
-        "INTERNAL_JWT_SECRET": "a-real-secret-that-is-long-enough-000", "SMTP_USERNAME": "mailer", "SMTP_PASSWORD": "smtp-secret",
-    })
+    settings = load_settings(
+        {
+            "DAGSTER_HOME": "/tmp/unused",
+            "SQL_SERVICE_URL": "https://sql.internal",
+            "MONGO_SERVICE_URL": "https://mongo.internal",
+            "INTERNAL_JWT_SECRET": "a-real-secret-that-is-long-enough-000",
+            "SMTP_USERNAME": "mailer",
+            "SMTP_PASSWORD": "smtp-secret",
+        }
+    )
     resources = build_definitions(settings).resources
     assert resources["sql_service"].auth.secret == dg.EnvVar("INTERNAL_JWT_SECRET")
     assert resources["mailer"].smtp_password == dg.EnvVar("SMTP_PASSWORD")
@@ -67,8 +78,11 @@ def test_secrets_from_the_environment_stay_env_vars_in_the_resource_config(monke
 def test_dagster_validates_the_code_location(tmp_path: Path) -> None:
     result = subprocess.run(
         [str(Path(sys.executable).parent / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],
-        cwd=PROJECT, env={"PATH": str(Path(sys.executable).parent), "DAGSTER_HOME": str(tmp_path), "HOME": str(tmp_path)},
-        capture_output=True, text=True, timeout=180,
+        cwd=PROJECT,
+        env={"PATH": str(Path(sys.executable).parent), "DAGSTER_HOME": str(tmp_path), "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "All code locations passed validation" in result.stdout + result.stderr
@@ -77,9 +91,16 @@ def test_dagster_validates_the_code_location(tmp_path: Path) -> None:
 def test_a_bad_environment_stops_the_code_location_naming_the_variable(tmp_path: Path) -> None:
     result = subprocess.run(
         [str(Path(sys.executable).parent / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],
-        cwd=PROJECT, env={"PATH": str(Path(sys.executable).parent), "DAGSTER_HOME": str(tmp_path), "HOME": str(tmp_path),
-                          "SMTP_PORT": "abc"},
-        capture_output=True, text=True, timeout=180,
+        cwd=PROJECT,
+        env={
+            "PATH": str(Path(sys.executable).parent),
+            "DAGSTER_HOME": str(tmp_path),
+            "HOME": str(tmp_path),
+            "SMTP_PORT": "abc",
+        },
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert result.returncode != 0
     assert "SMTP_PORT='abc'" in result.stdout + result.stderr
@@ -89,8 +110,14 @@ def _dg(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
     environment = {**os.environ, "DAGSTER_HOME": str(home), "VIRTUAL_ENV": sys.prefix}
     for name in ("SQL_SERVICE_URL", "MONGO_SERVICE_URL"):
         environment.pop(name, None)
-    return subprocess.run([str(Path(sys.executable).parent / "dg"), *args], cwd=PROJECT, env=environment,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "dg"), *args],
+        cwd=PROJECT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_dg_lists_and_checks_every_definition_from_the_project_root(tmp_path: Path) -> None:

@@ -56,6 +56,9 @@ def test_a_module_imports_only_from_its_layer_and_below(module: str, path: Path)
 def test_rules_import_only_models_and_rules() -> None:
     for module, path in _modules():
         if module.startswith("cron_pipelines.rules"):
-            others = {name for name in _project_imports(path)
-                      if not name.startswith(("cron_pipelines.models", "cron_pipelines.rules"))}
+            others = {
+                name
+                for name in _project_imports(path)
+                if not name.startswith(("cron_pipelines.models", "cron_pipelines.rules"))
+            }
             assert others == set(), f"{module} imports {others}"

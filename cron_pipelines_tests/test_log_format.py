@@ -10,11 +10,11 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from cron_pipelines_tests.support.services import ServiceWorld
 from cron_pipelines.log_format import JsonLogFormatter, mask_emails
 from cron_pipelines_tests.conftest import TEST_JWT_SECRET
 from cron_pipelines_tests.demo_services.helpers import due, user
 from cron_pipelines_tests.support.job_world import JobWorld, job_environment
+from cron_pipelines_tests.support.services import ServiceWorld
 from cron_pipelines_tests.support.smtp_sink import SmtpSink
 
 
@@ -35,7 +35,10 @@ def world(services: ServiceWorld, tmp_path: Path, log_file: Path) -> Iterator[Jo
     }
     home = tmp_path / "home"
     home.mkdir()
-    with SmtpSink() as smtp, dg.instance_for_test(temp_dir=str(home), overrides={"python_logs": python_logs}) as instance:
+    with (
+        SmtpSink() as smtp,
+        dg.instance_for_test(temp_dir=str(home), overrides={"python_logs": python_logs}) as instance,
+    ):
         yield JobWorld(services, smtp, job_environment(services, smtp, str(home)), instance)
 
 
@@ -51,7 +54,9 @@ def test_every_event_is_one_json_line_with_the_run_context(world: JobWorld, log_
     run_lines = [line for line in lines if line.get("run_id") == result.run_id]
     assert len(run_lines) >= 10
     assert all(line["job"] == "send_payment_reminders" and line["partition"] == "2026-11-28" for line in run_lines)
-    assert {"RUN_START", "STEP_SUCCESS", "ASSET_MATERIALIZATION", "RUN_SUCCESS"} <= {line.get("event") for line in run_lines}
+    assert {"RUN_START", "STEP_SUCCESS", "ASSET_MATERIALIZATION", "RUN_SUCCESS"} <= {
+        line.get("event") for line in run_lines
+    }
     (retry,) = [line for line in run_lines if line.get("outcome") == "retry"]
     assert retry["level"] == "WARNING" and retry["service"] == "sql-service" and retry["status"] == "503"
     assert len(retry["request_id"]) == 32 and retry["step"] == "payment_reminders"
@@ -61,10 +66,17 @@ def test_every_event_is_one_json_line_with_the_run_context(world: JobWorld, log_
 def test_formatter_masks_addresses_at_info_and_keeps_them_at_debug() -> None:
     formatter = JsonLogFormatter()
     info = logging.LogRecord("cron_pipelines.x", logging.INFO, __file__, 1, "sent to asha.rao@example.com", None, None)
-    debug = logging.LogRecord("cron_pipelines.x", logging.DEBUG, __file__, 1, "sent to asha.rao@example.com", None, None)
+    debug = logging.LogRecord(
+        "cron_pipelines.x", logging.DEBUG, __file__, 1, "sent to asha.rao@example.com", None, None
+    )
     info.request_id = "abc"
     assert json.loads(formatter.format(info)) | {"ts": None} == {
-        "ts": None, "level": "INFO", "logger": "cron_pipelines.x", "message": "sent to a***@example.com", "request_id": "abc"}
+        "ts": None,
+        "level": "INFO",
+        "logger": "cron_pipelines.x",
+        "message": "sent to a***@example.com",
+        "request_id": "abc",
+    }
     assert json.loads(formatter.format(debug))["message"] == "sent to asha.rao@example.com"
     assert mask_emails("a@b.co and bob.smith+x@mail.example.org") == "a***@b.co and b***@mail.example.org"
 
@@ -73,21 +85,26 @@ def test_every_service_request_gets_a_request_log_line_outside_the_event_log(
     world: JobWorld, log_file: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
     world.services.store.add_users([user("usr_a"), user("usr_b")])
-    world.services.store.add_dues([due("due_a", user_id="usr_a", due_date="2026-12-01"),
-                                   due("due_b", user_id="usr_b", due_date="2026-12-01")])
+    world.services.store.add_dues(
+        [due("due_a", user_id="usr_a", due_date="2026-12-01"), due("due_b", user_id="usr_b", due_date="2026-12-01")]
+    )
     world.services.mongo_faults.add(method="POST", path="/v1/notifications/claims", status=503)
     result = world.run("send_payment_reminders", "2026-11-28")
     assert result.success
 
     stderr = capfd.readouterr().err
     lines = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
-    requests = [line for line in lines if line["logger"] == "cron_pipelines.requests" and line.get("run_id") == result.run_id]
+    requests = [
+        line for line in lines if line["logger"] == "cron_pipelines.requests" and line.get("run_id") == result.run_id
+    ]
     served = world.services.sql_requests.entries + world.services.mongo_requests.entries
     # One line per request the services answered, joined by X-Request-ID, each with its outcome.
     assert sorted(line["request_id"] for line in requests) == sorted(entry.request_id for entry in served)
     assert {(line["endpoint"], line["status"], line["outcome"]) for line in requests} == {
-        ("/v1/dues", "200", "ok"), ("/v1/notifications/claims", "503", "retry"),
-        ("/v1/notifications/claims", "200", "ok"), ("/v1/notifications/outcomes", "200", "ok"),
+        ("/v1/dues", "200", "ok"),
+        ("/v1/notifications/claims", "503", "retry"),
+        ("/v1/notifications/claims", "200", "ok"),
+        ("/v1/notifications/outcomes", "200", "ok"),
     }
     assert all(line["job"] == "send_payment_reminders" and line["partition"] == "2026-11-28" for line in requests)
     assert TEST_JWT_SECRET not in stderr and "eyJ" not in stderr
@@ -95,4 +112,7 @@ def test_every_service_request_gets_a_request_log_line_outside_the_event_log(
     events = log_file.read_text()
     ok_request_ids = {line["request_id"] for line in requests if line["outcome"] == "ok"}
     assert not any(request_id in events for request_id in ok_request_ids)
-    assert sum(1 for record in world.instance.all_logs(result.run_id) if "/v1/notifications/outcomes" in record.message) == 0
+    assert (
+        sum(1 for record in world.instance.all_logs(result.run_id) if "/v1/notifications/outcomes" in record.message)
+        == 0
+    )

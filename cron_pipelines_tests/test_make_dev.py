@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email import message_from_bytes
 from pathlib import Path
 
@@ -37,16 +37,22 @@ class DevServer:
         self.home = home
         self.url = f"http://127.0.0.1:{free_port()}"
         environment = {
-            name: value for name, value in os.environ.items()
+            name: value
+            for name, value in os.environ.items()
             # The embedded defaults: no service URL, the outbox, everything under DAGSTER_HOME.
-            if name not in {"SQL_SERVICE_URL", "MONGO_SERVICE_URL", "MAILER_BACKEND", "MAIL_OUTBOX_DIR", "DEMO_SERVICES_DB"}
+            if name
+            not in {"SQL_SERVICE_URL", "MONGO_SERVICE_URL", "MAILER_BACKEND", "MAIL_OUTBOX_DIR", "DEMO_SERVICES_DB"}
         }
         environment["DAGSTER_HOME"] = str(home)
         self.log = home.parent / "make-dev.log"
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(
                 ["make", "--no-print-directory", "dev", f"VENV={sys.prefix}", f"DEV_PORT={self.url.rsplit(':', 1)[1]}"],
-                cwd=PROJECT, env=environment, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                cwd=PROJECT,
+                env=environment,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
 
     def graphql(self, query: str, **variables: object) -> dict:
@@ -80,25 +86,33 @@ def test_make_dev_serves_every_definition_running_and_delivers_to_the_outbox(dev
 
 def _exercise(dev_server: DevServer) -> None:
     wait_until(lambda: httpx.get(f"{dev_server.url}/server_info", timeout=2).status_code == 200, 180, "the UI")
-    states = wait_until(lambda: dev_server.graphql(STATES)["schedulesOrError"]["results"] and dev_server.graphql(STATES),
-                   120, "the code location")
+    states = wait_until(
+        lambda: dev_server.graphql(STATES)["schedulesOrError"]["results"] and dev_server.graphql(STATES),
+        120,
+        "the code location",
+    )
     assert (dev_server.home / "dagster.yaml").read_text() == (PROJECT / "deploy" / "dagster.dev.yaml").read_text()
 
     defs = build_definitions(load_settings({"DAGSTER_HOME": str(dev_server.home)}))
     (repository,) = states["repositoriesOrError"]["nodes"]
     served_jobs = {job["name"] for job in repository["jobs"]}
     assert {job.name for job in defs.jobs} <= served_jobs  # type: ignore[union-attr]
-    schedules = {schedule["name"]: schedule["scheduleState"]["status"] for schedule in states["schedulesOrError"]["results"]}
+    schedules = {
+        schedule["name"]: schedule["scheduleState"]["status"] for schedule in states["schedulesOrError"]["results"]
+    }
     sensors = {sensor["name"]: sensor["sensorState"]["status"] for sensor in states["sensorsOrError"]["results"]}
     assert schedules == {schedule.name: "RUNNING" for schedule in defs.schedules}  # type: ignore[union-attr]
     assert sensors == {sensor.name: "RUNNING" for sensor in defs.sensors}  # type: ignore[union-attr]
 
-    today = datetime.now(timezone.utc).date().isoformat()  # CRON_TIMEZONE defaults to UTC
+    today = datetime.now(UTC).date().isoformat()  # CRON_TIMEZONE defaults to UTC
     launched = dev_server.graphql(LAUNCH_PARTITION, job="send_payment_reminders", partition=today)["launchRun"]
     assert launched["__typename"] == "LaunchRunSuccess", launched
     run_id = launched["run"]["runId"]
-    wait_until(lambda: dev_server.graphql(RUN_STATUS, id=run_id)["runOrError"]["status"] in {"SUCCESS", "FAILURE", "CANCELED"},
-          180, "the run to end")
+    wait_until(
+        lambda: dev_server.graphql(RUN_STATUS, id=run_id)["runOrError"]["status"] in {"SUCCESS", "FAILURE", "CANCELED"},
+        180,
+        "the run to end",
+    )
     assert dev_server.graphql(RUN_STATUS, id=run_id)["runOrError"]["status"] == "SUCCESS"
 
     # The run's summary and the outbox agree: every reminder it sent is one .eml file.
@@ -107,7 +121,8 @@ def _exercise(dev_server: DevServer) -> None:
         assert record.run_id == run_id
         sent = record.asset_materialization.metadata["sent"].value  # type: ignore[union-attr]
     reminders = [
-        message for message in (message_from_bytes(path.read_bytes()) for path in (dev_server.home / "outbox").glob("*.eml"))
+        message
+        for message in (message_from_bytes(path.read_bytes()) for path in (dev_server.home / "outbox").glob("*.eml"))
         if message["X-Notification-Kind"] == "payment_reminder"
     ]
     assert sent > 0  # the demo data has dues 7, 3, 1 and 0 days ahead

@@ -31,9 +31,17 @@ def test_defaults_follow_the_contract() -> None:
 
 def test_values_are_read_and_normalised() -> None:
     settings = load_settings(
-        {**REAL_SERVICES, "INTERNAL_JWT_SECRET": STRONG_SECRET, "SMTP_PORT": "587", "SMTP_SECURITY": "starttls",
-         "CRON_TIMEZONE": "Asia/Kolkata", "MAIL_OUTBOX_DIR": "/tmp/out", "OPS_ALERT_EMAIL": "ops@example.com",
-         "SMTP_HOST": "", "MAILER_BACKEND": "smtp"}
+        {
+            **REAL_SERVICES,
+            "INTERNAL_JWT_SECRET": STRONG_SECRET,
+            "SMTP_PORT": "587",
+            "SMTP_SECURITY": "starttls",
+            "CRON_TIMEZONE": "Asia/Kolkata",
+            "MAIL_OUTBOX_DIR": "/tmp/out",
+            "OPS_ALERT_EMAIL": "ops@example.com",
+            "SMTP_HOST": "",
+            "MAILER_BACKEND": "smtp",
+        }
     )
     assert settings.mongo_service_url == "https://mongo.internal"
     assert settings.smtp_port == 587 and settings.smtp_security == "starttls"
@@ -50,14 +58,20 @@ def test_values_are_read_and_normalised() -> None:
         ({"MAILER_BACKEND": "pigeon"}, "MAILER_BACKEND='pigeon': Input should be 'smtp' or 'outbox'"),
         ({"SMTP_SECURITY": "tls"}, "SMTP_SECURITY='tls'"),
         ({"INTERNAL_JWT_SECRET": "short"}, "INTERNAL_JWT_SECRET: must be at least 32 bytes"),
-        ({**REAL_SERVICES, "SQL_SERVICE_URL": "ftp://sql"}, "SQL_SERVICE_URL='ftp://sql': must be an http:// or https:// URL"),
+        (
+            {**REAL_SERVICES, "SQL_SERVICE_URL": "ftp://sql"},
+            "SQL_SERVICE_URL='ftp://sql': must be an http:// or https:// URL",
+        ),
         ({"SQL_SERVICE_URL": "not a url", "MONGO_SERVICE_URL": "http://m"}, "SQL_SERVICE_URL='not a url'"),
         ({"SQL_SERVICE_URL": "http://sql"}, "set both (real services) or neither"),
         (REAL_SERVICES, "INTERNAL_JWT_SECRET: the demo key is refused"),
         ({**REAL_SERVICES, "INTERNAL_JWT_SECRET": DEMO_JWT_SECRET}, "INTERNAL_JWT_SECRET: the demo key is refused"),
         ({"INTERNAL_JWT_ALGORITHM": "HS512"}, "INTERNAL_JWT_ALGORITHM='HS512'"),
         ({"INTERNAL_JWT_ALGORITHM": "RS256"}, "INTERNAL_JWT_PRIVATE_KEY: required"),
-        ({"INTERNAL_JWT_ALGORITHM": "RS256", "INTERNAL_JWT_PRIVATE_KEY": "garbage", "INTERNAL_JWT_KEY_ID": "k"}, "not a readable unencrypted PEM"),
+        (
+            {"INTERNAL_JWT_ALGORITHM": "RS256", "INTERNAL_JWT_PRIVATE_KEY": "garbage", "INTERNAL_JWT_KEY_ID": "k"},
+            "not a readable unencrypted PEM",
+        ),
         ({"CRON_TIMEZONE": "Mars/Olympus"}, "CRON_TIMEZONE='Mars/Olympus': is not an IANA time zone"),
         ({"MAIL_FROM": "Ops <ops@example.com>\r\nBcc: x@example.com"}, "MAIL_FROM="),
         ({"MAIL_FROM": "nobody"}, "MAIL_FROM='nobody'"),
@@ -81,7 +95,11 @@ def test_every_problem_is_reported_at_once() -> None:
 
 @pytest.mark.parametrize(("algorithm", "wrong"), [("RS256", "ES256"), ("ES256", "EdDSA"), ("EdDSA", "RS256")])
 def test_private_key_must_match_the_algorithm(algorithm: str, wrong: str) -> None:
-    good = {"INTERNAL_JWT_ALGORITHM": algorithm, "INTERNAL_JWT_PRIVATE_KEY": private_key_pem(algorithm), "INTERNAL_JWT_KEY_ID": "k1"}
+    good = {
+        "INTERNAL_JWT_ALGORITHM": algorithm,
+        "INTERNAL_JWT_PRIVATE_KEY": private_key_pem(algorithm),
+        "INTERNAL_JWT_KEY_ID": "k1",
+    }
     assert load_settings({**REAL_SERVICES, **good}).jwt_signing_key == good["INTERNAL_JWT_PRIVATE_KEY"]
     with pytest.raises(SettingsError, match=f"INTERNAL_JWT_PRIVATE_KEY: {algorithm} needs"):
         load_settings({**good, "INTERNAL_JWT_PRIVATE_KEY": private_key_pem(wrong)})

@@ -62,7 +62,7 @@ class TokenVerifier:
         return claims
 
     @classmethod
-    def for_issuer(cls, issuer: TokenIssuer, audience: str) -> "TokenVerifier":
+    def for_issuer(cls, issuer: TokenIssuer, audience: str) -> TokenVerifier:
         """The verifier a service would configure for tokens from `issuer`."""
         key = issuer.signing_key if issuer.algorithm == "HS256" else public_key_pem(issuer.signing_key)
         return cls(

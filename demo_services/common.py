@@ -21,8 +21,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from cron_pipelines.models.payloads import ErrorBody
 from cron_pipelines.clients.tokens import TokenError
+from cron_pipelines.models.payloads import ErrorBody
 from demo_services.auth import TokenVerifier
 from demo_services.faults import FaultInjector, InstrumentationMiddleware, RequestLog
 from demo_services.store import DemoStore, KeysetPage, SortKey
@@ -57,6 +57,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 # -- errors -----------------------------------------------------------------------
+
 
 def _describe_validation(errors: Sequence[Any], limit: int = 3) -> str:
     # Where and why, in pydantic's words; the request body itself is not echoed back.
@@ -131,6 +132,7 @@ async def authenticate(
 
 # -- lists ----------------------------------------------------------------------------
 
+
 def encode_cursor(key: SortKey) -> str:
     raw = json.dumps(list(key), separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
@@ -165,6 +167,7 @@ def page_response(page: KeysetPage) -> JSONResponse:
 
 # -- batches ----------------------------------------------------------------------------
 
+
 class BatchRequest(BaseModel, Generic[T]):
     """A batch write: the items, in the order their results come back."""
 
@@ -180,6 +183,7 @@ def batch_response(results: list[dict[str, Any]]) -> JSONResponse:
 
 
 # -- the app ----------------------------------------------------------------------------
+
 
 async def get_store(request: Request) -> DemoStore:
     return request.app.state.store

@@ -69,7 +69,9 @@ class FaultInjector:
         if after_handling and status is None:
             raise ValueError("a lost answer needs the status the client sees instead")
         with self._lock:
-            self._rules.append(_Rule(method.upper(), path, times, InjectedFault(status, retry_after, delay, code, after_handling)))
+            self._rules.append(
+                _Rule(method.upper(), path, times, InjectedFault(status, retry_after, delay, code, after_handling))
+            )
 
     def clear(self) -> None:
         with self._lock:
@@ -204,9 +206,7 @@ class InstrumentationMiddleware:
 
     @staticmethod
     async def _send_fault(fault: InjectedFault, send: Send) -> None:
-        body = json.dumps(
-            {"error": {"code": fault.code, "message": f"injected fault: status {fault.status}"}}
-        ).encode()
+        body = json.dumps({"error": {"code": fault.code, "message": f"injected fault: status {fault.status}"}}).encode()
         headers: list[tuple[bytes, bytes]] = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),

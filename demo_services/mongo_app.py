@@ -142,8 +142,13 @@ def list_notifications(
 ) -> JSONResponse:
     return page_response(
         store.page_notifications(
-            user_id=user_id, kind=kind, statuses=status, since=_instant(since), until=_instant(until),
-            after=decode_cursor(cursor), limit=limit,
+            user_id=user_id,
+            kind=kind,
+            statuses=status,
+            since=_instant(since),
+            until=_instant(until),
+            after=decode_cursor(cursor),
+            limit=limit,
         )
     )
 

@@ -25,14 +25,62 @@ from cron_pipelines.models.payloads import format_instant
 from demo_services.store import DemoStore
 
 _FIRST_NAMES = (
-    "Asha", "Rohan", "Priya", "Vikram", "Meera", "Arjun", "Kavya", "Nikhil", "Ananya", "Siddharth",
-    "Lakshmi", "Farhan", "Ishita", "Rahul", "Sneha", "Karthik", "Divya", "Aditya", "Neha", "Imran",
-    "Emma", "Lucas", "Sofia", "Mateo", "Amara", "Kenji", "Chloe", "Tomasz", "Zanele", "Oliver",
+    "Asha",
+    "Rohan",
+    "Priya",
+    "Vikram",
+    "Meera",
+    "Arjun",
+    "Kavya",
+    "Nikhil",
+    "Ananya",
+    "Siddharth",
+    "Lakshmi",
+    "Farhan",
+    "Ishita",
+    "Rahul",
+    "Sneha",
+    "Karthik",
+    "Divya",
+    "Aditya",
+    "Neha",
+    "Imran",
+    "Emma",
+    "Lucas",
+    "Sofia",
+    "Mateo",
+    "Amara",
+    "Kenji",
+    "Chloe",
+    "Tomasz",
+    "Zanele",
+    "Oliver",
 )
 _LAST_NAMES = (
-    "Rao", "Sharma", "Iyer", "Menon", "Patel", "Reddy", "Nair", "Gupta", "Khan", "Das",
-    "Kulkarni", "Banerjee", "Pillai", "Joshi", "Chatterjee", "Fernandes", "Okafor", "Tanaka",
-    "Nowak", "Garcia", "Dubois", "Mbeki", "Smith", "Rossi",
+    "Rao",
+    "Sharma",
+    "Iyer",
+    "Menon",
+    "Patel",
+    "Reddy",
+    "Nair",
+    "Gupta",
+    "Khan",
+    "Das",
+    "Kulkarni",
+    "Banerjee",
+    "Pillai",
+    "Joshi",
+    "Chatterjee",
+    "Fernandes",
+    "Okafor",
+    "Tanaka",
+    "Nowak",
+    "Garcia",
+    "Dubois",
+    "Mbeki",
+    "Smith",
+    "Rossi",
 )
 _DESCRIPTIONS = ("Membership fee", "Annual subscription", "Event ticket", "Locker rental", "Coaching programme")
 _AMOUNTS_CENTS = (50000, 75000, 125000, 250000, 499900)
@@ -90,15 +138,17 @@ class _Builder:
         return row
 
     def due(self, due_id: str, user_id: str, *, due_in_days: int, status: str) -> None:
-        self.dues.append({
-            "id": due_id,
-            "user_id": user_id,
-            "amount_cents": self.rng.choice(_AMOUNTS_CENTS),
-            "currency": "INR" if self.rng.random() < 0.85 else self.rng.choice(("EUR", "USD")),
-            "due_date": self.day(due_in_days),
-            "status": status,
-            "description": self.rng.choice(_DESCRIPTIONS),
-        })
+        self.dues.append(
+            {
+                "id": due_id,
+                "user_id": user_id,
+                "amount_cents": self.rng.choice(_AMOUNTS_CENTS),
+                "currency": "INR" if self.rng.random() < 0.85 else self.rng.choice(("EUR", "USD")),
+                "due_date": self.day(due_in_days),
+                "status": status,
+                "description": self.rng.choice(_DESCRIPTIONS),
+            }
+        )
 
     def member_with_due(self, suffix: str, *, due_in_days: int, status: str) -> None:
         """A recently active member with one due (so only the due's rule applies to them)."""
@@ -106,66 +156,93 @@ class _Builder:
         self.due(f"due_{suffix}", user["id"], due_in_days=due_in_days, status=status)
 
     def ledger(
-        self, key: str, *, kind: str, job_name: str, user: dict[str, Any], days_ago: int, hour: int,
+        self,
+        key: str,
+        *,
+        kind: str,
+        job_name: str,
+        user: dict[str, Any],
+        days_ago: int,
+        hour: int,
         status: str = "sent",
     ) -> None:
         """A ledger record claimed at `hour`:00 on the day D − `days_ago` (and sent a minute later)."""
         sent = status == "sent"
-        self.notifications.append({
-            "idempotency_key": key,
-            "kind": kind,
-            "user_id": user["id"],
-            "recipient": user["email"],
-            "status": status,
-            "run_id": f"seed-{self.rng.getrandbits(32):08x}",
-            "job_name": job_name,
-            "partition_key": self.day(-days_ago),
-            "attempts": 1,
-            "claimed_at": self.instant(days_ago, hour, 0),
-            "sent_at": self.instant(days_ago, hour, 1) if sent else None,
-            "message_id": self.message_id() if sent else None,
-            "error": None if sent else "421 4.7.0 Try again later",
-            "metadata": {"source": "seed"},
-        })
+        self.notifications.append(
+            {
+                "idempotency_key": key,
+                "kind": kind,
+                "user_id": user["id"],
+                "recipient": user["email"],
+                "status": status,
+                "run_id": f"seed-{self.rng.getrandbits(32):08x}",
+                "job_name": job_name,
+                "partition_key": self.day(-days_ago),
+                "attempts": 1,
+                "claimed_at": self.instant(days_ago, hour, 0),
+                "sent_at": self.instant(days_ago, hour, 1) if sent else None,
+                "message_id": self.message_id() if sent else None,
+                "error": None if sent else "421 4.7.0 Try again later",
+                "metadata": {"source": "seed"},
+            }
+        )
 
     def warning(
-        self, user: dict[str, Any], *, sent_days_ago: int, sent_hour: int = 9, last_active_at: str | None = None,
+        self,
+        user: dict[str, Any],
+        *,
+        sent_days_ago: int,
+        sent_hour: int = 9,
+        last_active_at: str | None = None,
         status: str = "sent",
     ) -> None:
         """An `inactivity_warning` for the stretch starting at `last_active_at` (default: the current one)."""
         stretch = last_active_at or user["last_login_at"] or user["created_at"]
         self.ledger(
-            f"inactivity_warning:{user['id']}:{stretch}", kind="inactivity_warning", job_name="notify_inactive_users",
-            user=user, days_ago=sent_days_ago, hour=sent_hour, status=status,
+            f"inactivity_warning:{user['id']}:{stretch}",
+            kind="inactivity_warning",
+            job_name="notify_inactive_users",
+            user=user,
+            days_ago=sent_days_ago,
+            hour=sent_hour,
+            status=status,
         )
 
     def verification(
-        self, verification_id: str, *, requested_days_ago: int, status: str = "pending",
+        self,
+        verification_id: str,
+        *,
+        requested_days_ago: int,
+        status: str = "pending",
         attempts: tuple[tuple[str, int, int], ...] = (),
     ) -> None:
         """An employee verification with `attempts` as (outcome, days ago, hour)."""
         first, last = self.name()
         employee_id = f"emp_{verification_id.removeprefix('ver_')}"
         decided = status != "pending"
-        self.verifications.append({
-            "id": verification_id,
-            "employee_id": employee_id,
-            "email": f"{first}.{last}{len(self.verifications) + 1}@example.org".lower(),
-            "full_name": f"{first} {last}",
-            "status": status,
-            "requested_at": self.instant(requested_days_ago, 10),
-            "decision_reason": f"seeded as {status}" if decided else None,
-            "decided_at": self.instant(max(requested_days_ago - 1, 0), 11) if decided else None,
-        })
-        for number, (outcome, days_ago, hour) in enumerate(attempts, start=1):
-            self.attempts.append({
-                "id": f"att_{verification_id.removeprefix('ver_')}_{number}",
-                "verification_id": verification_id,
+        self.verifications.append(
+            {
+                "id": verification_id,
                 "employee_id": employee_id,
-                "outcome": outcome,
-                "method": self.rng.choice(("otp", "document", "video_call")),
-                "attempted_at": self.instant(days_ago, hour, self.rng.randint(0, 59)),
-            })
+                "email": f"{first}.{last}{len(self.verifications) + 1}@example.org".lower(),
+                "full_name": f"{first} {last}",
+                "status": status,
+                "requested_at": self.instant(requested_days_ago, 10),
+                "decision_reason": f"seeded as {status}" if decided else None,
+                "decided_at": self.instant(max(requested_days_ago - 1, 0), 11) if decided else None,
+            }
+        )
+        for number, (outcome, days_ago, hour) in enumerate(attempts, start=1):
+            self.attempts.append(
+                {
+                    "id": f"att_{verification_id.removeprefix('ver_')}_{number}",
+                    "verification_id": verification_id,
+                    "employee_id": employee_id,
+                    "outcome": outcome,
+                    "method": self.rng.choice(("otp", "document", "video_call")),
+                    "attempted_at": self.instant(days_ago, hour, self.rng.randint(0, 59)),
+                }
+            )
 
 
 def _payment_scenarios(b: _Builder) -> None:
@@ -201,8 +278,10 @@ def _hostile_scenarios(b: _Builder) -> None:
 def _inactivity_scenarios(b: _Builder) -> None:
     # Last login at 10:00 on the day D − N: warned once before start(D) − 30 days (N ≥ 31),
     # deactivation candidates before start(D) − 90 days (N ≥ 91).
-    users = {days: b.user(f"usr_inactive_{days}d", last_login_days_ago=days, created_days_ago=days + 300)
-             for days in (29, 30, 31, 89, 90, 91, 95, 100, 120, 150)}
+    users = {
+        days: b.user(f"usr_inactive_{days}d", last_login_days_ago=days, created_days_ago=days + 300)
+        for days in (29, 30, 31, 89, 90, 91, 95, 100, 120, 150)
+    }
     never = b.user("usr_never_logged_in", last_login_days_ago=None, created_days_ago=200)
     b.user("usr_never_logged_in_recent", last_login_days_ago=None, created_days_ago=10)
     b.user("usr_already_inactive", last_login_days_ago=200, status="inactive")
@@ -221,10 +300,12 @@ def _inactivity_scenarios(b: _Builder) -> None:
 
 def _verification_scenarios(b: _Builder) -> None:
     b.verification("ver_success", requested_days_ago=2, attempts=(("failure", 2, 11), ("success", 1, 9)))
-    b.verification("ver_five_failures", requested_days_ago=4,
-                   attempts=tuple(("failure", days, 12) for days in (4, 4, 3, 2, 1)))
-    b.verification("ver_four_failures", requested_days_ago=5,
-                   attempts=tuple(("failure", days, 12) for days in (5, 4, 2, 1)))
+    b.verification(
+        "ver_five_failures", requested_days_ago=4, attempts=tuple(("failure", days, 12) for days in (4, 4, 3, 2, 1))
+    )
+    b.verification(
+        "ver_four_failures", requested_days_ago=5, attempts=tuple(("failure", days, 12) for days in (5, 4, 2, 1))
+    )
     # Expiry is for requests before start(D) − 14 days: 15 days expires, 14 does not.
     b.verification("ver_requested_15d", requested_days_ago=15)
     b.verification("ver_requested_14d", requested_days_ago=14)
@@ -236,8 +317,12 @@ def _verification_scenarios(b: _Builder) -> None:
     b.verification("ver_requested_10d", requested_days_ago=10)
     b.verification("ver_requested_10d_recent_attempt", requested_days_ago=10, attempts=(("failure", 1, 8),))
     b.verification("ver_already_verified", requested_days_ago=20, status="verified", attempts=(("success", 19, 10),))
-    b.verification("ver_already_rejected", requested_days_ago=25, status="rejected",
-                   attempts=tuple(("failure", 24, hour) for hour in (9, 10, 11, 12, 13)))
+    b.verification(
+        "ver_already_rejected",
+        requested_days_ago=25,
+        status="rejected",
+        attempts=tuple(("failure", 24, hour) for hour in (9, 10, 11, 12, 13)),
+    )
     b.verification("ver_already_expired", requested_days_ago=40, status="expired")
 
 
@@ -262,15 +347,23 @@ def _ordinary_members(b: _Builder, count: int) -> None:
                 b.due(due_id, user["id"], due_in_days=-days_ago, status="paid")
                 if days_ago <= 60:  # with the reminder sent 3 days before it fell due
                     b.ledger(
-                        f"payment_reminder:{due_id}:{b.day(-days_ago)}:3", kind="payment_reminder",
-                        job_name="send_payment_reminders", user=user, days_ago=days_ago + 3, hour=6,
+                        f"payment_reminder:{due_id}:{b.day(-days_ago)}:3",
+                        kind="payment_reminder",
+                        job_name="send_payment_reminders",
+                        user=user,
+                        days_ago=days_ago + 3,
+                        hour=6,
                     )
             else:
                 b.due(due_id, user["id"], due_in_days=-b.rng.randint(5, 300), status="cancelled")
         if number % 10 == 0:
             requested_days_ago = b.rng.randint(20, 300)
-            b.verification(f"ver_{suffix}", requested_days_ago=requested_days_ago, status="verified",
-                           attempts=(("success", requested_days_ago - 1, 10),))
+            b.verification(
+                f"ver_{suffix}",
+                requested_days_ago=requested_days_ago,
+                status="verified",
+                attempts=(("success", requested_days_ago - 1, 10),),
+            )
 
 
 def seed_demo_data(

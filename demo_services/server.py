@@ -50,7 +50,7 @@ class ServiceServer:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
 
-    def start(self) -> "ServiceServer":
+    def start(self) -> ServiceServer:
         if self._thread is not None:
             raise RuntimeError("the server is already started")
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
@@ -92,7 +92,7 @@ class ServiceServer:
             self._socket.close()
         self._server = self._thread = self._socket = None
 
-    def __enter__(self) -> "ServiceServer":
+    def __enter__(self) -> ServiceServer:
         return self.start()
 
     def __exit__(

@@ -18,7 +18,7 @@ import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -70,14 +70,44 @@ _SCHEMA: tuple[str, ...] = (
 
 # The columns a caller may insert (the normalised ones are derived, never given).
 _INSERTABLE: dict[str, tuple[str, ...]] = {
-    "users": ("id", "email", "full_name", "status", "last_login_at", "created_at",
-              "deactivated_at", "deactivation_reason"),
+    "users": (
+        "id",
+        "email",
+        "full_name",
+        "status",
+        "last_login_at",
+        "created_at",
+        "deactivated_at",
+        "deactivation_reason",
+    ),
     "dues": ("id", "user_id", "amount_cents", "currency", "due_date", "status", "description"),
-    "verifications": ("id", "employee_id", "email", "full_name", "status", "requested_at",
-                      "decision_reason", "decided_at"),
+    "verifications": (
+        "id",
+        "employee_id",
+        "email",
+        "full_name",
+        "status",
+        "requested_at",
+        "decision_reason",
+        "decided_at",
+    ),
     "verification_attempts": ("id", "verification_id", "employee_id", "outcome", "method", "attempted_at"),
-    "notifications": ("idempotency_key", "kind", "user_id", "recipient", "status", "run_id", "job_name",
-                      "partition_key", "attempts", "claimed_at", "sent_at", "message_id", "error", "metadata"),
+    "notifications": (
+        "idempotency_key",
+        "kind",
+        "user_id",
+        "recipient",
+        "status",
+        "run_id",
+        "job_name",
+        "partition_key",
+        "attempts",
+        "claimed_at",
+        "sent_at",
+        "message_id",
+        "error",
+        "metadata",
+    ),
 }
 _PRIMARY_KEYS: dict[str, str] = {table: columns[0] for table, columns in _INSERTABLE.items()}
 
@@ -109,7 +139,7 @@ def sortable_instant(value: object) -> str | None:
         parsed = value if isinstance(value, datetime) else parse_instant(value)  # type: ignore[arg-type]
         if parsed.tzinfo is None:
             return None
-        utc = parsed.astimezone(timezone.utc).replace(tzinfo=None)
+        utc = parsed.astimezone(UTC).replace(tzinfo=None)
     except (TypeError, ValueError, OverflowError):
         return None
     return utc.isoformat(timespec="microseconds") + "Z"
@@ -117,7 +147,7 @@ def sortable_instant(value: object) -> str | None:
 
 def now_instant() -> str:
     """The current instant as the services write it (RFC 3339, UTC, microseconds)."""
-    return datetime.now(timezone.utc).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+    return datetime.now(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def _decode_metadata(value: Any) -> Any:
@@ -136,7 +166,7 @@ def _encode_metadata(value: Any) -> Any:
 
 def _record(row: Row) -> dict[str, Any]:
     """A ledger row (in _RECORD_FIELDS order) as the contract's notification record."""
-    record = dict(zip(_RECORD_FIELDS, row))
+    record = dict(zip(_RECORD_FIELDS, row, strict=True))
     record["metadata"] = _decode_metadata(record["metadata"])
     return record
 
@@ -144,13 +174,19 @@ def _record(row: Row) -> dict[str, Any]:
 def _due_item(row: Row) -> dict[str, Any]:
     user = None if row[7] is None else {"id": row[7], "email": row[8], "full_name": row[9]}
     return {
-        "id": row[0], "user_id": row[1], "amount_cents": row[2], "currency": row[3],
-        "due_date": row[4], "status": row[5], "description": row[6], "user": user,
+        "id": row[0],
+        "user_id": row[1],
+        "amount_cents": row[2],
+        "currency": row[3],
+        "due_date": row[4],
+        "status": row[5],
+        "description": row[6],
+        "user": user,
     }
 
 
 def _columns_item(names: Sequence[str]) -> Callable[[Row], dict[str, Any]]:
-    return lambda row: dict(zip(names, row))
+    return lambda row: dict(zip(names, row, strict=True))
 
 
 _USER_FIELDS = ("id", "email", "full_name", "status", "last_login_at", "created_at")
@@ -270,7 +306,7 @@ class DemoStore:
         with self._connection() as conn:
             cursor = conn.execute(f"SELECT * FROM {table} WHERE {_PRIMARY_KEYS[table]} = ?", (key,))
             row = cursor.fetchone()
-            return None if row is None else dict(zip((c[0] for c in cursor.description), row))
+            return None if row is None else dict(zip((c[0] for c in cursor.description), row, strict=True))
 
     def get_user(self, user_id: str) -> dict[str, Any] | None:
         return self._get("users", user_id)
@@ -382,7 +418,11 @@ class DemoStore:
             "u.id, u.email, u.full_name",
             source="dues AS d LEFT JOIN users AS u ON u.id = d.user_id",
             sort=("d.due_date", "d.id"),
-            where=where, params=params, after=after, limit=limit, to_item=_due_item,
+            where=where,
+            params=params,
+            after=after,
+            limit=limit,
+            to_item=_due_item,
         )
 
     def page_verifications(
@@ -390,17 +430,28 @@ class DemoStore:
     ) -> KeysetPage:
         where, params = self._statuses("status", statuses)
         return self._page(
-            columns=", ".join(_VERIFICATION_FIELDS), source="verifications", sort=("requested_at_utc", "id"),
-            where=where, params=params, after=after, limit=limit, to_item=_verification_item,
+            columns=", ".join(_VERIFICATION_FIELDS),
+            source="verifications",
+            sort=("requested_at_utc", "id"),
+            where=where,
+            params=params,
+            after=after,
+            limit=limit,
+            to_item=_verification_item,
         )
 
     def page_inactive_users(
         self, *, last_active_before: datetime, after: SortKey | None = None, limit: int
     ) -> KeysetPage:
         return self._page(
-            columns=", ".join(_USER_FIELDS), source="users", sort=("last_active_utc", "id"),
-            where=["status = 'active'", "last_active_utc < ?"], params=[sortable_instant(last_active_before)],
-            after=after, limit=limit, to_item=_user_item,
+            columns=", ".join(_USER_FIELDS),
+            source="users",
+            sort=("last_active_utc", "id"),
+            where=["status = 'active'", "last_active_utc < ?"],
+            params=[sortable_instant(last_active_before)],
+            after=after,
+            limit=limit,
+            to_item=_user_item,
         )
 
     def page_attempts(
@@ -416,8 +467,14 @@ class DemoStore:
             where.append("attempted_at_utc >= ?")
             params.append(sortable_instant(since))
         return self._page(
-            columns=", ".join(_ATTEMPT_FIELDS), source="verification_attempts", sort=("attempted_at_utc", "id"),
-            where=where, params=params, after=after, limit=limit, to_item=_attempt_item,
+            columns=", ".join(_ATTEMPT_FIELDS),
+            source="verification_attempts",
+            sort=("attempted_at_utc", "id"),
+            where=where,
+            params=params,
+            after=after,
+            limit=limit,
+            to_item=_attempt_item,
         )
 
     def page_notifications(
@@ -443,8 +500,14 @@ class DemoStore:
                 where.append(clause)
                 params.append(value)
         return self._page(
-            columns=_RECORD_COLUMNS, source="notifications", sort=("claimed_at_utc", "idempotency_key"),
-            where=where, params=params, after=after, limit=limit, to_item=_record,
+            columns=_RECORD_COLUMNS,
+            source="notifications",
+            sort=("claimed_at_utc", "idempotency_key"),
+            where=where,
+            params=params,
+            after=after,
+            limit=limit,
+            to_item=_record,
         )
 
     # -- batch writes: one transaction per batch, one result per item, in order ----------
@@ -528,8 +591,15 @@ class DemoStore:
         row = conn.execute(_SELECT_RECORD, (key,)).fetchone()
         if row is not None and row[_STATUS_INDEX] != "failed":
             return {"idempotency_key": key, "outcome": "duplicate", "record": _record(row)}
-        fresh = (claim.recipient, claim.run_id, claim.job_name, claim.partition_key,
-                 _encode_metadata(claim.metadata), claimed_at, claimed_at_utc)
+        fresh = (
+            claim.recipient,
+            claim.run_id,
+            claim.job_name,
+            claim.partition_key,
+            _encode_metadata(claim.metadata),
+            claimed_at,
+            claimed_at_utc,
+        )
         if row is None:
             row = conn.execute(_INSERT_CLAIM, (key, claim.kind, claim.user_id, *fresh)).fetchone()
         else:
@@ -548,7 +618,12 @@ class DemoStore:
         # sent_at is set exactly when the record is sent, so it never outlives a later failure.
         cursor = conn.execute(
             "UPDATE notifications SET status = ?, message_id = ?, error = ?, sent_at = ? WHERE idempotency_key = ?",
-            (item.status, item.message_id, item.error, item.at if item.status == "sent" else None,
-             item.idempotency_key),
+            (
+                item.status,
+                item.message_id,
+                item.error,
+                item.at if item.status == "sent" else None,
+                item.idempotency_key,
+            ),
         )
         return "updated" if cursor.rowcount else "not_found"

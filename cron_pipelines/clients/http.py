@@ -173,7 +173,9 @@ class _DeadlineStream(httpcore.NetworkStream):
     def close(self) -> None:
         self._stream.close()
 
-    def start_tls(self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None) -> "_DeadlineStream":
+    def start_tls(
+        self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None
+    ) -> _DeadlineStream:
         return _DeadlineStream(self._stream.start_tls(ssl_context, server_hostname, _within_deadline(timeout)))
 
     def get_extra_info(self, info: str) -> Any:
@@ -184,11 +186,21 @@ class _DeadlineBackend(httpcore.NetworkBackend):
     def __init__(self) -> None:
         self._backend = httpcore.SyncBackend()
 
-    def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
-                    socket_options: Any = None) -> httpcore.NetworkStream:
-        return _DeadlineStream(self._backend.connect_tcp(host, port, _within_deadline(timeout), local_address, socket_options))
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> httpcore.NetworkStream:
+        return _DeadlineStream(
+            self._backend.connect_tcp(host, port, _within_deadline(timeout), local_address, socket_options)
+        )
 
-    def connect_unix_socket(self, path: str, timeout: float | None = None, socket_options: Any = None) -> httpcore.NetworkStream:
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Any = None
+    ) -> httpcore.NetworkStream:
         return _DeadlineStream(self._backend.connect_unix_socket(path, _within_deadline(timeout), socket_options))
 
     def sleep(self, seconds: float) -> None:
@@ -342,7 +354,7 @@ class ServiceClient:
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> "ServiceClient":
+    def __enter__(self) -> ServiceClient:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -369,7 +381,9 @@ class ServiceClient:
             try:
                 attempt = self._try(method, path, params, json_body, request_id)
             except ServiceProtocolError as exc:
-                self._log_request(self._context(method, path, str(exc.status), request_id, number, started), "protocol_error")
+                self._log_request(
+                    self._context(method, path, str(exc.status), request_id, number, started), "protocol_error"
+                )
                 raise
             context = self._context(method, path, attempt.status_label, request_id, number, started)
             elapsed = context["elapsed_ms"] / 1000
@@ -384,15 +398,27 @@ class ServiceClient:
                 raise self._refusal(attempt, context, number)
             if number == self._backoff.max_attempts:
                 self._log_request(context, "gave_up")
-                logger.error("%s %s gave up after %d attempts (status=%s, %s) request_id=%s", self.service,
-                             endpoint, number, attempt.status, attempt.failure, request_id,
-                             extra={**context, "outcome": "gave_up"})
+                logger.error(
+                    "%s %s gave up after %d attempts (status=%s, %s) request_id=%s",
+                    self.service,
+                    endpoint,
+                    number,
+                    attempt.status,
+                    attempt.failure,
+                    request_id,
+                    extra={**context, "outcome": "gave_up"},
+                )
                 break
             self._wait_before_retry(attempt, context, number)
         raise ServiceUnavailable(
             f"gave up after {self._backoff.max_attempts} attempts: {attempt.failure}",
-            service=self.service, method=method, path=path, status=attempt.status, code=attempt.code,
-            request_id=request_id, attempts=self._backoff.max_attempts,
+            service=self.service,
+            method=method,
+            path=path,
+            status=attempt.status,
+            code=attempt.code,
+            request_id=request_id,
+            attempts=self._backoff.max_attempts,
         )
 
     def _try(
@@ -407,8 +433,9 @@ class ServiceClient:
                 if 200 <= status < 300:
                     return _Attempt(str(status), body=self._decode(response, method, path, request_id), status=status)
                 code, message = _error_code_and_message(response)
-                return _Attempt(str(status), failure=message, status=status, code=code,
-                                retry_after=_retry_after_seconds(response))
+                return _Attempt(
+                    str(status), failure=message, status=status, code=code, retry_after=_retry_after_seconds(response)
+                )
         except (httpx.TimeoutException, httpcore.TimeoutException) as exc:
             return _Attempt("timeout", failure=f"timed out ({type(exc).__name__})")
         except (httpx.TransportError, httpcore.NetworkError, httpcore.ProtocolError) as exc:
@@ -418,8 +445,14 @@ class ServiceClient:
 
     def _decode(self, response: httpx.Response, method: str, path: str, request_id: str) -> Any:
         def violation(reason: str) -> ServiceProtocolError:
-            return ServiceProtocolError(reason, service=self.service, method=method, path=path,
-                                        status=response.status_code, request_id=request_id)
+            return ServiceProtocolError(
+                reason,
+                service=self.service,
+                method=method,
+                path=path,
+                status=response.status_code,
+                request_id=request_id,
+            )
 
         content_type = response.headers.get("Content-Type", "")
         if content_type.split(";")[0].strip().lower() != "application/json":
@@ -427,7 +460,9 @@ class ServiceClient:
         try:
             return _decode_json(_read_body(response, self._max_response_bytes))
         except _TooLarge:
-            raise violation(f"answer is larger than {self._max_response_bytes} bytes (SERVICE_MAX_RESPONSE_BYTES)") from None
+            raise violation(
+                f"answer is larger than {self._max_response_bytes} bytes (SERVICE_MAX_RESPONSE_BYTES)"
+            ) from None
         except ValueError as exc:
             raise violation(str(exc)) from None
 
@@ -444,11 +479,25 @@ class ServiceClient:
         else:
             error_class, outcome = ServiceRequestError, "refused"
         self._log_request(context, outcome)
-        logger.error("%s %s %s -> %s request_id=%s: %s", self.service, context["method"], context["endpoint"],
-                     status, context["request_id"], attempt.failure, extra={**context, "outcome": outcome})
+        logger.error(
+            "%s %s %s -> %s request_id=%s: %s",
+            self.service,
+            context["method"],
+            context["endpoint"],
+            status,
+            context["request_id"],
+            attempt.failure,
+            extra={**context, "outcome": outcome},
+        )
         return error_class(
-            attempt.failure, service=self.service, method=context["method"], path=context["endpoint"],
-            status=status, code=attempt.code, request_id=context["request_id"], attempts=number,
+            attempt.failure,
+            service=self.service,
+            method=context["method"],
+            path=context["endpoint"],
+            status=status,
+            code=attempt.code,
+            request_id=context["request_id"],
+            attempts=number,
         )
 
     def _wait_before_retry(self, attempt: _Attempt, context: dict[str, Any], number: int) -> None:
@@ -460,8 +509,15 @@ class ServiceClient:
             self.observer.request_retried(service=self.service, endpoint=endpoint)
         logger.warning(
             "%s %s failed (status=%s, %s) request_id=%s; retry %d/%d in %.2f s",
-            self.service, endpoint, attempt.status, attempt.failure, context["request_id"],
-            number, self._backoff.max_attempts - 1, delay, extra={**context, "outcome": "retry"},
+            self.service,
+            endpoint,
+            attempt.status,
+            attempt.failure,
+            context["request_id"],
+            number,
+            self._backoff.max_attempts - 1,
+            delay,
+            extra={**context, "outcome": "retry"},
         )
         self._sleep(delay)
 
@@ -469,13 +525,25 @@ class ServiceClient:
         self, method: str, path: str, status: str, request_id: str, number: int, started: float
     ) -> dict[str, Any]:
         elapsed_ms = round((time.perf_counter() - started) * 1000, 1)
-        return {"service": self.service, "method": method, "endpoint": path, "status": status,
-                "request_id": request_id, "attempt": number, "elapsed_ms": elapsed_ms}
+        return {
+            "service": self.service,
+            "method": method,
+            "endpoint": path,
+            "status": status,
+            "request_id": request_id,
+            "attempt": number,
+            "elapsed_ms": elapsed_ms,
+        }
 
     def _log_request(self, context: dict[str, Any], outcome: str) -> None:
         self._request_log.info(
-            "%s %s %s -> %s in %s ms", self.service, context["method"], context["endpoint"], context["status"],
-            context["elapsed_ms"], extra={**self.log_context, **context, "outcome": outcome},
+            "%s %s %s -> %s in %s ms",
+            self.service,
+            context["method"],
+            context["endpoint"],
+            context["status"],
+            context["elapsed_ms"],
+            extra={**self.log_context, **context, "outcome": outcome},
         )
 
     def _protocol_error(self, method: str, path: str, reason: str) -> ServiceProtocolError:
@@ -554,10 +622,11 @@ class ServiceClient:
             results = [result_model.model_validate(raw) for raw in raw_results]
         except ValidationError as exc:
             raise self._protocol_error("POST", path, f"invalid result: {describe_validation_error(exc)}") from exc
-        for item, result in zip(items, results):
+        for item, result in zip(items, results, strict=True):
             if item.key != result.key:  # type: ignore[attr-defined]
                 raise self._protocol_error(
-                    "POST", path,
+                    "POST",
+                    path,
                     f"result for {printable(result.key, 80)!r} answers item {printable(item.key, 80)!r}",  # type: ignore[attr-defined]
                 )
         return BatchReply(results, reply.attempts)
@@ -567,4 +636,4 @@ class ServiceClient:
     ) -> Iterator[tuple[M, R]]:
         """Each item with its result, written in chunks of at most `chunk_size` as the caller consumes them."""
         for chunk in chunked(items, min(chunk_size, MAX_BATCH_ITEMS)):
-            yield from zip(chunk, self.write_batch(path, chunk, result_model).results)
+            yield from zip(chunk, self.write_batch(path, chunk, result_model).results, strict=True)

@@ -7,7 +7,6 @@ from datetime import datetime
 from typing import Any
 
 from cron_pipelines.clients.http import BatchReply, ServiceClient, chunked
-from cron_pipelines.models.records import InvalidRecord
 from cron_pipelines.models.payloads import (
     ClaimResult,
     Deactivation,
@@ -21,6 +20,7 @@ from cron_pipelines.models.payloads import (
     VerificationAttempt,
     format_instant,
 )
+from cron_pipelines.models.records import InvalidRecord
 
 MONGO_SERVICE = "mongo-service"
 MAX_VERIFICATION_IDS_PER_QUERY = 100

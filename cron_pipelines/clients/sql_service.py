@@ -6,7 +6,6 @@ from collections.abc import Iterable, Iterator, Sequence
 from datetime import date
 from typing import Any
 
-from cron_pipelines.models.records import InvalidRecord
 from cron_pipelines.clients.http import ServiceClient
 from cron_pipelines.models.payloads import (
     Due,
@@ -18,6 +17,7 @@ from cron_pipelines.models.payloads import (
     VerificationDecisionResult,
     VerificationStatus,
 )
+from cron_pipelines.models.records import InvalidRecord
 
 SQL_SERVICE = "sql-service"
 

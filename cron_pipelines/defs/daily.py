@@ -98,7 +98,7 @@ class DailyOptions:
     settings: Settings
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "DailyOptions":
+    def from_settings(cls, settings: Settings) -> DailyOptions:
         return cls(
             # end_offset=1: today's partition exists, so today's run can be launched (and scheduled).
             partitions_def=dg.DailyPartitionsDefinition(

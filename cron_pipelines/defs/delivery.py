@@ -8,15 +8,14 @@ import itertools
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
 from pydantic import BaseModel, Field
 
 from cron_pipelines.clients.errors import ServiceAuthError, ServiceProtocolError, ServiceRequestError
-from cron_pipelines.models.records import InvalidRecord
 from cron_pipelines.models.notification import NotificationKind
+from cron_pipelines.models.records import InvalidRecord
 from cron_pipelines.notifications.pipeline import Gate, Journal, NotificationPipeline, RunInfo
 from cron_pipelines.notifications.transports import MailTransport
 from cron_pipelines.resources import MailerResource, MetricsResource, MongoServiceResource

@@ -12,23 +12,33 @@ NOTIFICATION_LEDGER = dg.AssetKey(["mongo_service", "notification_ledger"])
 
 SERVICES_DATA = [
     dg.AssetSpec(
-        DUES, group_name="services", kinds={"sql"},
+        DUES,
+        group_name="services",
+        kinds={"sql"},
         description="Dues and their payment status (sql-service `GET /v1/dues`).",
     ),
     dg.AssetSpec(
-        VERIFICATIONS, group_name="services", kinds={"sql"},
+        VERIFICATIONS,
+        group_name="services",
+        kinds={"sql"},
         description="Employee verifications (sql-service `GET /v1/verifications`).",
     ),
     dg.AssetSpec(
-        USER_ACTIVITY, group_name="services", kinds={"mongodb"},
+        USER_ACTIVITY,
+        group_name="services",
+        kinds={"mongodb"},
         description="Users and their last activity (mongo-service `GET /v1/users/inactive`).",
     ),
     dg.AssetSpec(
-        VERIFICATION_ATTEMPTS, group_name="services", kinds={"mongodb"},
+        VERIFICATION_ATTEMPTS,
+        group_name="services",
+        kinds={"mongodb"},
         description="Verification attempts (mongo-service `GET /v1/verification-attempts`).",
     ),
     dg.AssetSpec(
-        NOTIFICATION_LEDGER, group_name="services", kinds={"mongodb"},
+        NOTIFICATION_LEDGER,
+        group_name="services",
+        kinds={"mongodb"},
         description="Every notification claimed, sent, failed or skipped, by idempotency key "
         "(mongo-service `/v1/notifications`): the per-email audit trail.",
     ),

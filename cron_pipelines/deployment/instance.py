@@ -10,6 +10,7 @@ builds this instance (webserver, daemon, code server, run workers), so all get t
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import dagster as dg
@@ -26,10 +27,8 @@ def ping_on_checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
     except Exception as exc:
         raise sqlalchemy.exc.DisconnectionError() from exc
     finally:
-        try:
+        with contextlib.suppress(Exception):  # the connection is already gone
             cursor.close()
-        except Exception:  # the connection is already gone
-            pass
 
 
 class ProductionInstance(dg.DagsterInstance):

@@ -41,8 +41,9 @@ def _process_started_at(pid: int) -> float | None:
     """When `pid` started (epoch seconds), or None when no such live process exists."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
-                    if line.startswith("btime "))
+        boot = next(
+            float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime ")
+        )
     except (FileNotFoundError, ProcessLookupError, StopIteration, IndexError):
         return None
     if fields[0] in ("Z", "X"):  # exited, waiting to be reaped
@@ -91,6 +92,7 @@ class LocalRunLauncher(dg.DefaultRunLauncher):
         os.kill(found[0], signal.SIGINT)
         self._instance.report_engine_event(
             f"Interrupted run worker pid {found[0]} directly: its code server no longer knows the run.",
-            run, cls=self.__class__,
+            run,
+            cls=self.__class__,
         )
         return True

@@ -6,11 +6,10 @@ services (which serialise what they answer) and the tests.
 
 from __future__ import annotations
 
-from datetime import date, datetime, timezone
-from typing import Any, Generic, Literal, TypeVar
+from datetime import UTC, date, datetime
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
-from typing_extensions import Annotated
 
 # Caps on what the services send (docs/services.md, "Limits"). A record over a cap fails
 # validation: it is recorded `skipped` with the reason (or counted invalid when not even
@@ -73,7 +72,7 @@ def format_instant(value: datetime) -> str:
     """An aware datetime as RFC 3339 (UTC, `Z`), the way this project writes instants."""
     if value.tzinfo is None:
         raise ValueError("naive datetime cannot be written as an instant")
-    return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 class ServiceModel(BaseModel):

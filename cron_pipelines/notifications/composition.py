@@ -14,7 +14,7 @@ import base64
 import re
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from email.header import Header
 from email.utils import formataddr, formatdate, make_msgid, parseaddr, quote
 from typing import Any
@@ -84,7 +84,11 @@ def _address_header(recipient: Recipient) -> str:
     # RFC 6532: the address is written as UTF-8 (the message goes only over SMTPUTF8).
     if not recipient.name:
         return f"<{recipient.address}>"
-    phrase = f'"{quote(recipient.name)}"' if recipient.name.isascii() else _header_text(str(Header(recipient.name, "utf-8").encode()))
+    phrase = (
+        f'"{quote(recipient.name)}"'
+        if recipient.name.isascii()
+        else _header_text(str(Header(recipient.name, "utf-8").encode()))
+    )
     return f"{phrase} <{recipient.address}>"
 
 
@@ -140,8 +144,10 @@ class MessageComposer:
             raise UnsendableNotification("idempotency key is not printable ASCII without spaces")
         recipient = check_recipient(notification.email, notification.name)
         context = {
-            **{name: without_bidi_controls(value) if isinstance(value, str) else value
-               for name, value in notification.context.items()},
+            **{
+                name: without_bidi_controls(value) if isinstance(value, str) else value
+                for name, value in notification.context.items()
+            },
             "name": recipient.name or "there",
             "notification_id": notification.key,
         }
@@ -159,7 +165,9 @@ class MessageComposer:
             ("X-Notification-Id", notification.key),
         ]
         data = serialize_message(
-            headers, self._render(kind, "body.txt", context), self._render(kind, "body.html", context),
+            headers,
+            self._render(kind, "body.txt", context),
+            self._render(kind, "body.html", context),
             smtputf8=recipient.smtputf8,
         )
         return OutgoingMessage(

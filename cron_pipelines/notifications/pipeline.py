@@ -33,13 +33,14 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
 
-from cron_pipelines.models.records import InvalidRecord, InvalidTally, describe_validation_error
 from cron_pipelines.clients.http import chunked
+from cron_pipelines.clients.mongo_service import MongoServiceClient
+from cron_pipelines.models.notification import Notification
 from cron_pipelines.models.payloads import (
     CLAIM_TOKEN,
     PLANNED_MESSAGE_ID,
@@ -48,9 +49,8 @@ from cron_pipelines.models.payloads import (
     NotificationOutcome,
     format_instant,
 )
-from cron_pipelines.clients.mongo_service import MongoServiceClient
+from cron_pipelines.models.records import InvalidRecord, InvalidTally, describe_validation_error
 from cron_pipelines.notifications.composition import MessageComposer, OutgoingMessage, UnsendableNotification
-from cron_pipelines.models.notification import Notification
 from cron_pipelines.notifications.transports import MailServerUnavailable, MailTransport, SendResult
 from cron_pipelines.safe_text import printable
 
@@ -139,7 +139,7 @@ class Journal:
         }
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "Journal":
+    def from_json(cls, data: Mapping[str, Any]) -> Journal:
         return cls(
             outcomes=[NotificationOutcome.model_validate(item) for item in data.get("outcomes", [])],
             unanswered_claims={str(key): str(token) for key, token in dict(data.get("unanswered_claims", {})).items()},
@@ -183,8 +183,10 @@ def _interrupts_deferred(*, redeliver: bool) -> Iterator[None]:
         yield
         return
     received: list[int] = []
-    previous = {number: signal.signal(number, lambda signum, _frame: received.append(signum))
-                for number in (signal.SIGINT, signal.SIGTERM)}
+    previous = {
+        number: signal.signal(number, lambda signum, _frame: received.append(signum))
+        for number in (signal.SIGINT, signal.SIGTERM)
+    }
     try:
         yield
     finally:
@@ -314,15 +316,23 @@ class NotificationPipeline:
         for chunk in chunked(sorted(tokens.items()), self._batch_size):
             claims = [
                 NotificationClaim(
-                    idempotency_key=key, kind=key.split(":", 1)[0], run_id=self._run.run_id,
-                    job_name=self._run.job_name, partition_key=self._run.partition_key, metadata={CLAIM_TOKEN: token},
+                    idempotency_key=key,
+                    kind=key.split(":", 1)[0],
+                    run_id=self._run.run_id,
+                    job_name=self._run.job_name,
+                    partition_key=self._run.partition_key,
+                    metadata={CLAIM_TOKEN: token},
                 )
                 for key, token in chunk
             ]
             reply = self._ledger.claim_notifications(claims)
             released = [
-                NotificationOutcome(idempotency_key=key, status="failed", error=f"not sent: {because}",
-                                    at=format_instant(datetime.now(timezone.utc)))
+                NotificationOutcome(
+                    idempotency_key=key,
+                    status="failed",
+                    error=f"not sent: {because}",
+                    at=format_instant(datetime.now(UTC)),
+                )
                 for (key, token), result in zip(chunk, reply.results, strict=True)
                 if self._owns(result, None, token)
             ]
@@ -369,7 +379,7 @@ class NotificationPipeline:
         # If the gate's service write fails, nothing of this batch is sent: its claims are recorded
         # `failed` as the step stops, and a retry or later run claims them and writes again.
         reasons = self._skip_reasons(batch.owned, gate)
-        for (notification, claim), reason in zip(batch.owned, reasons):
+        for (notification, claim), reason in zip(batch.owned, reasons, strict=True):
             self._compose(notification, claim, reason, batch)
 
     def _claimable(self, items: Sequence[Notification | InvalidRecord]) -> list[tuple[Notification, NotificationClaim]]:
@@ -406,8 +416,9 @@ class NotificationPipeline:
         # A token per batch, reused when the HTTP request is retried: a `duplicate` that
         # carries it was claimed by this very request, whose first answer was lost.
         token = uuid.uuid4().hex
-        claims = [claim.model_copy(update={"metadata": {**claim.metadata, CLAIM_TOKEN: token}})
-                  for _, claim in claimable]
+        claims = [
+            claim.model_copy(update={"metadata": {**claim.metadata, CLAIM_TOKEN: token}}) for _, claim in claimable
+        ]
         # Until the answer is processed these count as claimed, unknown which: a stop resolves them.
         batch.pending_claims.update((claim.idempotency_key, token) for claim in claims)
         reply = self._ledger.claim_notifications(claims)
@@ -431,16 +442,16 @@ class NotificationPipeline:
         token = record.metadata.get(CLAIM_TOKEN)
         return token is not None and token in (retried_token, inherited_token)
 
-    def _skip_reasons(
-        self, owned: Sequence[tuple[Notification, ClaimResult]], gate: Gate | None
-    ) -> list[str | None]:
+    def _skip_reasons(self, owned: Sequence[tuple[Notification, ClaimResult]], gate: Gate | None) -> list[str | None]:
         reasons: list[str | None] = []
         for notification, claim in owned:
             if notification.skip_reason is not None:
                 reasons.append(notification.skip_reason)
             elif claim.record.attempts > self._max_attempts:
-                reasons.append(f"not sent: gave up after {claim.record.attempts - 1} failed attempts "
-                               f"(MAIL_MAX_ATTEMPTS={self._max_attempts})")
+                reasons.append(
+                    f"not sent: gave up after {claim.record.attempts - 1} failed attempts "
+                    f"(MAIL_MAX_ATTEMPTS={self._max_attempts})"
+                )
             else:
                 reasons.append(None)
         gated = [index for index, reason in enumerate(reasons) if reason is None]
@@ -475,7 +486,9 @@ class NotificationPipeline:
 
         def send() -> None:
             try:
-                for (notification, message), result in zip(batch.messages, self._transport.send_batch(messages)):
+                for (notification, message), result in zip(
+                    batch.messages, self._transport.send_batch(messages), strict=True
+                ):
                     batch.decide(self._outcome_of_sending(notification, message, result))
                     batch.sent_by_sender += 1
             finally:
@@ -507,8 +520,10 @@ class NotificationPipeline:
         """
         if interrupted:
             self._transport.stop()
-            self._log.warning("interrupted: no message is handed to the mail server from now on; "
-                              "recording what happened to every claimed notification")
+            self._log.warning(
+                "interrupted: no message is handed to the mail server from now on; "
+                "recording what happened to every claimed notification"
+            )
         for batch in batches:
             if batch is None:
                 continue
@@ -524,8 +539,10 @@ class NotificationPipeline:
                 self._release(unanswered, because)
                 self.journal.unanswered_claims.clear()
         if self._stopped_sending:
-            self._log.warning("stopped: %d claimed notification(s) not handed to the mail server, recorded "
-                              "`failed` for a later run", self._stopped_sending)
+            self._log.warning(
+                "stopped: %d claimed notification(s) not handed to the mail server, recorded `failed` for a later run",
+                self._stopped_sending,
+            )
 
     def _abandon(self, batch: _Batch, because: str) -> None:
         """Every notification the batch owns and has no outcome for was not sent: `failed`, so a later run sends it.
@@ -548,7 +565,9 @@ class NotificationPipeline:
 
     # -- outcomes ------------------------------------------------------------------
 
-    def _outcome_of_sending(self, notification: Notification, message: OutgoingMessage, result: SendResult) -> NotificationOutcome:
+    def _outcome_of_sending(
+        self, notification: Notification, message: OutgoingMessage, result: SendResult
+    ) -> NotificationOutcome:
         if result.outcome == "sent":
             self.stats.count("sent", notification.kind, notification.key)
             return self._outcome(notification, "sent", message_id=message.message_id)
@@ -581,8 +600,11 @@ class NotificationPipeline:
                 results = self._ledger.record_outcomes(batch)
             except Exception:
                 if quietly:
-                    self._log.error("the ledger cannot record %d outcome(s) now; they are kept in the run's journal "
-                                    "for the next attempt", len(self.journal.outcomes))
+                    self._log.error(
+                        "the ledger cannot record %d outcome(s) now; they are kept in the run's journal "
+                        "for the next attempt",
+                        len(self.journal.outcomes),
+                    )
                     return
                 raise
             del self.journal.outcomes[: len(batch)]
@@ -598,7 +620,7 @@ class NotificationPipeline:
             status=status,  # type: ignore[arg-type]
             message_id=message_id,
             error=printable(error, 500) if error is not None else None,
-            at=format_instant(datetime.now(timezone.utc)),
+            at=format_instant(datetime.now(UTC)),
         )
 
     def _log_progress(self) -> None:

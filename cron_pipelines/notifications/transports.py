@@ -25,7 +25,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from queue import Queue
 from typing import Literal, Protocol
@@ -81,7 +81,7 @@ class OutboxTransport:
 
     def _write(self, message: OutgoingMessage) -> None:
         self._sequence += 1
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
         name = f"{stamp}-{os.getpid()}-{self._sequence:06d}-{uuid.uuid4().hex[:8]}.eml"
         temporary = self.directory / f".{name}.tmp"
         with open(temporary, "wb") as handle:
@@ -212,8 +212,9 @@ class _SmtpConnection:
         if message.smtputf8:
             smtp.ehlo_or_helo_if_needed()
             if not smtp.has_extn("smtputf8"):
-                return SendResult(message.key, "bounced",
-                                  "not sent: the address needs SMTPUTF8, which the mail server does not offer")
+                return SendResult(
+                    message.key, "bounced", "not sent: the address needs SMTPUTF8, which the mail server does not offer"
+                )
             options = ("SMTPUTF8",)
         try:
             refused = smtp.sendmail(message.sender, [message.recipient], message.data, mail_options=options)
@@ -273,7 +274,9 @@ class SmtpTransport:
         for connection in self._all:
             self._connections.put(connection)
         self._rate_limiter = RateLimiter(rate_limit_per_second) if rate_limit_per_second else None
-        self._pool = ThreadPoolExecutor(max_workers=max_connections, thread_name_prefix="smtp") if max_connections > 1 else None
+        self._pool = (
+            ThreadPoolExecutor(max_workers=max_connections, thread_name_prefix="smtp") if max_connections > 1 else None
+        )
         self._server_down = threading.Event()
         self._down_reason = ""
         self._stopped = threading.Event()

@@ -12,8 +12,8 @@ from typing import Any
 from dagster import EnvVar
 from pydantic import SecretStr
 
-from cron_pipelines.resources.metrics import MetricsResource
 from cron_pipelines.resources.mailer import MailerResource
+from cron_pipelines.resources.metrics import MetricsResource
 from cron_pipelines.resources.services import (
     InternalJwtResource,
     MongoServiceResource,
@@ -66,19 +66,21 @@ def _service_resources(settings: Settings, options: dict[str, Any]) -> dict[str,
 def build_resources(settings: Settings) -> dict[str, Any]:
     auth = InternalJwtResource(
         algorithm=settings.internal_jwt_algorithm,
-        secret=_secret("INTERNAL_JWT_SECRET", settings.jwt_signing_key if settings.internal_jwt_algorithm == "HS256" else None),
+        secret=_secret(
+            "INTERNAL_JWT_SECRET", settings.jwt_signing_key if settings.internal_jwt_algorithm == "HS256" else None
+        ),
         private_key=_secret("INTERNAL_JWT_PRIVATE_KEY", settings.internal_jwt_private_key),
         key_id=settings.internal_jwt_key_id,
         issuer=settings.internal_jwt_issuer,
     )
-    service_options: dict[str, Any] = dict(
-        auth=auth,
-        connect_timeout_seconds=settings.service_connect_timeout_seconds,
-        read_timeout_seconds=settings.service_read_timeout_seconds,
-        max_attempts=settings.service_max_attempts,
-        request_deadline_seconds=settings.service_request_deadline_seconds,
-        max_response_bytes=settings.service_max_response_bytes,
-    )
+    service_options: dict[str, Any] = {
+        "auth": auth,
+        "connect_timeout_seconds": settings.service_connect_timeout_seconds,
+        "read_timeout_seconds": settings.service_read_timeout_seconds,
+        "max_attempts": settings.service_max_attempts,
+        "request_deadline_seconds": settings.service_request_deadline_seconds,
+        "max_response_bytes": settings.service_max_response_bytes,
+    }
     return {
         **_service_resources(settings, service_options),
         "mailer": MailerResource(

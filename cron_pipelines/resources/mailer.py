@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
-from typing import Optional
 
 from dagster import ConfigurableResource
 from pydantic import Field
@@ -18,20 +17,22 @@ class MailerResource(ConfigurableResource):
 
     backend: str = Field("outbox", description="`outbox` (one .eml file per message) or `smtp`.")
     mail_from: str = Field("Cron Pipelines <no-reply@localhost>", description="From header (MAIL_FROM).")
-    outbox_dir: Optional[str] = Field(None, description="Folder of the outbox backend (MAIL_OUTBOX_DIR).")
+    outbox_dir: str | None = Field(None, description="Folder of the outbox backend (MAIL_OUTBOX_DIR).")
     smtp_host: str = "localhost"
     smtp_port: int = Field(25, ge=1, le=65535)
     smtp_security: str = Field("none", description="none, starttls or ssl.")
-    smtp_username: Optional[str] = None
-    smtp_password: Optional[str] = Field(None, repr=False)
+    smtp_username: str | None = None
+    smtp_password: str | None = Field(None, repr=False)
     smtp_timeout_seconds: float = Field(30.0, gt=0)
     max_connections: int = Field(4, ge=1, le=64, description="Parallel SMTP sessions (MAIL_MAX_CONNECTIONS).")
-    rate_limit_per_second: Optional[float] = Field(None, gt=0, description="MAIL_RATE_LIMIT_PER_SECOND.")
+    rate_limit_per_second: float | None = Field(None, gt=0, description="MAIL_RATE_LIMIT_PER_SECOND.")
     max_attempts: int = Field(
         5, ge=1, description="Claims of one notification before a failing one is skipped (MAIL_MAX_ATTEMPTS)."
     )
     delivery_batch_size: int = Field(
-        100, ge=1, le=500,
+        100,
+        ge=1,
+        le=500,
         description="Notifications claimed per request, and outcomes recorded at least this often (DELIVERY_BATCH_SIZE).",
     )
 

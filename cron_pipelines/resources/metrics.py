@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import Optional
 
 from dagster import ConfigurableResource, InitResourceContext
 from prometheus_client import CollectorRegistry, Counter, Histogram, push_to_gateway
@@ -29,24 +28,36 @@ class RunMetrics:
         self.job = job
         self.registry = CollectorRegistry()
         self.notifications = Counter(
-            "cron_pipelines_notifications", "Notifications handled, by kind and outcome.",
-            ["job", "kind", "outcome"], registry=self.registry,
+            "cron_pipelines_notifications",
+            "Notifications handled, by kind and outcome.",
+            ["job", "kind", "outcome"],
+            registry=self.registry,
         )
         self.requests = Counter(
-            "cron_pipelines_service_requests", "Requests to the internal services, by answer status.",
-            ["service", "endpoint", "status"], registry=self.registry,
+            "cron_pipelines_service_requests",
+            "Requests to the internal services, by answer status.",
+            ["service", "endpoint", "status"],
+            registry=self.registry,
         )
         self.request_seconds = Histogram(
-            "cron_pipelines_service_request_duration_seconds", "Latency of requests to the internal services.",
-            ["service", "endpoint"], buckets=LATENCY_BUCKETS, registry=self.registry,
+            "cron_pipelines_service_request_duration_seconds",
+            "Latency of requests to the internal services.",
+            ["service", "endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.retries = Counter(
-            "cron_pipelines_service_retries", "Requests retried after a transient failure.",
-            ["service", "endpoint"], registry=self.registry,
+            "cron_pipelines_service_retries",
+            "Requests retried after a transient failure.",
+            ["service", "endpoint"],
+            registry=self.registry,
         )
         self.run_seconds = Histogram(
-            "cron_pipelines_run_duration_seconds", "Wall time of a run, from resource set-up to tear-down.",
-            ["job"], buckets=RUN_BUCKETS, registry=self.registry,
+            "cron_pipelines_run_duration_seconds",
+            "Wall time of a run, from resource set-up to tear-down.",
+            ["job"],
+            buckets=RUN_BUCKETS,
+            registry=self.registry,
         )
 
     # -- the service clients' observer --------------------------------------------------
@@ -66,16 +77,21 @@ class RunMetrics:
                 self.notifications.labels(self.job, kind, outcome).inc(count)
 
     def push(self, gateway_url: str) -> None:
-        push_to_gateway(gateway_url, job="cron_pipelines", grouping_key={"dagster_job": self.job},
-                        registry=self.registry, timeout=10)
+        push_to_gateway(
+            gateway_url,
+            job="cron_pipelines",
+            grouping_key={"dagster_job": self.job},
+            registry=self.registry,
+            timeout=10,
+        )
 
 
 class MetricsResource(ConfigurableResource):
     """Collects a run's Prometheus metrics and pushes them to `pushgateway_url` at the end of the run."""
 
-    pushgateway_url: Optional[str] = Field(None, description="PROMETHEUS_PUSHGATEWAY_URL; unset: nothing is pushed.")
+    pushgateway_url: str | None = Field(None, description="PROMETHEUS_PUSHGATEWAY_URL; unset: nothing is pushed.")
 
-    _run: Optional[RunMetrics] = PrivateAttr(default=None)
+    _run: RunMetrics | None = PrivateAttr(default=None)
     _started: float = PrivateAttr(default=0.0)
     _deliveries: list[DeliveryStats] = PrivateAttr(default_factory=list)
 

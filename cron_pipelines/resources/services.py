@@ -7,7 +7,7 @@ variant of these resources, chosen where the definitions are built (demo_service
 
 from __future__ import annotations
 
-from typing import ClassVar, Optional
+from typing import ClassVar
 
 from dagster import ConfigurableResource, InitResourceContext
 from pydantic import Field, PrivateAttr
@@ -22,9 +22,9 @@ class InternalJwtResource(ConfigurableResource):
     """How cron_pipelines signs its internal service tokens (contract §2)."""
 
     algorithm: str = Field("HS256", description="HS256, RS256, ES256 or EdDSA.")
-    secret: Optional[str] = Field(None, repr=False, description="HS256 key (INTERNAL_JWT_SECRET).")
-    private_key: Optional[str] = Field(None, repr=False, description="PEM private key for RS256/ES256/EdDSA.")
-    key_id: Optional[str] = Field(None, description="`kid` header for asymmetric keys.")
+    secret: str | None = Field(None, repr=False, description="HS256 key (INTERNAL_JWT_SECRET).")
+    private_key: str | None = Field(None, repr=False, description="PEM private key for RS256/ES256/EdDSA.")
+    key_id: str | None = Field(None, description="`kid` header for asymmetric keys.")
     issuer: str = Field("cron-pipelines", description="`iss` claim.")
 
     def build_issuer(self) -> TokenIssuer:
@@ -57,7 +57,7 @@ class ServiceResource(ConfigurableResource):
     backoff_base_seconds: float = Field(0.2, gt=0)
     page_size: int = Field(1000, ge=1, le=1000)
 
-    _client: Optional[ServiceClient] = PrivateAttr(default=None)
+    _client: ServiceClient | None = PrivateAttr(default=None)
 
     def open_client(self) -> ServiceClient:
         """A new client for this service; the caller closes it."""
@@ -83,7 +83,9 @@ class ServiceResource(ConfigurableResource):
         if run is not None:
             partition = run.tags.get("dagster/partition")
             self._client.log_context = {
-                "run_id": run.run_id, "job": run.job_name, **({"partition": partition} if partition else {}),
+                "run_id": run.run_id,
+                "job": run.job_name,
+                **({"partition": partition} if partition else {}),
             }
 
     def teardown_after_execution(self, context: InitResourceContext) -> None:

@@ -17,7 +17,7 @@ class BusinessDay:
     timezone: ZoneInfo
 
     @classmethod
-    def from_partition_key(cls, partition_key: str, timezone: str) -> "BusinessDay":
+    def from_partition_key(cls, partition_key: str, timezone: str) -> BusinessDay:
         return cls(date.fromisoformat(partition_key), ZoneInfo(timezone))
 
     def start_of(self, day: date) -> datetime:

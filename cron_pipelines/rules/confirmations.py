@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from cron_pipelines.models.payloads import DELIVERY_METADATA, NotificationRecord
 from cron_pipelines.models.notification import Notification, NotificationKind
+from cron_pipelines.models.payloads import DELIVERY_METADATA, NotificationRecord
 
 # What the write of each confirmation kind is repeated from, besides the template context.
 WRITE_FIELDS = {

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from cron_pipelines.models.records import InvalidRecord
+from cron_pipelines.models.notification import Notification, NotificationKind
 from cron_pipelines.models.payloads import (
     Id,
     InactiveUser,
@@ -20,7 +20,7 @@ from cron_pipelines.models.payloads import (
     parse_instant,
     usable_email,
 )
-from cron_pipelines.models.notification import Notification, NotificationKind
+from cron_pipelines.models.records import InvalidRecord
 from cron_pipelines.rules.calendar import BusinessDay
 from cron_pipelines.rules.confirmations import resendable
 
@@ -35,7 +35,7 @@ class InactivityPolicy(BaseModel):
     )
 
     @model_validator(mode="after")
-    def _ordered(self) -> "InactivityPolicy":
+    def _ordered(self) -> InactivityPolicy:
         if self.deactivate_after_days <= self.warn_after_days:
             raise ValueError("deactivate_after_days must be greater than warn_after_days")
         return self
@@ -152,12 +152,14 @@ def warning_state(
 
 
 def account_deactivated(user: InactiveUser, business_day: BusinessDay) -> Notification:
-    return resendable(Notification(
-        key=account_deactivated_key(user.id, user.last_active_at),
-        kind=NotificationKind.ACCOUNT_DEACTIVATED,
-        user_id=user.id,
-        email=user.email,
-        name=user.full_name,
-        context={"last_active_date": business_day.local_date(user.last_active_at_dt).isoformat()},
-        metadata={"last_active_at": user.last_active_at},
-    ))
+    return resendable(
+        Notification(
+            key=account_deactivated_key(user.id, user.last_active_at),
+            kind=NotificationKind.ACCOUNT_DEACTIVATED,
+            user_id=user.id,
+            email=user.email,
+            name=user.full_name,
+            context={"last_active_date": business_day.local_date(user.last_active_at_dt).isoformat()},
+            metadata={"last_active_at": user.last_active_at},
+        )
+    )

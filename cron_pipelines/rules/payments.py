@@ -11,12 +11,14 @@ from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
-from cron_pipelines.models.records import InvalidRecord
-from cron_pipelines.models.payloads import Due, Id, usable_email, usable_id
 from cron_pipelines.models.notification import Notification, NotificationKind
+from cron_pipelines.models.payloads import Due, Id, usable_email, usable_id
+from cron_pipelines.models.records import InvalidRecord
 
 # ISO 4217 currencies without minor units; every other one is shown with two decimals.
-_ZERO_DECIMAL_CURRENCIES = frozenset({"BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG", "RWF", "UGX", "VND", "VUV", "XAF", "XOF", "XPF"})
+_ZERO_DECIMAL_CURRENCIES = frozenset(
+    {"BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG", "RWF", "UGX", "VND", "VUV", "XAF", "XOF", "XPF"}
+)
 
 
 def format_amount(amount_cents: int, currency: str) -> str:
@@ -163,8 +165,11 @@ def payment_reminders(
         dues,
         lambda due: payment_reminder(due, day, policy),
         lambda invalid: _skip_for_malformed_due(
-            invalid, NotificationKind.PAYMENT_REMINDER, lambda due_date: (due_date - day).days,
-            policy.reminder_days_before, payment_reminder_key,
+            invalid,
+            NotificationKind.PAYMENT_REMINDER,
+            lambda due_date: (due_date - day).days,
+            policy.reminder_days_before,
+            payment_reminder_key,
         ),
     )
 
@@ -177,7 +182,10 @@ def overdue_notices(
         dues,
         lambda due: overdue_notice(due, day, policy),
         lambda invalid: _skip_for_malformed_due(
-            invalid, NotificationKind.OVERDUE_NOTICE, lambda due_date: (day - due_date).days,
-            policy.notice_days_past_due, overdue_notice_key,
+            invalid,
+            NotificationKind.OVERDUE_NOTICE,
+            lambda due_date: (day - due_date).days,
+            policy.notice_days_past_due,
+            overdue_notice_key,
         ),
     )

@@ -12,8 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from cron_pipelines.models.payloads import Verification, VerificationAttempt
 from cron_pipelines.models.notification import Notification, NotificationKind
+from cron_pipelines.models.payloads import Verification, VerificationAttempt
 from cron_pipelines.rules.calendar import BusinessDay
 from cron_pipelines.rules.confirmations import resendable
 
@@ -86,15 +86,17 @@ def _requested_date(verification: Verification, business_day: BusinessDay) -> st
 
 
 def verification_result(verification: Verification, decision: Decision, business_day: BusinessDay) -> Notification:
-    return resendable(Notification(
-        key=verification_result_key(verification.id, decision.status),
-        kind=NotificationKind.VERIFICATION_RESULT,
-        user_id=verification.employee_id,
-        email=verification.email,
-        name=verification.full_name,
-        context={"status": decision.status, "requested_date": _requested_date(verification, business_day)},
-        metadata={"verification_id": verification.id, "status": decision.status, "reason": decision.reason},
-    ))
+    return resendable(
+        Notification(
+            key=verification_result_key(verification.id, decision.status),
+            kind=NotificationKind.VERIFICATION_RESULT,
+            user_id=verification.employee_id,
+            email=verification.email,
+            name=verification.full_name,
+            context={"status": decision.status, "requested_date": _requested_date(verification, business_day)},
+            metadata={"verification_id": verification.id, "status": decision.status, "reason": decision.reason},
+        )
+    )
 
 
 def verification_reminder(

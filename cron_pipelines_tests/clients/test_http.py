@@ -19,15 +19,15 @@ from cron_pipelines.clients.errors import (
     ServiceUnavailable,
 )
 from cron_pipelines.clients.http import Backoff, ServiceClient
-from cron_pipelines.models.records import InvalidRecord
-from cron_pipelines.models.payloads import Due, NotificationClaim
 from cron_pipelines.clients.mongo_service import MongoServiceClient
 from cron_pipelines.clients.sql_service import SqlServiceClient
 from cron_pipelines.clients.tokens import TokenIssuer
-from demo_services.server import ServiceServer
-from cron_pipelines_tests.support.services import ServiceWorld
+from cron_pipelines.models.payloads import Due, NotificationClaim
+from cron_pipelines.models.records import InvalidRecord
 from cron_pipelines_tests.conftest import TEST_JWT_SECRET
 from cron_pipelines_tests.demo_services.helpers import due, user
+from cron_pipelines_tests.support.services import ServiceWorld
+from demo_services.server import ServiceServer
 
 FAST_BACKOFF = Backoff(max_attempts=4, base_delay=0.01, max_delay=0.05)
 
@@ -80,8 +80,12 @@ def test_pagination_fetches_pages_only_as_they_are_consumed(services: ServiceWor
 def test_filters_reach_the_service(services: ServiceWorld, sleeps: list[float]) -> None:
     services.store.add_users([user("usr_1")])
     services.store.add_dues(
-        [due("a", due_date="2026-12-01"), due("b", due_date="2026-12-05"), due("c", due_date="2026-12-09"),
-         due("d", due_date="2026-12-05", status="paid")]
+        [
+            due("a", due_date="2026-12-01"),
+            due("b", due_date="2026-12-05"),
+            due("c", due_date="2026-12-09"),
+            due("d", due_date="2026-12-05", status="paid"),
+        ]
     )
     with _sql(services, sleeps) as client:
         found = list(client.iter_dues(statuses=["pending"], due_from=date(2026, 12, 2), due_to=date(2026, 12, 9)))
@@ -119,9 +123,16 @@ def test_batch_writes_are_chunked_to_500_and_matched_to_items(services: ServiceW
 
 
 def test_claims_round_trip_through_the_ledger(services: ServiceWorld, sleeps: list[float]) -> None:
-    claim = NotificationClaim(idempotency_key="payment_reminder:d1:2026-12-05:7", kind="payment_reminder", user_id="u1",
-                              recipient="u1@example.com", run_id="run-1", job_name="send_payment_reminders",
-                              partition_key="2026-11-28", metadata={"due_id": "d1"})
+    claim = NotificationClaim(
+        idempotency_key="payment_reminder:d1:2026-12-05:7",
+        kind="payment_reminder",
+        user_id="u1",
+        recipient="u1@example.com",
+        run_id="run-1",
+        job_name="send_payment_reminders",
+        partition_key="2026-11-28",
+        metadata={"due_id": "d1"},
+    )
     with _mongo(services, sleeps) as client:
         first = client.claim_notifications([claim]).results
         second = client.claim_notifications([claim]).results
@@ -191,7 +202,9 @@ def test_a_service_that_is_down_is_retried_then_reported() -> None:
         port = probe.getsockname()[1]
     issuer = TokenIssuer(algorithm="HS256", signing_key=TEST_JWT_SECRET)
     sleeps: list[float] = []
-    with SqlServiceClient(base_url=f"http://127.0.0.1:{port}", issuer=issuer, backoff=FAST_BACKOFF, sleep=sleeps.append) as client:
+    with SqlServiceClient(
+        base_url=f"http://127.0.0.1:{port}", issuer=issuer, backoff=FAST_BACKOFF, sleep=sleeps.append
+    ) as client:
         with pytest.raises(ServiceUnavailable, match=r"connection failed \(ConnectError\)"):
             list(client.iter_dues(statuses=["pending"]))
     assert len(sleeps) == 3
@@ -301,7 +314,9 @@ def test_results_that_do_not_match_the_items_are_a_protocol_error(lying_service:
 # --- secrets ------------------------------------------------------------------------------------
 
 
-def test_no_token_or_secret_in_logs_or_errors(services: ServiceWorld, sleeps: list[float], caplog: pytest.LogCaptureFixture) -> None:
+def test_no_token_or_secret_in_logs_or_errors(
+    services: ServiceWorld, sleeps: list[float], caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     _seed_dues(services, 5)
     services.sql_faults.add(method="GET", path="/v1/dues", status=503)

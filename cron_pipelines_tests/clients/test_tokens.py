@@ -8,8 +8,8 @@ import jwt
 import pytest
 
 from cron_pipelines.clients.tokens import TokenError, TokenIssuer, public_key_pem
-from demo_services.auth import TokenVerifier
 from cron_pipelines_tests.support.keys import private_key_pem
+from demo_services.auth import TokenVerifier
 
 SECRET = "a-test-secret-that-is-long-enough-for-hs256"
 
@@ -67,7 +67,13 @@ def test_a_token_is_replaced_shortly_before_it_expires(monkeypatch: pytest.Monke
     now[0] += 2  # 9 s left: inside the margin, a fresh token with a new jti
     second = issuer.token_for("sql-service")
     assert second != first
-    decode = lambda token: jwt.decode(token, SECRET, algorithms=["HS256"], audience="sql-service", options={"verify_exp": False, "verify_iat": False, "verify_nbf": False})
+    decode = lambda token: jwt.decode(
+        token,
+        SECRET,
+        algorithms=["HS256"],
+        audience="sql-service",
+        options={"verify_exp": False, "verify_iat": False, "verify_nbf": False},
+    )
     assert decode(second)["jti"] != decode(first)["jti"]
     assert decode(second)["iat"] == int(now[0])
 
@@ -110,7 +116,15 @@ def _signed(claims: dict, key: str = SECRET, algorithm: str = "HS256", headers: 
 
 def _claims(**overrides) -> dict:
     now = int(time.time())
-    claims = {"iss": "cron-pipelines", "sub": "cron-pipelines", "aud": "sql-service", "iat": now, "nbf": now, "exp": now + 60, "jti": "j1"}
+    claims = {
+        "iss": "cron-pipelines",
+        "sub": "cron-pipelines",
+        "aud": "sql-service",
+        "iat": now,
+        "nbf": now,
+        "exp": now + 60,
+        "jti": "j1",
+    }
     claims.update(overrides)
     return {name: value for name, value in claims.items() if value is not None}
 
@@ -118,7 +132,10 @@ def _claims(**overrides) -> dict:
 @pytest.mark.parametrize(
     ("token_factory", "message"),
     [
-        (lambda: _signed(_claims(exp=int(time.time()) - 60, iat=int(time.time()) - 120, nbf=int(time.time()) - 120)), "expired"),
+        (
+            lambda: _signed(_claims(exp=int(time.time()) - 60, iat=int(time.time()) - 120, nbf=int(time.time()) - 120)),
+            "expired",
+        ),
         (lambda: _signed(_claims(), key="another-secret-that-is-long-enough-xx"), "Signature"),
         (lambda: _signed(_claims(iss="someone-else")), "issuer"),
         (lambda: _signed(_claims(sub="intruder")), "subject"),

@@ -8,8 +8,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from cron_pipelines_tests.support.services import ServiceWorld
 from cron_pipelines_tests.support.job_world import JobWorld, job_environment
+from cron_pipelines_tests.support.services import ServiceWorld
 from cron_pipelines_tests.support.smtp_sink import SmtpSink
 
 

@@ -15,10 +15,19 @@ ATTEMPTS_PER_REQUEST = 4  # SERVICE_MAX_ATTEMPTS of the job world
 
 def _seed_user_due_for_deactivation(world: JobWorld) -> None:
     world.services.store.add_users([user("u_old", last_login_at=LAST_LOGIN, full_name="Zoë <Old>")])
-    world.services.store.add_notifications([ledger_record(
-        f"inactivity_warning:u_old:{LAST_LOGIN}", kind="inactivity_warning", user_id="u_old",
-        recipient="u_old@example.com", claimed_at="2026-11-01T09:00:00Z", sent_at="2026-11-01T09:00:00Z", metadata={},
-    )])
+    world.services.store.add_notifications(
+        [
+            ledger_record(
+                f"inactivity_warning:u_old:{LAST_LOGIN}",
+                kind="inactivity_warning",
+                user_id="u_old",
+                recipient="u_old@example.com",
+                claimed_at="2026-11-01T09:00:00Z",
+                sent_at="2026-11-01T09:00:00Z",
+                metadata={},
+            )
+        ]
+    )
 
 
 def _deactivation_mails(world: JobWorld) -> list:
@@ -51,7 +60,9 @@ def test_a_deactivation_email_lost_to_a_mail_outage_is_sent_by_a_later_run(world
 
 def test_a_failed_deactivation_write_is_done_and_confirmed_by_a_later_run(world: JobWorld) -> None:
     _seed_user_due_for_deactivation(world)
-    world.services.mongo_faults.add(method="POST", path="/v1/users/deactivations", status=503, times=ATTEMPTS_PER_REQUEST)
+    world.services.mongo_faults.add(
+        method="POST", path="/v1/users/deactivations", status=503, times=ATTEMPTS_PER_REQUEST
+    )
     failed = world.run("deactivate_inactive_users", D)
 
     assert not failed.success
@@ -82,9 +93,11 @@ def test_a_deactivation_whose_answer_was_lost_is_confirmed_by_a_later_run(world:
 
 def test_a_verification_result_lost_to_a_mail_outage_is_sent_by_a_later_run(world: JobWorld) -> None:
     world.services.store.add_verifications([verification("v_ok", requested_at="2026-11-26T09:00:00Z")])
-    world.services.store.add_attempts([
-        attempt("a1", verification_id="v_ok", outcome="success", attempted_at="2026-11-27T10:00:00Z"),
-    ])
+    world.services.store.add_attempts(
+        [
+            attempt("a1", verification_id="v_ok", outcome="success", attempted_at="2026-11-27T10:00:00Z"),
+        ]
+    )
     world.smtp.stop()
     assert not world.run("verify_employees", D).success
     assert world.services.store.get_verification("v_ok")["status"] == "verified"

@@ -14,8 +14,12 @@ from cron_pipelines.defs.daily import days_to_request
 from cron_pipelines.settings import load_settings
 
 JOB_NAMES = {
-    "send_payment_reminders", "mark_overdue_dues", "notify_inactive_users", "deactivate_inactive_users",
-    "verify_employees", "maintenance",
+    "send_payment_reminders",
+    "mark_overdue_dues",
+    "notify_inactive_users",
+    "deactivate_inactive_users",
+    "verify_employees",
+    "maintenance",
 }
 
 
@@ -36,7 +40,9 @@ def test_one_running_schedule_per_job_in_the_business_time_zone(kolkata_defs: dg
     assert schedules["send_payment_reminders"].cron_schedule == "0 9 * * *"
 
 
-def _tick(defs: dg.Definitions, job: str, when: datetime, instance: dg.DagsterInstance | None = None) -> list[dg.RunRequest]:
+def _tick(
+    defs: dg.Definitions, job: str, when: datetime, instance: dg.DagsterInstance | None = None
+) -> list[dg.RunRequest]:
     schedule = next(s for s in defs.schedules if s.job_name == job)
     context = dg.build_schedule_context(
         instance=instance, scheduled_execution_time=when, repository_def=defs.get_repository_def()
@@ -60,7 +66,9 @@ def test_run_keys_never_repeat_across_days(kolkata_defs: dg.Definitions) -> None
     keys = [
         request.run_key
         for day in range(1, 29)
-        for request in _tick(kolkata_defs, "send_payment_reminders", datetime(2026, 11, day, 9, tzinfo=ZoneInfo("Asia/Kolkata")))
+        for request in _tick(
+            kolkata_defs, "send_payment_reminders", datetime(2026, 11, day, 9, tzinfo=ZoneInfo("Asia/Kolkata"))
+        )
     ]
     assert len(keys) == len(set(keys)) == 28
 
@@ -71,8 +79,12 @@ def test_catch_up_requests_recent_days_without_a_successful_run() -> None:
         # 2026-11-27 succeeded; 2026-11-26 never ran (the daemon was down).
         job = defs.resolve_job_def("maintenance")
         instance.add_run(
-            dg.DagsterRun(job_name="maintenance", run_id="r1", status=dg.DagsterRunStatus.SUCCESS,
-                          tags={"dagster/partition": "2026-11-27"})
+            dg.DagsterRun(
+                job_name="maintenance",
+                run_id="r1",
+                status=dg.DagsterRunStatus.SUCCESS,
+                tags={"dagster/partition": "2026-11-27"},
+            )
         )
         assert job is not None
         requests = _tick(defs, "maintenance", datetime(2026, 11, 28, 4, 30, tzinfo=ZoneInfo("UTC")), instance)
@@ -81,9 +93,15 @@ def test_catch_up_requests_recent_days_without_a_successful_run() -> None:
 
 
 def test_days_to_request_is_bounded_and_starts_no_earlier_than_the_first_partition() -> None:
-    nothing_settled = lambda day: False  # noqa: E731
+    nothing_settled = lambda day: False
     assert days_to_request(date(2026, 11, 28), date(2026, 1, 1), 1, nothing_settled) == [date(2026, 11, 28)]
     assert days_to_request(date(2026, 11, 28), date(2026, 1, 1), 3, nothing_settled) == [
-        date(2026, 11, 26), date(2026, 11, 27), date(2026, 11, 28)]
-    assert days_to_request(date(2026, 1, 2), date(2026, 1, 1), 5, nothing_settled) == [date(2026, 1, 1), date(2026, 1, 2)]
+        date(2026, 11, 26),
+        date(2026, 11, 27),
+        date(2026, 11, 28),
+    ]
+    assert days_to_request(date(2026, 1, 2), date(2026, 1, 1), 5, nothing_settled) == [
+        date(2026, 1, 1),
+        date(2026, 1, 2),
+    ]
     assert days_to_request(date(2026, 11, 28), date(2026, 1, 1), 3, lambda day: True) == [date(2026, 11, 28)]

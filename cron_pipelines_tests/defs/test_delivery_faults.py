@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -21,8 +21,9 @@ GOOD_KEYS = ["payment_reminder:due_a:2026-12-01:3", "payment_reminder:due_b:2026
 
 def _seed_two(world: JobWorld) -> None:
     world.services.store.add_users([user("usr_a"), user("usr_b")])
-    world.services.store.add_dues([due("due_a", user_id="usr_a", due_date="2026-12-01"),
-                                   due("due_b", user_id="usr_b", due_date="2026-12-01")])
+    world.services.store.add_dues(
+        [due("due_a", user_id="usr_a", due_date="2026-12-01"), due("due_b", user_id="usr_b", due_date="2026-12-01")]
+    )
 
 
 def test_two_503s_then_success(world: JobWorld) -> None:
@@ -57,22 +58,27 @@ def test_401_fails_the_run_naming_the_service_and_sends_nothing(world: JobWorld)
 
 def test_hostile_and_malformed_records_are_skipped_and_recorded_while_the_rest_is_sent(world: JobWorld) -> None:
     store = world.services.store
-    store.add_users([
-        user("usr_a"), user("usr_b"),
-        user("usr_inject", full_name="Eve\r\nBcc: victim@example.com"),
-        user("usr_noemail", email=None),
-        user("usr_bademail", email="not-an-email"),
-        user("usr_html", full_name="<script>alert(1)</script>"),
-    ])
-    store.add_dues([
-        due("due_a", user_id="usr_a", due_date="2026-12-01"),
-        due("due_b", user_id="usr_b", due_date="2026-12-01"),
-        due("due_inject", user_id="usr_inject", due_date="2026-12-01"),
-        due("due_noemail", user_id="usr_noemail", due_date="2026-12-01"),
-        due("due_bademail", user_id="usr_bademail", due_date="2026-12-01"),
-        due("due_html", user_id="usr_html", due_date="2026-12-01"),
-        due("due_badamount", user_id="usr_a", due_date="2026-12-01", amount_cents="lots"),
-    ])
+    store.add_users(
+        [
+            user("usr_a"),
+            user("usr_b"),
+            user("usr_inject", full_name="Eve\r\nBcc: victim@example.com"),
+            user("usr_noemail", email=None),
+            user("usr_bademail", email="not-an-email"),
+            user("usr_html", full_name="<script>alert(1)</script>"),
+        ]
+    )
+    store.add_dues(
+        [
+            due("due_a", user_id="usr_a", due_date="2026-12-01"),
+            due("due_b", user_id="usr_b", due_date="2026-12-01"),
+            due("due_inject", user_id="usr_inject", due_date="2026-12-01"),
+            due("due_noemail", user_id="usr_noemail", due_date="2026-12-01"),
+            due("due_bademail", user_id="usr_bademail", due_date="2026-12-01"),
+            due("due_html", user_id="usr_html", due_date="2026-12-01"),
+            due("due_badamount", user_id="usr_a", due_date="2026-12-01", amount_cents="lots"),
+        ]
+    )
     result = world.run("send_payment_reminders", D)
 
     assert result.success
@@ -204,7 +210,7 @@ def test_a_killed_run_leaves_a_bounded_settleable_window_and_settling_delivers_e
 
     rerun = world.run("send_payment_reminders", D)  # never resends a stuck claim by itself
     assert rerun.success and metadata(rerun, "payment_reminders")["duplicate"] >= len(stuck)
-    assert not any(mail.notification_id in stuck for mail in world.mails()[len(delivered_ids):])
+    assert not any(mail.notification_id in stuck for mail in world.mails()[len(delivered_ids) :])
 
     # The operator checks the mail server's log: delivered ones are settled `sent`, the rest `failed`.
     delivered = [key for key, record in stuck.items() if record["metadata"]["planned_message_id"] in delivered_ids]
@@ -213,7 +219,9 @@ def test_a_killed_run_leaves_a_bounded_settleable_window_and_settling_delivers_e
     if delivered:
         keys = [argument for key in delivered for argument in ("--key", key)]
         assert _cli(world, "settle", *keys, "--as", "sent", "--force").returncode == 0
-        assert all(world.ledger()[key]["message_id"] == stuck[key]["metadata"]["planned_message_id"] for key in delivered)
+        assert all(
+            world.ledger()[key]["message_id"] == stuck[key]["metadata"]["planned_message_id"] for key in delivered
+        )
     preview = _cli(world, "settle", "--run", run_id, "--as", "failed", "--force", "--dry-run")
     assert f"{len(stuck) - len(delivered)} notification(s) would be recorded `failed`" in preview.stdout
     settled = _cli(world, "settle", "--run", run_id, "--as", "failed", "--force", "--note", "not in the mail log")
@@ -228,13 +236,21 @@ def test_a_killed_run_leaves_a_bounded_settleable_window_and_settling_delivers_e
 
 
 def test_maintenance_reports_claims_left_by_a_dead_run(world: JobWorld) -> None:
-    world.services.store.add_notifications([
-        {"idempotency_key": f"payment_reminder:due_{n}:2026-12-01:3", "kind": "payment_reminder", "status": "claimed",
-         "run_id": "dead-run", "attempts": 1, "claimed_at": format_instant(datetime.now(timezone.utc) - timedelta(minutes=20)),
-         "metadata": {"planned_message_id": f"<{n}@example.com>"}}
-        for n in range(5)
-    ])
-    today = datetime.now(timezone.utc).date().isoformat()
+    world.services.store.add_notifications(
+        [
+            {
+                "idempotency_key": f"payment_reminder:due_{n}:2026-12-01:3",
+                "kind": "payment_reminder",
+                "status": "claimed",
+                "run_id": "dead-run",
+                "attempts": 1,
+                "claimed_at": format_instant(datetime.now(UTC) - timedelta(minutes=20)),
+                "metadata": {"planned_message_id": f"<{n}@example.com>"},
+            }
+            for n in range(5)
+        ]
+    )
+    today = datetime.now(UTC).date().isoformat()
     report = world.run("maintenance", today)
     assert report.success
     health = metadata(report, "ledger_health")
@@ -246,16 +262,25 @@ def test_maintenance_reports_claims_left_by_a_dead_run(world: JobWorld) -> None:
 
 def _cli(world: JobWorld, *args: str) -> subprocess.CompletedProcess[str]:
     environment = {**os.environ, **world.environment, "DAGSTER_HOME": world.instance.root_directory}
-    return subprocess.run([sys.executable, "-m", "cron_pipelines.cli", *args], env=environment,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "cron_pipelines.cli", *args],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 @pytest.mark.parametrize("job", ["send_payment_reminders"])
-def test_no_secret_reaches_the_event_log_or_the_output(world: JobWorld, capfd: pytest.CaptureFixture[str], job: str) -> None:
+def test_no_secret_reaches_the_event_log_or_the_output(
+    world: JobWorld, capfd: pytest.CaptureFixture[str], job: str
+) -> None:
     from cron_pipelines_tests.support.smtp_sink import SmtpSink
 
     with SmtpSink(credentials=("mailer", "smtp-password-do-not-log")) as authenticated:
-        world.configure(SMTP_PORT=str(authenticated.port), SMTP_USERNAME="mailer", SMTP_PASSWORD="smtp-password-do-not-log")
+        world.configure(
+            SMTP_PORT=str(authenticated.port), SMTP_USERNAME="mailer", SMTP_PASSWORD="smtp-password-do-not-log"
+        )
         _seed_two(world)
         world.services.sql_faults.add(method="GET", path="/v1/dues", status=503)  # a logged retry
         ok = world.run(job, D)
@@ -270,8 +295,12 @@ def test_no_secret_reaches_the_event_log_or_the_output(world: JobWorld, capfd: p
     )
     everything = logs + output.out + output.err
     assert "retry 1/" in everything  # the retry is in the log...
-    for secret in ("smtp-password-do-not-log", world.environment["INTERNAL_JWT_SECRET"],
-                   "test-secret-0123456789abcdef0123456789abcdef", "eyJ"):  # "eyJ" starts every JWT
+    for secret in (
+        "smtp-password-do-not-log",
+        world.environment["INTERNAL_JWT_SECRET"],
+        "test-secret-0123456789abcdef0123456789abcdef",
+        "eyJ",
+    ):  # "eyJ" starts every JWT
         assert secret not in everything  # ...no credential is
 
 
@@ -327,5 +356,8 @@ def test_a_ledger_outage_while_recording_is_journaled_and_settled_by_the_step_re
         for entry in world.instance.all_logs(result.run_id)
         if entry.dagster_event is not None and entry.dagster_event.event_type_value == "ASSET_OBSERVATION"
     ]
-    assert [(entry["unrecorded_outcomes"].value, entry["unanswered_claims"].value) for entry in journals] == [(200, 0), (0, 0)]
+    assert [(entry["unrecorded_outcomes"].value, entry["unanswered_claims"].value) for entry in journals] == [
+        (200, 0),
+        (0, 0),
+    ]
     assert metadata(result, "payment_reminders")["left_claimed"] == 0

@@ -176,8 +176,12 @@ def _seed(world: JobWorld, *records: tuple[str, dict]) -> None:
 def test_a_600_character_id_is_counted_invalid_and_the_rest_is_sent(world: JobWorld) -> None:
     store = world.services.store
     store.add_users([user("usr_ok")])
-    store.add_dues([due("due_ok", user_id="usr_ok", due_date="2026-12-01"),
-                    due("d" * 600, user_id="usr_ok", due_date="2026-12-01")])
+    store.add_dues(
+        [
+            due("due_ok", user_id="usr_ok", due_date="2026-12-01"),
+            due("d" * 600, user_id="usr_ok", due_date="2026-12-01"),
+        ]
+    )
     result = world.run("send_payment_reminders", D)
 
     assert result.success
@@ -247,8 +251,13 @@ RAW_CONTROLS = ("\x1b", "\x07", "\n2026-11-30 12:00:00 INFO all good")
 
 def _cli(world: JobWorld, *args: str) -> str:
     environment = {**os.environ, **world.environment, "DAGSTER_HOME": world.instance.root_directory}
-    completed = subprocess.run([sys.executable, "-m", "cron_pipelines.cli", *args], env=environment,
-                               capture_output=True, text=True, timeout=120)
+    completed = subprocess.run(
+        [sys.executable, "-m", "cron_pipelines.cli", *args],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     return completed.stdout + completed.stderr
 
 

@@ -58,7 +58,12 @@ def test_reminders_send_exactly_what_the_day_owes(world: JobWorld) -> None:
 
     summary = metadata(result, "payment_reminders")
     assert {name: summary[name] for name in ("claimed", "sent", "skipped", "failed", "duplicate", "invalid")} == {
-        "claimed": 4, "sent": 4, "skipped": 0, "failed": 0, "duplicate": 0, "invalid": 0,
+        "claimed": 4,
+        "sent": 4,
+        "skipped": 0,
+        "failed": 0,
+        "duplicate": 0,
+        "invalid": 0,
     }
     assert summary["business_date"] == D and summary["due_from"] == D and summary["due_to"] == "2026-12-05"
     assert set(summary["sample_sent_keys"]) == set(EXPECTED_ON_D)

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
 import pytest
 
 from cron_pipelines.models.payloads import format_instant
-from cron_pipelines_tests.support.services import ServiceWorld
-from cron_pipelines_tests.demo_services.helpers import attempt, due, user
 from cron_pipelines_tests.conftest import TEST_JWT_SECRET
+from cron_pipelines_tests.demo_services.helpers import attempt, due, user
 from cron_pipelines_tests.support.job_world import JobWorld, job_environment
+from cron_pipelines_tests.support.services import ServiceWorld
 from cron_pipelines_tests.support.smtp_sink import SmtpSink
 
 
@@ -27,27 +27,31 @@ def world(services: ServiceWorld, tmp_path: Path) -> Iterator[JobWorld]:
 def _evaluate(world: JobWorld, cursor: str | None) -> dg.SensorResult | dg.SkipReason:
     sensor = world.defs.resolve_sensor_def("verification_attempts_sensor")
     with dg.build_sensor_context(
-        instance=world.instance, cursor=cursor, definitions=world.defs,
+        instance=world.instance,
+        cursor=cursor,
+        definitions=world.defs,
         resources={"mongo_service": world.defs.resources["mongo_service"]},
     ) as context:
         return sensor.evaluate_tick(context)
 
 
 def _ago(minutes: int) -> str:
-    return format_instant(datetime.now(timezone.utc) - timedelta(minutes=minutes))
+    return format_instant(datetime.now(UTC) - timedelta(minutes=minutes))
 
 
 def test_new_attempts_launch_verify_employees_for_the_touched_verifications(world: JobWorld) -> None:
-    world.services.store.add_attempts([
-        attempt("att_1", verification_id="ver_a", attempted_at=_ago(30)),
-        attempt("att_2", verification_id="ver_b", attempted_at=_ago(20)),
-        attempt("att_3", verification_id="ver_a", attempted_at=_ago(10)),
-        attempt("att_old", verification_id="ver_z", attempted_at=_ago(60 * 48)),  # before the first look-back
-    ])
+    world.services.store.add_attempts(
+        [
+            attempt("att_1", verification_id="ver_a", attempted_at=_ago(30)),
+            attempt("att_2", verification_id="ver_b", attempted_at=_ago(20)),
+            attempt("att_3", verification_id="ver_a", attempted_at=_ago(10)),
+            attempt("att_old", verification_id="ver_z", attempted_at=_ago(60 * 48)),  # before the first look-back
+        ]
+    )
     first = _evaluate(world, None)
     (request,) = first.run_requests
     assert request.job_name in (None, "verify_employees")
-    today = datetime.now(timezone.utc).date().isoformat()
+    today = datetime.now(UTC).date().isoformat()
     assert request.partition_key == today
     assert request.run_config["ops"]["verify_employees_assets"]["config"]["verification_ids"] == ["ver_a", "ver_b"]
     assert request.run_key.startswith("verify_employees:attempts:")
@@ -80,13 +84,18 @@ def test_attempts_at_the_same_instant_are_ordered_by_id(world: JobWorld) -> None
     first = _evaluate(world, None)
     world.services.store.add_attempts([attempt("att_2", verification_id="ver_b", attempted_at=instant)])
     second = _evaluate(world, first.cursor)
-    assert second.run_requests[0].run_config["ops"]["verify_employees_assets"]["config"]["verification_ids"] == ["ver_b"]
+    assert second.run_requests[0].run_config["ops"]["verify_employees_assets"]["config"]["verification_ids"] == [
+        "ver_b"
+    ]
 
 
 def test_a_failed_run_mails_the_operators_once(world: JobWorld) -> None:
     world.services.store.add_users([user("usr_1")])
     world.services.store.add_dues([due("due_1", due_date="2026-12-01")])
-    world.configure(INTERNAL_JWT_SECRET="a-different-secret-that-is-long-enough!!", DAGSTER_WEBSERVER_URL="https://dagster.example.com")
+    world.configure(
+        INTERNAL_JWT_SECRET="a-different-secret-that-is-long-enough!!",
+        DAGSTER_WEBSERVER_URL="https://dagster.example.com",
+    )
     failed = world.run("send_payment_reminders", "2026-11-28")
     assert not failed.success
     world.configure(INTERNAL_JWT_SECRET=TEST_JWT_SECRET)  # the alert itself goes through the ledger
@@ -94,14 +103,18 @@ def test_a_failed_run_mails_the_operators_once(world: JobWorld) -> None:
     sensor = world.defs.resolve_sensor_def("run_failure_alert_sensor")
     run = world.instance.get_run_by_id(failed.run_id)
     failure_event = next(
-        entry.dagster_event for entry in world.instance.all_logs(failed.run_id)
+        entry.dagster_event
+        for entry in world.instance.all_logs(failed.run_id)
         if entry.dagster_event and entry.dagster_event.event_type_value == "PIPELINE_FAILURE"
     )
     resources = {name: world.defs.resources[name] for name in ("mongo_service", "mailer")}
     for _ in range(2):  # a re-evaluated tick must not mail twice
         with dg.build_run_status_sensor_context(
-            sensor_name="run_failure_alert_sensor", dagster_event=failure_event,
-            dagster_instance=world.instance, dagster_run=run, resources=resources,
+            sensor_name="run_failure_alert_sensor",
+            dagster_event=failure_event,
+            dagster_instance=world.instance,
+            dagster_run=run,
+            resources=resources,
         ).for_run_failure() as context:
             sensor(context)
 
@@ -119,17 +132,32 @@ def test_a_failed_run_mails_the_operators_once(world: JobWorld) -> None:
 
 def test_claims_stuck_after_a_run_died_are_reported_within_minutes_and_mailed_once_per_run(world: JobWorld) -> None:
     dead = world.run("maintenance", "2026-11-28")  # any finished run of this instance stands for the dead one
-    twenty_minutes_ago = format_instant(datetime.now(timezone.utc) - timedelta(minutes=20))
-    world.services.store.add_notifications([
-        {"idempotency_key": f"payment_reminder:due_{n}:2026-12-01:3", "kind": "payment_reminder", "status": "claimed",
-         "run_id": dead.run_id, "attempts": 1, "claimed_at": twenty_minutes_ago,
-         "metadata": {"planned_message_id": f"<planned.{n}@example.com>"}}
-        for n in range(3)
-    ] + [
-        # Claimed a minute ago: a live run's batch on its way, not stuck.
-        {"idempotency_key": "payment_reminder:due_fresh:2026-12-01:3", "kind": "payment_reminder", "status": "claimed",
-         "run_id": "live-run", "attempts": 1, "claimed_at": format_instant(datetime.now(timezone.utc) - timedelta(minutes=1))},
-    ])
+    twenty_minutes_ago = format_instant(datetime.now(UTC) - timedelta(minutes=20))
+    world.services.store.add_notifications(
+        [
+            {
+                "idempotency_key": f"payment_reminder:due_{n}:2026-12-01:3",
+                "kind": "payment_reminder",
+                "status": "claimed",
+                "run_id": dead.run_id,
+                "attempts": 1,
+                "claimed_at": twenty_minutes_ago,
+                "metadata": {"planned_message_id": f"<planned.{n}@example.com>"},
+            }
+            for n in range(3)
+        ]
+        + [
+            # Claimed a minute ago: a live run's batch on its way, not stuck.
+            {
+                "idempotency_key": "payment_reminder:due_fresh:2026-12-01:3",
+                "kind": "payment_reminder",
+                "status": "claimed",
+                "run_id": "live-run",
+                "attempts": 1,
+                "claimed_at": format_instant(datetime.now(UTC) - timedelta(minutes=1)),
+            },
+        ]
+    )
     sensor = world.defs.resolve_sensor_def("stuck_claims_sensor")
     resources = {name: world.defs.resources[name] for name in ("mongo_service", "mailer")}
     reasons = []

@@ -11,33 +11,45 @@ D = "2026-11-20"
 
 def _seed(world: JobWorld) -> None:
     store = world.services.store
-    store.add_verifications([
-        verification("v_success", requested_at="2026-11-18T09:00:00Z"),
-        verification("v_five", requested_at="2026-11-16T09:00:00Z"),
-        verification("v_four", requested_at="2026-11-17T09:00:00Z"),
-        verification("v_expired", requested_at="2026-11-05T10:00:00Z"),
-        verification("v_day7", requested_at="2026-11-13T09:00:00Z"),
-        verification("v_day10_recent", requested_at="2026-11-10T09:00:00Z"),
-        verification("v_day10", requested_at="2026-11-10T08:00:00Z"),
-        verification("v_done", requested_at="2026-11-17T09:00:00Z", status="verified"),
-    ])
-    store.add_attempts([
-        attempt("a1", verification_id="v_success", outcome="failure", attempted_at="2026-11-18T10:00:00Z"),
-        attempt("a2", verification_id="v_success", outcome="success", attempted_at="2026-11-19T10:00:00Z"),
-        *[attempt(f"f5_{n}", verification_id="v_five", attempted_at=f"2026-11-1{6 + n % 3}T1{n}:00:00Z") for n in range(5)],
-        *[attempt(f"f4_{n}", verification_id="v_four", attempted_at=f"2026-11-1{7 + n % 3}T1{n}:00:00Z") for n in range(4)],
-        attempt("r1", verification_id="v_day10_recent", attempted_at="2026-11-18T12:00:00Z"),
-        attempt("o1", verification_id="v_day10", attempted_at="2026-11-16T12:00:00Z"),
-    ])
+    store.add_verifications(
+        [
+            verification("v_success", requested_at="2026-11-18T09:00:00Z"),
+            verification("v_five", requested_at="2026-11-16T09:00:00Z"),
+            verification("v_four", requested_at="2026-11-17T09:00:00Z"),
+            verification("v_expired", requested_at="2026-11-05T10:00:00Z"),
+            verification("v_day7", requested_at="2026-11-13T09:00:00Z"),
+            verification("v_day10_recent", requested_at="2026-11-10T09:00:00Z"),
+            verification("v_day10", requested_at="2026-11-10T08:00:00Z"),
+            verification("v_done", requested_at="2026-11-17T09:00:00Z", status="verified"),
+        ]
+    )
+    store.add_attempts(
+        [
+            attempt("a1", verification_id="v_success", outcome="failure", attempted_at="2026-11-18T10:00:00Z"),
+            attempt("a2", verification_id="v_success", outcome="success", attempted_at="2026-11-19T10:00:00Z"),
+            *[
+                attempt(f"f5_{n}", verification_id="v_five", attempted_at=f"2026-11-1{6 + n % 3}T1{n}:00:00Z")
+                for n in range(5)
+            ],
+            *[
+                attempt(f"f4_{n}", verification_id="v_four", attempted_at=f"2026-11-1{7 + n % 3}T1{n}:00:00Z")
+                for n in range(4)
+            ],
+            attempt("r1", verification_id="v_day10_recent", attempted_at="2026-11-18T12:00:00Z"),
+            attempt("o1", verification_id="v_day10", attempted_at="2026-11-16T12:00:00Z"),
+        ]
+    )
 
 
-EXPECTED = sorted([
-    "verification_result:v_success:verified",
-    "verification_result:v_five:rejected",
-    "verification_result:v_expired:expired",
-    "verification_reminder:v_day7:7",
-    "verification_reminder:v_day10:10",
-])
+EXPECTED = sorted(
+    [
+        "verification_result:v_success:verified",
+        "verification_result:v_five:rejected",
+        "verification_result:v_expired:expired",
+        "verification_reminder:v_day7:7",
+        "verification_reminder:v_day10:10",
+    ]
+)
 
 
 def test_decisions_and_reminders(world: JobWorld) -> None:
@@ -67,8 +79,12 @@ def test_decisions_and_reminders(world: JobWorld) -> None:
 def test_a_decision_made_elsewhere_is_not_announced(world: JobWorld) -> None:
     _seed(world)
     # Someone verified v_success by hand before the run: the write answers `unchanged`, no email.
-    world.services.store.add_verifications([verification("v_manual", requested_at="2026-11-18T09:00:00Z", status="pending")])
-    world.services.store.add_attempts([attempt("m1", verification_id="v_manual", outcome="success", attempted_at="2026-11-19T09:00:00Z")])
+    world.services.store.add_verifications(
+        [verification("v_manual", requested_at="2026-11-18T09:00:00Z", status="pending")]
+    )
+    world.services.store.add_attempts(
+        [attempt("m1", verification_id="v_manual", outcome="success", attempted_at="2026-11-19T09:00:00Z")]
+    )
     import sqlite3
 
     with sqlite3.connect(world.services.store.path) as connection:

@@ -16,12 +16,12 @@ import jwt
 import pytest
 
 from cron_pipelines.clients.tokens import Algorithm, TokenIssuer
-from demo_services.auth import TokenVerifier
-from demo_services import DemoStore, ServiceServer, create_mongo_app, create_sql_app
-from cron_pipelines_tests.support.services import ServiceWorld
 from cron_pipelines_tests.conftest import TEST_JWT_SECRET
 from cron_pipelines_tests.demo_services.helpers import assert_error
 from cron_pipelines_tests.support.keys import private_key_pem
+from cron_pipelines_tests.support.services import ServiceWorld
+from demo_services import DemoStore, ServiceServer, create_mongo_app, create_sql_app
+from demo_services.auth import TokenVerifier
 
 SQL_ENDPOINTS = [
     ("GET", "/v1/dues"),
@@ -52,8 +52,14 @@ def forge(
     """A token like TokenIssuer's for sql-service, with claims replaced or dropped."""
     now = int(time.time())
     claims = {
-        "iss": "cron-pipelines", "sub": "cron-pipelines", "aud": "sql-service",
-        "iat": now, "nbf": now, "exp": now + 120, "jti": uuid.uuid4().hex, **overrides,
+        "iss": "cron-pipelines",
+        "sub": "cron-pipelines",
+        "aud": "sql-service",
+        "iat": now,
+        "nbf": now,
+        "exp": now + 120,
+        "jti": uuid.uuid4().hex,
+        **overrides,
     }
     for name in drop:
         del claims[name]
@@ -127,7 +133,7 @@ def test_the_other_services_real_token_is_refused_both_ways(services: ServiceWor
 
 def test_a_non_bearer_scheme_counts_as_no_token(services: ServiceWorld) -> None:
     response = httpx.get(f"{services.sql_url}/v1/dues", headers={"Authorization": f"Basic {forge()}"})
-    assert "missing bearer token" == assert_error(response, 401, "unauthorized")
+    assert assert_error(response, 401, "unauthorized") == "missing bearer token"
 
 
 @pytest.mark.parametrize("algorithm", ["RS256", "ES256", "EdDSA"])
@@ -138,6 +144,7 @@ def test_asymmetric_algorithms_verify_with_the_public_key(demo_store: DemoStore,
     verifier = TokenVerifier.for_issuer(issuer, "mongo-service")
     assert "PRIVATE" not in verifier.verification_key
     with ServiceServer(create_mongo_app(demo_store, verifier)) as server:
+
         def get(token: str) -> httpx.Response:
             return httpx.get(f"{server.url}/v1/notifications", headers={"Authorization": f"Bearer {token}"})
 

@@ -7,10 +7,10 @@ import time
 import httpx
 import pytest
 
+from cron_pipelines_tests.demo_services.helpers import assert_error, due
+from cron_pipelines_tests.support.services import ServiceWorld
 from demo_services import DemoStore, FaultInjector, RequestLog
 from demo_services.faults import RequestRecord
-from cron_pipelines_tests.support.services import ServiceWorld
-from cron_pipelines_tests.demo_services.helpers import assert_error, due
 
 # -- faults --------------------------------------------------------------------------------------
 
@@ -111,7 +111,9 @@ def test_the_request_log_records_every_request_without_credentials(services: Ser
     token = services.issuer.token_for("sql-service")
     assert token not in repr(entries)
     assert services.sql_requests.counts() == {
-        "GET /v1/dues": 3, "POST /v1/dues/overdue-marks": 1, "GET /v1/nothing-here": 1,
+        "GET /v1/dues": 3,
+        "POST /v1/dues/overdue-marks": 1,
+        "GET /v1/nothing-here": 1,
     }
     assert services.sql_requests.count() == 5
     assert services.sql_requests.count(method="GET") == 4

@@ -4,20 +4,32 @@ from __future__ import annotations
 
 import multiprocessing
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 
 from cron_pipelines.models.payloads import ClaimResult, NotificationClaim, NotificationRecord, parse_instant
-from demo_services import DemoStore
-from cron_pipelines_tests.support.services import ServiceWorld
 from cron_pipelines_tests.demo_services.helpers import assert_error, claim, fetch_all, ids, ledger_record
+from cron_pipelines_tests.support.services import ServiceWorld
+from demo_services import DemoStore
 
 RECORD_FIELDS = {
-    "idempotency_key", "kind", "user_id", "recipient", "status", "run_id", "job_name", "partition_key",
-    "attempts", "claimed_at", "sent_at", "message_id", "error", "metadata",
+    "idempotency_key",
+    "kind",
+    "user_id",
+    "recipient",
+    "status",
+    "run_id",
+    "job_name",
+    "partition_key",
+    "attempts",
+    "claimed_at",
+    "sent_at",
+    "message_id",
+    "error",
+    "metadata",
 }
 
 
@@ -29,19 +41,30 @@ def _claim(mongo: httpx.Client, *claims: dict) -> list[dict]:
 
 # -- claims ----------------------------------------------------------------------------------------
 
+
 def test_a_new_key_is_claimed_with_a_full_record(demo_store: DemoStore, mongo: httpx.Client) -> None:
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
     [result] = _claim(mongo, claim("payment_reminder:due_1:2026-12-05:7", metadata={"due_id": "due_1"}))
-    after = datetime.now(timezone.utc)
+    after = datetime.now(UTC)
     assert result["idempotency_key"] == "payment_reminder:due_1:2026-12-05:7"
     assert result["outcome"] == "claimed"
     record = result["record"]
     assert set(record) == RECORD_FIELDS
     assert record | {"claimed_at": None} == {
-        "idempotency_key": "payment_reminder:due_1:2026-12-05:7", "kind": "payment_reminder",
-        "user_id": "usr_1", "recipient": "usr_1@example.com", "status": "claimed", "run_id": "run-new",
-        "job_name": "send_payment_reminders", "partition_key": "2026-11-28", "attempts": 1,
-        "claimed_at": None, "sent_at": None, "message_id": None, "error": None, "metadata": {"due_id": "due_1"},
+        "idempotency_key": "payment_reminder:due_1:2026-12-05:7",
+        "kind": "payment_reminder",
+        "user_id": "usr_1",
+        "recipient": "usr_1@example.com",
+        "status": "claimed",
+        "run_id": "run-new",
+        "job_name": "send_payment_reminders",
+        "partition_key": "2026-11-28",
+        "attempts": 1,
+        "claimed_at": None,
+        "sent_at": None,
+        "message_id": None,
+        "error": None,
+        "metadata": {"due_id": "due_1"},
     }
     assert before - timedelta(seconds=1) <= parse_instant(record["claimed_at"]) <= after + timedelta(seconds=1)
     assert demo_store.get_notification("payment_reminder:due_1:2026-12-05:7") == record
@@ -60,16 +83,27 @@ def test_a_key_claimed_sent_or_skipped_is_a_duplicate_returned_unchanged(
 
 
 def test_a_failed_key_is_claimed_again_as_a_fresh_attempt(demo_store: DemoStore, mongo: httpx.Client) -> None:
-    demo_store.add_notifications([ledger_record(
-        "key_1", status="failed", attempts=2, error="554 5.7.1 rejected", message_id="<try2@example.com>",
-        sent_at=None, metadata={"old": True},
-    )])
+    demo_store.add_notifications(
+        [
+            ledger_record(
+                "key_1",
+                status="failed",
+                attempts=2,
+                error="554 5.7.1 rejected",
+                message_id="<try2@example.com>",
+                sent_at=None,
+                metadata={"old": True},
+            )
+        ]
+    )
     [result] = _claim(mongo, claim("key_1", recipient="new@example.com", metadata={"new": True}))
     record = result["record"]
     assert result["outcome"] == "claimed"
     assert (record["status"], record["attempts"]) == ("claimed", 3)
     assert (record["run_id"], record["job_name"], record["partition_key"]) == (
-        "run-new", "send_payment_reminders", "2026-11-28"
+        "run-new",
+        "send_payment_reminders",
+        "2026-11-28",
     )
     assert (record["recipient"], record["metadata"]) == ("new@example.com", {"new": True})
     assert (record["error"], record["message_id"], record["sent_at"]) == (None, None, None)
@@ -131,8 +165,9 @@ def test_concurrent_batches_claim_each_key_exactly_once(demo_store: DemoStore, s
         with httpx.Client(base_url=services.mongo_url, headers=services.auth_headers("mongo-service")) as client:
             barrier.wait()
             outcomes[run_id] = [
-                result for start in range(0, len(order), 50)
-                for result in _claim(client, *(claim(key, run_id=run_id) for key in order[start:start + 50]))
+                result
+                for start in range(0, len(order), 50)
+                for result in _claim(client, *(claim(key, run_id=run_id) for key in order[start : start + 50]))
             ]
 
     threads = [threading.Thread(target=claim_all, args=item) for item in orders.items()]
@@ -156,10 +191,12 @@ def _claim_in_process(path: str, run_id: str, keys: list[str], barrier: multipro
     store = DemoStore(path)
     barrier.wait()
     for start in range(0, len(keys), 50):
-        store.claim_notifications([
-            NotificationClaim(idempotency_key=key, kind="payment_reminder", run_id=run_id)
-            for key in keys[start:start + 50]
-        ])
+        store.claim_notifications(
+            [
+                NotificationClaim(idempotency_key=key, kind="payment_reminder", run_id=run_id)
+                for key in keys[start : start + 50]
+            ]
+        )
 
 
 def test_two_processes_sharing_the_file_claim_each_key_exactly_once(tmp_path: Path) -> None:
@@ -184,28 +221,50 @@ def test_two_processes_sharing_the_file_claim_each_key_exactly_once(tmp_path: Pa
 
 # -- outcomes ------------------------------------------------------------------------------------
 
+
 def test_outcomes_update_existing_records_and_report_missing_ones(demo_store: DemoStore, mongo: httpx.Client) -> None:
     _claim(mongo, claim("key_sent"), claim("key_failed"), claim("key_skipped"))
     items = [
-        {"idempotency_key": "key_sent", "status": "sent", "message_id": "<m1@example.com>",
-         "at": "2026-11-28T06:00:05Z"},
-        {"idempotency_key": "key_failed", "status": "failed", "error": "550 mailbox unavailable",
-         "at": "2026-11-28T06:00:06Z"},
-        {"idempotency_key": "key_skipped", "status": "skipped", "error": "recipient: not a valid address",
-         "at": "2026-11-28T06:00:07Z"},
-        {"idempotency_key": "key_nope", "status": "sent", "message_id": "<m2@example.com>",
-         "at": "2026-11-28T06:00:08Z"},
+        {
+            "idempotency_key": "key_sent",
+            "status": "sent",
+            "message_id": "<m1@example.com>",
+            "at": "2026-11-28T06:00:05Z",
+        },
+        {
+            "idempotency_key": "key_failed",
+            "status": "failed",
+            "error": "550 mailbox unavailable",
+            "at": "2026-11-28T06:00:06Z",
+        },
+        {
+            "idempotency_key": "key_skipped",
+            "status": "skipped",
+            "error": "recipient: not a valid address",
+            "at": "2026-11-28T06:00:07Z",
+        },
+        {
+            "idempotency_key": "key_nope",
+            "status": "sent",
+            "message_id": "<m2@example.com>",
+            "at": "2026-11-28T06:00:08Z",
+        },
     ]
     response = mongo.post("/v1/notifications/outcomes", json={"items": items})
-    assert response.json() == {"results": [
-        {"idempotency_key": "key_sent", "outcome": "updated"},
-        {"idempotency_key": "key_failed", "outcome": "updated"},
-        {"idempotency_key": "key_skipped", "outcome": "updated"},
-        {"idempotency_key": "key_nope", "outcome": "not_found"},
-    ]}
+    assert response.json() == {
+        "results": [
+            {"idempotency_key": "key_sent", "outcome": "updated"},
+            {"idempotency_key": "key_failed", "outcome": "updated"},
+            {"idempotency_key": "key_skipped", "outcome": "updated"},
+            {"idempotency_key": "key_nope", "outcome": "not_found"},
+        ]
+    }
     sent = demo_store.get_notification("key_sent")
     assert (sent["status"], sent["message_id"], sent["sent_at"], sent["error"]) == (
-        "sent", "<m1@example.com>", "2026-11-28T06:00:05Z", None
+        "sent",
+        "<m1@example.com>",
+        "2026-11-28T06:00:05Z",
+        None,
     )
     failed = demo_store.get_notification("key_failed")
     assert (failed["status"], failed["error"], failed["sent_at"]) == ("failed", "550 mailbox unavailable", None)
@@ -215,8 +274,16 @@ def test_outcomes_update_existing_records_and_report_missing_ones(demo_store: De
 
 def test_replaying_an_outcome_leaves_the_same_record(demo_store: DemoStore, mongo: httpx.Client) -> None:
     _claim(mongo, claim("key_1"))
-    body = {"items": [{"idempotency_key": "key_1", "status": "sent", "message_id": "<m@example.com>",
-                       "at": "2026-11-28T06:00:05Z"}]}
+    body = {
+        "items": [
+            {
+                "idempotency_key": "key_1",
+                "status": "sent",
+                "message_id": "<m@example.com>",
+                "at": "2026-11-28T06:00:05Z",
+            }
+        ]
+    }
     mongo.post("/v1/notifications/outcomes", json=body)
     once = demo_store.get_notification("key_1")
     assert mongo.post("/v1/notifications/outcomes", json=body).json()["results"][0]["outcome"] == "updated"
@@ -239,20 +306,28 @@ def test_invalid_outcomes_are_refused(demo_store: DemoStore, mongo: httpx.Client
 
 # -- GET /v1/notifications --------------------------------------------------------------------------
 
+
 @pytest.fixture
 def history(demo_store: DemoStore) -> None:
-    demo_store.add_notifications([
-        ledger_record("n1", user_id="usr_1", kind="payment_reminder", status="sent",
-                      claimed_at="2026-11-20T06:00:00Z"),
-        ledger_record("n2", user_id="usr_2", kind="inactivity_warning", status="sent",
-                      claimed_at="2026-11-21T06:00:00Z"),
-        ledger_record("n3", user_id="usr_1", kind="inactivity_warning", status="failed",
-                      claimed_at="2026-11-22T06:00:00Z"),
-        ledger_record("n4", user_id="usr_1", kind="payment_reminder", status="claimed",
-                      claimed_at="2026-11-23T11:30:00+05:30"),  # 06:00Z
-        ledger_record("n5", user_id="usr_3", kind="payment_reminder", status="skipped",
-                      claimed_at="2026-11-24T06:00:00Z"),
-    ])
+    demo_store.add_notifications(
+        [
+            ledger_record(
+                "n1", user_id="usr_1", kind="payment_reminder", status="sent", claimed_at="2026-11-20T06:00:00Z"
+            ),
+            ledger_record(
+                "n2", user_id="usr_2", kind="inactivity_warning", status="sent", claimed_at="2026-11-21T06:00:00Z"
+            ),
+            ledger_record(
+                "n3", user_id="usr_1", kind="inactivity_warning", status="failed", claimed_at="2026-11-22T06:00:00Z"
+            ),
+            ledger_record(
+                "n4", user_id="usr_1", kind="payment_reminder", status="claimed", claimed_at="2026-11-23T11:30:00+05:30"
+            ),  # 06:00Z
+            ledger_record(
+                "n5", user_id="usr_3", kind="payment_reminder", status="skipped", claimed_at="2026-11-24T06:00:00Z"
+            ),
+        ]
+    )
 
 
 @pytest.mark.usefixtures("history")
@@ -284,10 +359,12 @@ def test_notifications_refuse_invalid_filters(mongo: httpx.Client, params: dict)
 
 
 def test_metadata_is_served_as_an_object_or_as_stored(demo_store: DemoStore, mongo: httpx.Client) -> None:
-    demo_store.add_notifications([
-        ledger_record("n_ok", metadata={"days_before": 3, "nested": {"a": [1, 2]}}),
-        ledger_record("n_bad", metadata="{not json"),
-    ])
+    demo_store.add_notifications(
+        [
+            ledger_record("n_ok", metadata={"days_before": 3, "nested": {"a": [1, 2]}}),
+            ledger_record("n_bad", metadata="{not json"),
+        ]
+    )
     items = {item["idempotency_key"]: item for item in mongo.get("/v1/notifications").json()["items"]}
     assert items["n_ok"]["metadata"] == {"days_before": 3, "nested": {"a": [1, 2]}}
     assert items["n_bad"]["metadata"] == "{not json"

@@ -6,31 +6,34 @@ import httpx
 import pytest
 
 from cron_pipelines.models.payloads import InactiveUser, VerificationAttempt
-from demo_services import DemoStore
 from cron_pipelines_tests.demo_services.helpers import assert_error, attempt, fetch_all, ids, user
+from demo_services import DemoStore
 
 CUTOFF = "2026-10-01T00:00:00Z"
 
 
 @pytest.fixture
 def users(demo_store: DemoStore) -> None:
-    demo_store.add_users([
-        user("usr_old", last_login_at="2026-08-01T12:00:00Z"),
-        user("usr_older", last_login_at="2026-07-01T12:00:00Z"),
-        user("usr_recent", last_login_at="2026-11-20T12:00:00Z"),
-        user("usr_at_cutoff", last_login_at=CUTOFF),
-        user("usr_just_before", last_login_at="2026-09-30T23:59:59.999Z"),
-        # 2026-09-30T20:00:00Z, written with an offset: before the cutoff despite its text.
-        user("usr_offset", last_login_at="2026-10-01T01:30:00+05:30"),
-        user("usr_never_old", last_login_at=None, created_at="2026-06-01T00:00:00Z"),
-        user("usr_never_new", last_login_at=None, created_at="2026-11-01T00:00:00Z"),
-        # Logged in long ago, but created even earlier: the login is what counts.
-        user("usr_login_counts", last_login_at="2026-10-15T00:00:00Z", created_at="2020-01-01T00:00:00Z"),
-        user("usr_inactive", status="inactive", last_login_at="2026-01-01T00:00:00Z"),
-    ])
+    demo_store.add_users(
+        [
+            user("usr_old", last_login_at="2026-08-01T12:00:00Z"),
+            user("usr_older", last_login_at="2026-07-01T12:00:00Z"),
+            user("usr_recent", last_login_at="2026-11-20T12:00:00Z"),
+            user("usr_at_cutoff", last_login_at=CUTOFF),
+            user("usr_just_before", last_login_at="2026-09-30T23:59:59.999Z"),
+            # 2026-09-30T20:00:00Z, written with an offset: before the cutoff despite its text.
+            user("usr_offset", last_login_at="2026-10-01T01:30:00+05:30"),
+            user("usr_never_old", last_login_at=None, created_at="2026-06-01T00:00:00Z"),
+            user("usr_never_new", last_login_at=None, created_at="2026-11-01T00:00:00Z"),
+            # Logged in long ago, but created even earlier: the login is what counts.
+            user("usr_login_counts", last_login_at="2026-10-15T00:00:00Z", created_at="2020-01-01T00:00:00Z"),
+            user("usr_inactive", status="inactive", last_login_at="2026-01-01T00:00:00Z"),
+        ]
+    )
 
 
 # -- GET /v1/users/inactive --------------------------------------------------------------------
+
 
 @pytest.mark.usefixtures("users")
 def test_inactive_users_are_active_users_last_active_strictly_before_the_instant(mongo: httpx.Client) -> None:
@@ -38,8 +41,12 @@ def test_inactive_users_are_active_users_last_active_strictly_before_the_instant
     assert ids(items) == ["usr_never_old", "usr_older", "usr_old", "usr_offset", "usr_just_before"]
     never = next(item for item in items if item["id"] == "usr_never_old")
     assert never == {
-        "id": "usr_never_old", "email": "usr_never_old@example.com", "full_name": "User usr_never_old",
-        "status": "active", "last_login_at": None, "created_at": "2026-06-01T00:00:00Z",
+        "id": "usr_never_old",
+        "email": "usr_never_old@example.com",
+        "full_name": "User usr_never_old",
+        "status": "active",
+        "last_login_at": None,
+        "created_at": "2026-06-01T00:00:00Z",
     }
     assert InactiveUser.model_validate(never).last_active_at == "2026-06-01T00:00:00Z"
     assert next(i for i in items if i["id"] == "usr_offset")["last_login_at"] == "2026-10-01T01:30:00+05:30"
@@ -67,6 +74,7 @@ def test_inactive_users_need_an_instant_with_offset(mongo: httpx.Client, params:
 
 
 # -- POST /v1/users/deactivations ---------------------------------------------------------------
+
 
 @pytest.mark.usefixtures("users")
 def test_deactivations_answer_each_item_in_order(demo_store: DemoStore, mongo: httpx.Client) -> None:
@@ -121,15 +129,18 @@ def test_a_deactivation_needs_an_instant_with_offset(demo_store: DemoStore, mong
 
 # -- GET /v1/verification-attempts ------------------------------------------------------------------
 
+
 @pytest.fixture
 def attempts(demo_store: DemoStore) -> None:
-    demo_store.add_attempts([
-        attempt("att_1", verification_id="ver_a", attempted_at="2026-11-20T08:00:00Z"),
-        attempt("att_2", verification_id="ver_b", attempted_at="2026-11-21T08:00:00Z", outcome="success"),
-        attempt("att_3", verification_id="ver_a", attempted_at="2026-11-22T08:00:00Z"),
-        attempt("att_4", verification_id="ver_c", attempted_at="2026-11-22T08:00:00Z"),
-        attempt("att_5", verification_id="ver_a", attempted_at="2026-11-23T13:30:00+05:30"),  # 08:00Z
-    ])
+    demo_store.add_attempts(
+        [
+            attempt("att_1", verification_id="ver_a", attempted_at="2026-11-20T08:00:00Z"),
+            attempt("att_2", verification_id="ver_b", attempted_at="2026-11-21T08:00:00Z", outcome="success"),
+            attempt("att_3", verification_id="ver_a", attempted_at="2026-11-22T08:00:00Z"),
+            attempt("att_4", verification_id="ver_c", attempted_at="2026-11-22T08:00:00Z"),
+            attempt("att_5", verification_id="ver_a", attempted_at="2026-11-23T13:30:00+05:30"),  # 08:00Z
+        ]
+    )
 
 
 @pytest.mark.usefixtures("attempts")

@@ -9,7 +9,6 @@ from datetime import date, timedelta
 import httpx
 import pytest
 
-from demo_services import DemoStore
 from cron_pipelines_tests.demo_services.helpers import (
     assert_error,
     attempt,
@@ -20,12 +19,15 @@ from cron_pipelines_tests.demo_services.helpers import (
     user,
     verification,
 )
+from demo_services import DemoStore
 
 
 def _dues_in_mixed_order(count: int) -> list[dict]:
     # Several dues share a date, so the id breaks ties; insertion order is neither.
-    return [due(f"due_{(n * 7) % count:03d}", due_date=(date(2026, 12, 1) + timedelta(days=n % 4)).isoformat())
-            for n in range(count)]
+    return [
+        due(f"due_{(n * 7) % count:03d}", due_date=(date(2026, 12, 1) + timedelta(days=n % 4)).isoformat())
+        for n in range(count)
+    ]
 
 
 def test_pages_follow_due_date_then_id_without_gaps_or_duplicates(demo_store: DemoStore, sql: httpx.Client) -> None:
@@ -98,24 +100,28 @@ def test_records_added_while_paging_never_cause_duplicates_or_gaps(demo_store: D
 def test_instants_are_ordered_by_the_moment_they_denote_not_their_text(
     demo_store: DemoStore, sql: httpx.Client
 ) -> None:
-    demo_store.add_verifications([
-        verification("ver_utc", requested_at="2026-11-20T05:00:00Z"),
-        verification("ver_india", requested_at="2026-11-20T10:00:00+05:30"),  # 04:30Z
-        verification("ver_fraction", requested_at="2026-11-20T04:30:00.5Z"),
-    ])
+    demo_store.add_verifications(
+        [
+            verification("ver_utc", requested_at="2026-11-20T05:00:00Z"),
+            verification("ver_india", requested_at="2026-11-20T10:00:00+05:30"),  # 04:30Z
+            verification("ver_fraction", requested_at="2026-11-20T04:30:00.5Z"),
+        ]
+    )
     items, _ = fetch_all(sql, "/v1/verifications", {"limit": 1})
     assert ids(items) == ["ver_india", "ver_fraction", "ver_utc"]
     assert items[0]["requested_at"] == "2026-11-20T10:00:00+05:30"  # served as stored
 
 
 def test_records_with_unreadable_sort_keys_are_still_paged_first(demo_store: DemoStore, sql: httpx.Client) -> None:
-    demo_store.add_verifications([
-        verification("ver_a", requested_at="2026-11-20T05:00:00Z"),
-        verification("ver_b", requested_at="yesterday"),
-        verification("ver_c", requested_at="2026-11-19T05:00:00Z"),
-        verification("ver_d", requested_at=None),
-        verification("ver_e", requested_at="2026-11-20T05:00:00"),  # no offset
-    ])
+    demo_store.add_verifications(
+        [
+            verification("ver_a", requested_at="2026-11-20T05:00:00Z"),
+            verification("ver_b", requested_at="yesterday"),
+            verification("ver_c", requested_at="2026-11-19T05:00:00Z"),
+            verification("ver_d", requested_at=None),
+            verification("ver_e", requested_at="2026-11-20T05:00:00"),  # no offset
+        ]
+    )
     items, pages = fetch_all(sql, "/v1/verifications", {"limit": 2})
     assert pages == 3
     assert ids(items) == ["ver_b", "ver_d", "ver_e", "ver_c", "ver_a"]
@@ -164,8 +170,12 @@ def test_paging_a_large_table_at_1000_stays_fast(demo_store: DemoStore, sql: htt
     # row would blow this budget by an order of magnitude.
     demo_store.add_users(user(f"usr_{n}") for n in range(500))
     demo_store.add_dues(
-        due(f"due_{n:05d}", user_id=f"usr_{n % 500}", status=("pending", "overdue")[n % 2],
-            due_date=(date(2026, 1, 1) + timedelta(days=n % 365)).isoformat())
+        due(
+            f"due_{n:05d}",
+            user_id=f"usr_{n % 500}",
+            status=("pending", "overdue")[n % 2],
+            due_date=(date(2026, 1, 1) + timedelta(days=n % 365)).isoformat(),
+        )
         for n in range(20_000)
     )
     started = time.perf_counter()

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import sqlite3
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 
 from cron_pipelines.models.payloads import parse_instant
-from demo_services import DemoStore, seed_demo_data
 from cron_pipelines_tests.demo_services.helpers import fetch_all, ids
+from demo_services import DemoStore, seed_demo_data
 
 D = date(2026, 11, 28)
-START = datetime(2026, 11, 28, tzinfo=timezone.utc)  # start(D) in UTC
+START = datetime(2026, 11, 28, tzinfo=UTC)  # start(D) in UTC
 AS_OF = START + timedelta(days=1)  # a run of D after the day is over
 
 
@@ -57,9 +57,16 @@ def test_payment_reminders_fall_due_7_3_1_and_0_days_ahead(sql: httpx.Client) ->
     window, _ = fetch_all(sql, "/v1/dues", {"status": "pending", "due_from": day(0), "due_to": day(7)})
     days_before = {item["id"]: (date.fromisoformat(item["due_date"]) - D).days for item in window}
     assert days_before == {
-        "due_pending_in_0d": 0, "due_pending_in_1d": 1, "due_pending_in_2d": 2, "due_pending_in_3d": 3,
-        "due_pending_in_5d": 5, "due_pending_in_7d": 7,
-        "due_no_email": 3, "due_bad_email": 3, "due_header_injection": 3, "due_script_name": 3,
+        "due_pending_in_0d": 0,
+        "due_pending_in_1d": 1,
+        "due_pending_in_2d": 2,
+        "due_pending_in_3d": 3,
+        "due_pending_in_5d": 5,
+        "due_pending_in_7d": 7,
+        "due_no_email": 3,
+        "due_bad_email": 3,
+        "due_header_injection": 3,
+        "due_script_name": 3,
     }
     reminded = {due_id for due_id, days in days_before.items() if days in (7, 3, 1, 0)}
     assert {"due_pending_in_0d", "due_pending_in_1d", "due_pending_in_3d", "due_pending_in_7d"} <= reminded
@@ -68,7 +75,8 @@ def test_payment_reminders_fall_due_7_3_1_and_0_days_ahead(sql: httpx.Client) ->
 def test_settled_and_far_dues_exist_inside_and_around_the_window(demo_store: DemoStore, seeded: dict) -> None:
     assert demo_store.get_due("due_pending_in_8d")["due_date"] == day(8)
     assert (demo_store.get_due("due_paid_in_3d")["status"], demo_store.get_due("due_paid_in_3d")["due_date"]) == (
-        "paid", day(3)
+        "paid",
+        day(3),
     )
     assert demo_store.get_due("due_cancelled_in_7d")["status"] == "cancelled"
     assert demo_store.get_due("due_cancelled_past_1d")["status"] == "cancelled"
@@ -78,12 +86,21 @@ def test_settled_and_far_dues_exist_inside_and_around_the_window(demo_store: Dem
 @pytest.mark.usefixtures("seeded")
 def test_overdue_rules_have_dues_to_mark_and_notices_to_send(sql: httpx.Client) -> None:
     to_mark, _ = fetch_all(sql, "/v1/dues", {"status": "pending", "due_to": day(-1)})
-    assert set(ids(to_mark)) == {"due_pending_past_1d", "due_pending_past_10d", "due_pending_past_30d",
-                                 "due_pending_past_45d"}
+    assert set(ids(to_mark)) == {
+        "due_pending_past_1d",
+        "due_pending_past_10d",
+        "due_pending_past_30d",
+        "due_pending_past_45d",
+    }
     overdue, _ = fetch_all(sql, "/v1/dues", {"status": "overdue", "due_from": day(-30), "due_to": day(-1)})
     days_late = {item["id"]: (D - date.fromisoformat(item["due_date"])).days for item in overdue}
-    assert days_late == {"due_overdue_1d": 1, "due_overdue_7d": 7, "due_overdue_10d": 10,
-                         "due_overdue_14d": 14, "due_overdue_30d": 30}
+    assert days_late == {
+        "due_overdue_1d": 1,
+        "due_overdue_7d": 7,
+        "due_overdue_10d": 10,
+        "due_overdue_14d": 14,
+        "due_overdue_30d": 30,
+    }
     everything, _ = fetch_all(sql, "/v1/dues", {"status": "overdue"})
     assert "due_overdue_31d" in ids(everything)
 
@@ -96,11 +113,22 @@ def _inactive_ids(mongo: httpx.Client, days: int) -> set[str]:
 @pytest.mark.usefixtures("seeded")
 def test_inactivity_has_users_on_both_sides_of_30_and_90_days(mongo: httpx.Client) -> None:
     assert _inactive_ids(mongo, 30) == {
-        "usr_inactive_31d", "usr_inactive_89d", "usr_inactive_90d", "usr_inactive_91d", "usr_inactive_95d",
-        "usr_inactive_100d", "usr_inactive_120d", "usr_inactive_150d", "usr_never_logged_in",
+        "usr_inactive_31d",
+        "usr_inactive_89d",
+        "usr_inactive_90d",
+        "usr_inactive_91d",
+        "usr_inactive_95d",
+        "usr_inactive_100d",
+        "usr_inactive_120d",
+        "usr_inactive_150d",
+        "usr_never_logged_in",
     }
     assert _inactive_ids(mongo, 90) == {
-        "usr_inactive_91d", "usr_inactive_95d", "usr_inactive_100d", "usr_inactive_120d", "usr_inactive_150d",
+        "usr_inactive_91d",
+        "usr_inactive_95d",
+        "usr_inactive_100d",
+        "usr_inactive_120d",
+        "usr_inactive_150d",
         "usr_never_logged_in",
     }
 
@@ -115,9 +143,7 @@ def test_user_records_behind_the_inactivity_rules(demo_store: DemoStore, seeded:
 
 @pytest.mark.usefixtures("seeded")
 def test_warnings_let_some_users_be_deactivated_and_others_wait(demo_store: DemoStore, mongo: httpx.Client) -> None:
-    candidates, _ = fetch_all(
-        mongo, "/v1/users/inactive", {"last_active_before": instant(START - timedelta(days=90))}
-    )
+    candidates, _ = fetch_all(mongo, "/v1/users/inactive", {"last_active_before": instant(START - timedelta(days=90))})
     outcome = {}
     for candidate in candidates:
         stretch = candidate["last_login_at"] or candidate["created_at"]
@@ -196,9 +222,14 @@ def test_every_instant_is_rfc3339_utc_and_names_are_realistic(demo_store: DemoSt
     with sqlite3.connect(demo_store.path) as conn:
         instants = [
             value
-            for table, column in (("users", "last_login_at"), ("users", "created_at"),
-                                  ("verifications", "requested_at"), ("verification_attempts", "attempted_at"),
-                                  ("notifications", "claimed_at"), ("notifications", "sent_at"))
+            for table, column in (
+                ("users", "last_login_at"),
+                ("users", "created_at"),
+                ("verifications", "requested_at"),
+                ("verification_attempts", "attempted_at"),
+                ("notifications", "claimed_at"),
+                ("notifications", "sent_at"),
+            )
             for (value,) in conn.execute(f"SELECT {column} FROM {table} WHERE {column} IS NOT NULL")
         ]
         emails = [email for (email,) in conn.execute("SELECT email FROM users WHERE email LIKE '%@%'")]

@@ -16,9 +16,9 @@ import pytest
 from fastapi import FastAPI
 
 from cron_pipelines.clients.tokens import TokenIssuer
-from demo_services.auth import TokenVerifier
-from demo_services import DemoStore, ServiceServer, create_sql_app, seed_demo_data
 from cron_pipelines_tests.conftest import TEST_JWT_SECRET
+from demo_services import DemoStore, ServiceServer, create_sql_app, seed_demo_data
+from demo_services.auth import TokenVerifier
 
 
 def _free_port() -> int:

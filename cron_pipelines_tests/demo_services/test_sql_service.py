@@ -2,30 +2,33 @@
 
 from __future__ import annotations
 
-import pytest
 import httpx
+import pytest
 from pydantic import ValidationError
 
 from cron_pipelines.models.payloads import Due, Verification
-from demo_services import DemoStore
 from cron_pipelines_tests.demo_services.helpers import assert_error, due, fetch_all, ids, user, verification
+from demo_services import DemoStore
 
 
 @pytest.fixture
 def dues(demo_store: DemoStore) -> None:
     demo_store.add_users([user("usr_1", email="asha@example.com", full_name="Asha Rao")])
-    demo_store.add_dues([
-        due("due_p1", due_date="2026-12-01", status="pending"),
-        due("due_p2", due_date="2026-12-05", status="pending"),
-        due("due_p3", due_date="2026-12-08", status="pending"),
-        due("due_o1", due_date="2026-11-20", status="overdue"),
-        due("due_o2", due_date="2026-12-05", status="overdue"),
-        due("due_paid", due_date="2026-12-05", status="paid"),
-        due("due_cancelled", due_date="2026-12-05", status="cancelled"),
-    ])
+    demo_store.add_dues(
+        [
+            due("due_p1", due_date="2026-12-01", status="pending"),
+            due("due_p2", due_date="2026-12-05", status="pending"),
+            due("due_p3", due_date="2026-12-08", status="pending"),
+            due("due_o1", due_date="2026-11-20", status="overdue"),
+            due("due_o2", due_date="2026-12-05", status="overdue"),
+            due("due_paid", due_date="2026-12-05", status="paid"),
+            due("due_cancelled", due_date="2026-12-05", status="cancelled"),
+        ]
+    )
 
 
 # -- GET /v1/dues --------------------------------------------------------------------------
+
 
 @pytest.mark.usefixtures("dues")
 @pytest.mark.parametrize(
@@ -59,8 +62,13 @@ def test_dues_refuse_invalid_filters(sql: httpx.Client, params: dict) -> None:
 def test_a_due_embeds_its_user_in_the_contract_shape(sql: httpx.Client) -> None:
     item = sql.get("/v1/dues", params={"status": "overdue", "limit": 1}).json()["items"][0]
     assert item == {
-        "id": "due_o1", "user_id": "usr_1", "amount_cents": 125000, "currency": "INR", "due_date": "2026-11-20",
-        "status": "overdue", "description": "Membership fee",
+        "id": "due_o1",
+        "user_id": "usr_1",
+        "amount_cents": 125000,
+        "currency": "INR",
+        "due_date": "2026-11-20",
+        "status": "overdue",
+        "description": "Membership fee",
         "user": {"id": "usr_1", "email": "asha@example.com", "full_name": "Asha Rao"},
     }
     assert Due.model_validate(item).user.full_name == "Asha Rao"
@@ -72,22 +80,28 @@ def test_a_due_whose_user_is_missing_embeds_null(demo_store: DemoStore, sql: htt
 
 
 def test_malformed_dues_are_served_exactly_as_stored(demo_store: DemoStore, sql: httpx.Client) -> None:
-    demo_store.add_users([
-        user("usr_1"),
-        user("usr_nomail", email=None, full_name="Eve\r\nBcc: victim@example.com"),
-    ])
-    demo_store.add_dues([
-        due("due_bad_amount", amount_cents="lots"),
-        due("due_text_number", amount_cents="125"),
-        due("due_long_currency", currency="RUPEES", description=None),
-        due("due_hostile", user_id="usr_nomail"),
-    ])
+    demo_store.add_users(
+        [
+            user("usr_1"),
+            user("usr_nomail", email=None, full_name="Eve\r\nBcc: victim@example.com"),
+        ]
+    )
+    demo_store.add_dues(
+        [
+            due("due_bad_amount", amount_cents="lots"),
+            due("due_text_number", amount_cents="125"),
+            due("due_long_currency", currency="RUPEES", description=None),
+            due("due_hostile", user_id="usr_nomail"),
+        ]
+    )
     items = {item["id"]: item for item in sql.get("/v1/dues").json()["items"]}
     assert items["due_bad_amount"]["amount_cents"] == "lots"
     assert items["due_text_number"]["amount_cents"] == "125"  # not silently turned into a number
     assert items["due_long_currency"]["currency"] == "RUPEES"
     assert items["due_hostile"]["user"] == {
-        "id": "usr_nomail", "email": None, "full_name": "Eve\r\nBcc: victim@example.com",
+        "id": "usr_nomail",
+        "email": None,
+        "full_name": "Eve\r\nBcc: victim@example.com",
     }
     for bad in ("due_bad_amount", "due_long_currency"):
         with pytest.raises(ValidationError):
@@ -96,18 +110,21 @@ def test_malformed_dues_are_served_exactly_as_stored(demo_store: DemoStore, sql:
 
 # -- POST /v1/dues/overdue-marks -------------------------------------------------------------
 
+
 @pytest.mark.usefixtures("dues")
 def test_overdue_marks_answer_each_item_in_order(demo_store: DemoStore, sql: httpx.Client) -> None:
     body = {"items": [{"due_id": due_id} for due_id in ("due_p1", "due_o1", "due_paid", "due_cancelled", "due_nope")]}
     response = sql.post("/v1/dues/overdue-marks", json=body)
     assert response.status_code == 200
-    assert response.json() == {"results": [
-        {"due_id": "due_p1", "outcome": "marked"},
-        {"due_id": "due_o1", "outcome": "already_overdue"},
-        {"due_id": "due_paid", "outcome": "invalid_state"},
-        {"due_id": "due_cancelled", "outcome": "invalid_state"},
-        {"due_id": "due_nope", "outcome": "not_found"},
-    ]}
+    assert response.json() == {
+        "results": [
+            {"due_id": "due_p1", "outcome": "marked"},
+            {"due_id": "due_o1", "outcome": "already_overdue"},
+            {"due_id": "due_paid", "outcome": "invalid_state"},
+            {"due_id": "due_cancelled", "outcome": "invalid_state"},
+            {"due_id": "due_nope", "outcome": "not_found"},
+        ]
+    }
     assert demo_store.get_due("due_p1")["status"] == "overdue"
     assert demo_store.get_due("due_paid")["status"] == "paid"
     assert demo_store.get_due("due_cancelled")["status"] == "cancelled"
@@ -157,9 +174,7 @@ def test_an_invalid_batch_is_refused_whole(demo_store: DemoStore, sql: httpx.Cli
 
 
 def test_a_body_that_is_not_json_is_refused(sql: httpx.Client) -> None:
-    response = sql.post(
-        "/v1/dues/overdue-marks", content=b'{"items": [', headers={"Content-Type": "application/json"}
-    )
+    response = sql.post("/v1/dues/overdue-marks", content=b'{"items": [', headers={"Content-Type": "application/json"})
     assert_error(response, 400, "invalid_request")
 
 
@@ -169,15 +184,18 @@ def test_an_empty_batch_has_no_results(sql: httpx.Client) -> None:
 
 # -- verifications ----------------------------------------------------------------------------
 
+
 @pytest.fixture
 def verifications(demo_store: DemoStore) -> None:
-    demo_store.add_verifications([
-        verification("ver_p1", requested_at="2026-11-20T10:00:00Z"),
-        verification("ver_p2", requested_at="2026-11-21T10:00:00Z"),
-        verification("ver_v", status="verified", requested_at="2026-11-01T10:00:00Z"),
-        verification("ver_r", status="rejected", requested_at="2026-11-02T10:00:00Z"),
-        verification("ver_e", status="expired", requested_at="2026-10-01T10:00:00Z"),
-    ])
+    demo_store.add_verifications(
+        [
+            verification("ver_p1", requested_at="2026-11-20T10:00:00Z"),
+            verification("ver_p2", requested_at="2026-11-21T10:00:00Z"),
+            verification("ver_v", status="verified", requested_at="2026-11-01T10:00:00Z"),
+            verification("ver_r", status="rejected", requested_at="2026-11-02T10:00:00Z"),
+            verification("ver_e", status="expired", requested_at="2026-10-01T10:00:00Z"),
+        ]
+    )
 
 
 @pytest.mark.usefixtures("verifications")

@@ -10,9 +10,9 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from cron_pipelines.models.payloads import NotificationClaim
+from cron_pipelines_tests.demo_services.helpers import attempt, due, ledger_record, user, verification
 from demo_services import DemoStore
 from demo_services.store import sortable_instant
-from cron_pipelines_tests.demo_services.helpers import attempt, due, ledger_record, user, verification
 
 
 def test_opening_an_existing_file_keeps_its_data(demo_store: DemoStore) -> None:
@@ -35,10 +35,12 @@ def test_values_are_stored_exactly_as_given(demo_store: DemoStore) -> None:
 
 
 def test_normalised_instants_are_derived_from_the_raw_ones(demo_store: DemoStore) -> None:
-    demo_store.add_users([
-        user("usr_login", last_login_at="2026-08-01T17:30:00+05:30"),
-        user("usr_never", last_login_at=None, created_at="2025-01-01T00:00:00Z"),
-    ])
+    demo_store.add_users(
+        [
+            user("usr_login", last_login_at="2026-08-01T17:30:00+05:30"),
+            user("usr_never", last_login_at=None, created_at="2025-01-01T00:00:00Z"),
+        ]
+    )
     demo_store.add_verifications([verification("ver_1", requested_at="2026-11-20T10:00:00-01:00")])
     demo_store.add_attempts([attempt("att_1", attempted_at="2026-11-21T08:00:00.25Z")])
     demo_store.add_notifications([ledger_record("key_1", claimed_at=None)])

@@ -54,8 +54,11 @@ class Stack:
             **environment,
         }
         self.process = subprocess.Popen(
-            [str(PROJECT / "deploy" / "start.sh")], env=self.environment, start_new_session=True,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [str(PROJECT / "deploy" / "start.sh")],
+            env=self.environment,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
 
     def graphql(self, query: str, **variables: str) -> dict:
@@ -65,7 +68,10 @@ class Stack:
         """deploy/ctl.sh, as an operator runs it: only DAGSTER_HOME and the overridden settings set."""
         return subprocess.run(
             [str(PROJECT / "deploy" / "ctl.sh"), *args],
-            env=self.environment, capture_output=True, text=True, timeout=120,
+            env=self.environment,
+            capture_output=True,
+            text=True,
+            timeout=120,
         ).stdout
 
     def pids(self) -> dict[str, int]:
@@ -108,14 +114,26 @@ class ServicesProcess:
         self.mongo_url = f"http://127.0.0.1:{self.mongo_port}"
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> "ServicesProcess":
+    def start(self) -> ServicesProcess:
         environment = {**os.environ, "INTERNAL_JWT_SECRET": self.jwt_secret}
         for name in ("SQL_SERVICE_URL", "MONGO_SERVICE_URL"):
             environment.pop(name, None)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "cron_pipelines.cli", "demo-services", "--db", str(self.database),
-             "--sql-port", str(self.sql_port), "--mongo-port", str(self.mongo_port)],
-            env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                sys.executable,
+                "-m",
+                "cron_pipelines.cli",
+                "demo-services",
+                "--db",
+                str(self.database),
+                "--sql-port",
+                str(self.sql_port),
+                "--mongo-port",
+                str(self.mongo_port),
+            ],
+            env=environment,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         for url in (self.sql_url, self.mongo_url):
             wait_until(lambda url=url: httpx.get(f"{url}/openapi.json", timeout=2).status_code == 200, 60, url)
@@ -127,10 +145,13 @@ class ServicesProcess:
         self.process.wait(timeout=30)
 
     def environment(self) -> dict[str, str]:
-        return {"SQL_SERVICE_URL": self.sql_url, "MONGO_SERVICE_URL": self.mongo_url,
-                "INTERNAL_JWT_SECRET": self.jwt_secret}
+        return {
+            "SQL_SERVICE_URL": self.sql_url,
+            "MONGO_SERVICE_URL": self.mongo_url,
+            "INTERNAL_JWT_SECRET": self.jwt_secret,
+        }
 
-    def __enter__(self) -> "ServicesProcess":
+    def __enter__(self) -> ServicesProcess:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:

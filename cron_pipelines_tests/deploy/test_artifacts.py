@@ -55,11 +55,26 @@ def test_compose_names_the_services_and_image() -> None:
         assert services[name]["image"] == IMAGE and services[name]["build"] == "."
         assert services[name]["restart"] == "unless-stopped"
     assert services["code-server"].get("command") is None  # the image's CMD: the code server
-    assert services["webserver"]["command"] == ["dagster-webserver", "-w", "deploy/workspace.yaml", "-h", "0.0.0.0", "-p", "3000"]
+    assert services["webserver"]["command"] == [
+        "dagster-webserver",
+        "-w",
+        "deploy/workspace.yaml",
+        "-h",
+        "0.0.0.0",
+        "-p",
+        "3000",
+    ]
     assert services["daemon"]["command"] == ["dagster-daemon", "run", "-w", "deploy/workspace.yaml"]
     # The Docker run launcher starts runs in the image the code server reports.
     assert services["code-server"]["environment"]["DAGSTER_CURRENT_IMAGE"] == IMAGE
-    assert services["code-server"]["healthcheck"]["test"] == ["CMD", "dagster", "api", "grpc-health-check", "-p", "4266"]
+    assert services["code-server"]["healthcheck"]["test"] == [
+        "CMD",
+        "dagster",
+        "api",
+        "grpc-health-check",
+        "-p",
+        "4266",
+    ]
     for name in ("webserver", "daemon"):
         assert services[name]["depends_on"]["code-server"]["condition"] == "service_healthy"
         # Both talk to the Docker engine (start and terminate run containers) as the image's
@@ -78,7 +93,9 @@ def test_compose_passes_on_every_variable_the_readme_documents() -> None:
     containers = re.search(r"\*\*Containers\*\*(.*?)\n## ", readme, re.S)
     assert containers, "README has no **Containers** section"
     documented = {
-        name for span in re.findall(r"`([^`]+)`", containers.group(1)) for name in re.findall(r"\b[A-Z][A-Z0-9]*_[A-Z0-9_]+\b", span)
+        name
+        for span in re.findall(r"`([^`]+)`", containers.group(1))
+        for name in re.findall(r"\b[A-Z][A-Z0-9]*_[A-Z0-9_]+\b", span)
     }
     assert {"DAGSTER_PG_HOST", "DAGSTER_HOME", "DAGSTER_DOCKER_NETWORK"} <= documented  # the section was read
     assert documented <= set(shared), f"documented but not passed on: {documented - set(shared)}"
@@ -96,7 +113,7 @@ def test_run_containers_get_the_instance_and_every_setting() -> None:
     launcher = docker_instance["run_launcher"]
     assert (launcher["module"], launcher["class"]) == ("dagster_docker", "DockerRunLauncher")
     env_vars = set(launcher["config"]["env_vars"])
-    assert POSTGRES_VARIABLES | CONTAINER_VARIABLES <= env_vars
+    assert env_vars >= POSTGRES_VARIABLES | CONTAINER_VARIABLES
     compose = _yaml("docker-compose.yaml")
     assert env_vars <= set(compose["services"]["daemon"]["environment"])  # the daemon has them to pass on
     assert compose["networks"]["cron_pipelines"]["name"] == compose["x-dagster-env"]["DAGSTER_DOCKER_NETWORK"]
@@ -111,7 +128,11 @@ def test_run_containers_get_the_instance_and_every_setting() -> None:
         assert shared[variable].removeprefix(f"${{{variable}:-").startswith(mount + "/")
     # Apart from its launcher, the Docker instance is the production instance.
     production = _yaml("deploy/dagster.yaml")
-    assert production["run_launcher"] == {"module": "cron_pipelines.deployment.run_launcher", "class": "LocalRunLauncher"}
+    assert production["run_launcher"] == {
+        "module": "cron_pipelines.deployment.run_launcher",
+        "class": "LocalRunLauncher",
+    }
+
     def without_launcher(instance: dict) -> dict:
         return {key: value for key, value in instance.items() if key != "run_launcher"}
 
@@ -133,13 +154,26 @@ def test_the_image_installs_what_the_tests_install() -> None:
     assert "DAGSTER_HOME=/opt/dagster/home" in dockerfile
     cmd = re.search(r"^CMD (\[.*?\])$", dockerfile, re.M | re.S)
     assert cmd and yaml.safe_load(cmd.group(1).replace("\\\n", "")) == [
-        "dagster", "code-server", "start", "-m", "cron_pipelines.definitions", "-a", "defs",
-        "--location-name", "cron_pipelines", "-h", "0.0.0.0", "-p", "4266",
+        "dagster",
+        "code-server",
+        "start",
+        "-m",
+        "cron_pipelines.definitions",
+        "-a",
+        "defs",
+        "--location-name",
+        "cron_pipelines",
+        "-h",
+        "0.0.0.0",
+        "-p",
+        "4266",
     ]
     # The extra brings the launchers the image's instance configs name, pinned like dagster.
     pyproject = (PROJECT / "pyproject.toml").read_text()
     deploy_extra = re.search(r"^deploy = \[(.*)\]$", pyproject, re.M)
-    assert deploy_extra and {"dagster-docker==0.29.27", "dagster-k8s==0.29.27"} <= set(re.findall(r'"([^"]+)"', deploy_extra.group(1)))
+    assert deploy_extra and {"dagster-docker==0.29.27", "dagster-k8s==0.29.27"} <= set(
+        re.findall(r'"([^"]+)"', deploy_extra.group(1))
+    )
     pins = set((PROJECT / "constraints.txt").read_text().splitlines())
     for package in ("dagster==1.13.27", "dagster-postgres==0.29.27", "dagster-docker==0.29.27", "dagster-k8s==0.29.27"):
         assert package in pins
@@ -185,7 +219,8 @@ def test_helm_instance_settings_match_the_production_instance() -> None:
     assert queue["tagConcurrencyLimits"] == production["run_coordinator"]["config"]["tag_concurrency_limits"]
     retries = production["run_retries"]
     assert daemon["runRetries"] == {
-        "enabled": retries["enabled"], "maxRetries": retries["max_retries"],
+        "enabled": retries["enabled"],
+        "maxRetries": retries["max_retries"],
         "retryOnAssetOrOpFailure": retries["retry_on_asset_or_op_failure"],
     }
     monitoring = production["run_monitoring"]
@@ -218,13 +253,17 @@ def test_the_docker_instance_config_loads_with_the_docker_run_launcher(
 def test_one_machine_processes_use_the_grpc_workspace_and_are_supervised() -> None:
     (location,) = _yaml("deploy/workspace.yaml")["load_from"]
     assert location["grpc_server"] == {
-        "host": {"env": "DAGSTER_CODE_SERVER_HOST"}, "port": {"env": "DAGSTER_CODE_SERVER_PORT"}, "location_name": "cron_pipelines",
+        "host": {"env": "DAGSTER_CODE_SERVER_HOST"},
+        "port": {"env": "DAGSTER_CODE_SERVER_PORT"},
+        "location_name": "cron_pipelines",
     }
     supervisor = (PROJECT / "deploy/supervisord.conf").read_text()
     commands = {}
     for program in ("code-server", "webserver", "daemon"):
         section = supervisor.split(f"[program:{program}]", 1)[1].split("\n[", 1)[0]
-        settings = dict(line.split("=", 1) for line in section.strip().splitlines() if "=" in line and not line.startswith(";"))
+        settings = dict(
+            line.split("=", 1) for line in section.strip().splitlines() if "=" in line and not line.startswith(";")
+        )
         assert settings["autorestart"] == "true" and int(settings["startretries"]) >= 100
         assert settings["stdout_logfile"].endswith(f"/{program}.log") and settings["redirect_stderr"] == "true"
         # The code server alone is signalled: its run workers outlive a restart (a hand-off).

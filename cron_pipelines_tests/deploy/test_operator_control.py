@@ -20,7 +20,6 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from demo_services.store import DemoStore
 from cron_pipelines.deployment.run_launcher import worker_pid
 from cron_pipelines_tests.conftest import TEST_JWT_SECRET
 from cron_pipelines_tests.demo_services.helpers import due, user
@@ -29,6 +28,7 @@ from cron_pipelines_tests.deploy.stack import ServicesProcess, Stack, alive, run
 from cron_pipelines_tests.support.postgres import restart_postgres
 from cron_pipelines_tests.support.smtp_sink import SmtpSink
 from cron_pipelines_tests.support.webserver import JOB_NAMES, LAUNCH_PARTITION, wait_until
+from demo_services.store import DemoStore
 
 D = "2026-11-28"  # every due is due on 2026-12-01: a reminder 3 days ahead
 COUNT = 2000
@@ -36,8 +36,13 @@ CONNECTIONS = 2
 TERMINATE = """mutation Terminate($runId: String!) {
   terminateRun(runId: $runId) { __typename ... on TerminateRunSuccess { run { runId } } ... on PythonError { message } }
 }"""
-ACTIVE = (dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
-          dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING)
+ACTIVE = (
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+)
 
 
 @pytest.fixture
@@ -57,8 +62,14 @@ def services(tmp_path: Path) -> Iterator[ServicesProcess]:
 
 @pytest.fixture
 def stack(postgres_home: PostgresHome, smtp: SmtpSink, services: ServicesProcess) -> Iterator[Stack]:
-    settings = {**services.environment(), "MAIL_MAX_CONNECTIONS": str(CONNECTIONS), "STEP_MAX_RETRIES": "3",
-                "STEP_RETRY_DELAY_SECONDS": "3", "SERVICE_MAX_ATTEMPTS": "3", "SERVICE_READ_TIMEOUT_SECONDS": "5"}
+    settings = {
+        **services.environment(),
+        "MAIL_MAX_CONNECTIONS": str(CONNECTIONS),
+        "STEP_MAX_RETRIES": "3",
+        "STEP_RETRY_DELAY_SECONDS": "3",
+        "SERVICE_MAX_ATTEMPTS": "3",
+        "SERVICE_READ_TIMEOUT_SECONDS": "5",
+    }
     with running_stack(postgres_home, smtp, **settings) as running:
         wait_until(lambda: "send_payment_reminders" in json.dumps(running.graphql(JOB_NAMES)), 120, "the code location")
         yield running
@@ -78,7 +89,9 @@ def _status(run_id: str) -> dg.DagsterRunStatus:
 
 
 def _wait_for_status(run_id: str, statuses: tuple[dg.DagsterRunStatus, ...], timeout: float) -> dg.DagsterRunStatus:
-    return wait_until(lambda: (status := _status(run_id)) in statuses and status, timeout, f"run {run_id} in {statuses}")
+    return wait_until(
+        lambda: (status := _status(run_id)) in statuses and status, timeout, f"run {run_id} in {statuses}"
+    )
 
 
 def _ledger(services: ServicesProcess) -> dict[str, dict]:
@@ -97,8 +110,12 @@ def _interrupt_seen_at(run_id: str) -> float:
 
 def _assert_stopped_cleanly(run_id: str, smtp: SmtpSink, services: ServicesProcess) -> None:
     """CANCELED; no message handed over after the interrupt beyond one per session; every claim recorded."""
-    assert _wait_for_status(run_id, (dg.DagsterRunStatus.CANCELED, dg.DagsterRunStatus.SUCCESS,
-                                     dg.DagsterRunStatus.FAILURE), 60) == dg.DagsterRunStatus.CANCELED
+    assert (
+        _wait_for_status(
+            run_id, (dg.DagsterRunStatus.CANCELED, dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE), 60
+        )
+        == dg.DagsterRunStatus.CANCELED
+    )
     seen = _interrupt_seen_at(run_id)
     after = [mail for mail in _reminders(smtp) if mail.received_at > seen]
     assert len(after) <= CONNECTIONS, len(after)
@@ -107,10 +124,14 @@ def _assert_stopped_cleanly(run_id: str, smtp: SmtpSink, services: ServicesProce
     mailed = Counter(mail.notification_id for mail in _reminders(smtp))
     assert set(mailed.values()) == {1}
     assert {key for key, record in ledger.items() if record["status"] == "sent"} == set(mailed), [
-        ledger.get(key) for key in set(mailed) if ledger.get(key, {}).get("status") != "sent"]
+        ledger.get(key) for key in set(mailed) if ledger.get(key, {}).get("status") != "sent"
+    ]
     with dg.DagsterInstance.get() as instance:  # neither a step retry nor a run retry resumed it
-        assert not [event for event in instance.all_logs(run_id) if event.dagster_event
-                    and event.dagster_event.event_type_value == "STEP_UP_FOR_RETRY"]
+        assert not [
+            event
+            for event in instance.all_logs(run_id)
+            if event.dagster_event and event.dagster_event.event_type_value == "STEP_UP_FOR_RETRY"
+        ]
         retries = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/parent_run_id": run_id}))
         assert retries == []
 
@@ -138,7 +159,10 @@ def test_terminate_and_sigterm_stop_sending_at_once_and_a_rerun_sends_the_rest_o
 
     # A re-run sends the rest, each exactly once.
     third = _launch(stack)
-    assert _wait_for_status(third, (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE), 180) == dg.DagsterRunStatus.SUCCESS
+    assert (
+        _wait_for_status(third, (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE), 180)
+        == dg.DagsterRunStatus.SUCCESS
+    )
     mailed = Counter(mail.notification_id for mail in _reminders(smtp))
     assert len(mailed) == COUNT and set(mailed.values()) == {1}
     assert {record["status"] for record in _ledger(services).values()} == {"sent"}
@@ -161,6 +185,7 @@ def test_a_killed_run_worker_is_failed_at_once_and_its_bounded_window_is_settled
 
     # Run retries re-launch the day; the stuck claims wait for the operator, never resent by themselves.
     with dg.DagsterInstance.get() as instance:
+
         def retries_done() -> bool:
             runs = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/partition": D}))
             return len(runs) > 1 and all(run.status not in ACTIVE for run in runs)
@@ -173,18 +198,25 @@ def test_a_killed_run_worker_is_failed_at_once_and_its_bounded_window_is_settled
     delivered_ids = {mail.message["Message-ID"] for mail in _reminders(smtp)}
     delivered = [key for key, record in stuck.items() if record["metadata"]["planned_message_id"] in delivered_ids]
     if delivered:
-        assert _cli(stack, "settle", *[arg for key in delivered for arg in ("--key", key)], "--as", "sent").returncode == 0
+        assert (
+            _cli(stack, "settle", *[arg for key in delivered for arg in ("--key", key)], "--as", "sent").returncode == 0
+        )
     settled = _cli(stack, "settle", "--run", first, "--as", "failed")
     assert settled.returncode == 0, settled.stdout + settled.stderr
 
     last = _launch(stack)
-    assert _wait_for_status(last, (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE), 180) == dg.DagsterRunStatus.SUCCESS
+    assert (
+        _wait_for_status(last, (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE), 180)
+        == dg.DagsterRunStatus.SUCCESS
+    )
     mailed = Counter(mail.notification_id for mail in _reminders(smtp))
     assert len(mailed) == COUNT and set(mailed.values()) == {1}
     assert {record["status"] for record in _ledger(services).values()} == {"sent"}
 
 
-def test_services_down_for_12_seconds_mid_run_lose_nothing(stack: Stack, smtp: SmtpSink, services: ServicesProcess) -> None:
+def test_services_down_for_12_seconds_mid_run_lose_nothing(
+    stack: Stack, smtp: SmtpSink, services: ServicesProcess
+) -> None:
     run = _launch(stack)
     wait_until(lambda: len(_reminders(smtp)) >= 100, 120, "100 reminders")
     services.kill()
@@ -201,8 +233,13 @@ def test_services_down_for_12_seconds_mid_run_lose_nothing(stack: Stack, smtp: S
 
 
 def _cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cron_pipelines.cli", *args], env=stack.environment,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "cron_pipelines.cli", *args],
+        env=stack.environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_a_code_server_restart_hands_the_run_off_and_terminate_still_stops_it(
@@ -236,19 +273,31 @@ def test_a_code_server_restart_hands_the_run_off_and_terminate_still_stops_it(
     # The day goes on: the next job of that day runs, and a re-run sends the rest exactly once.
     smtp.latency = 0.0
     other = _launch(stack, "mark_overdue_dues")
-    assert _wait_for_status(other, (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE), 180) == dg.DagsterRunStatus.SUCCESS
+    assert (
+        _wait_for_status(other, (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE), 180)
+        == dg.DagsterRunStatus.SUCCESS
+    )
     rerun = _launch(stack)
-    assert _wait_for_status(rerun, (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE), 180) == dg.DagsterRunStatus.SUCCESS
+    assert (
+        _wait_for_status(rerun, (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE), 180)
+        == dg.DagsterRunStatus.SUCCESS
+    )
     mailed = Counter(mail.notification_id for mail in _reminders(smtp))
     assert len(mailed) == COUNT and set(mailed.values()) == {1}
 
 
 def test_a_launch_right_after_a_postgres_restart_succeeds(stack: Stack, smtp: SmtpSink) -> None:
     first = _launch(stack, "maintenance")  # the webserver now holds pooled connections
-    assert _wait_for_status(first, (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE), 120) == dg.DagsterRunStatus.SUCCESS
+    assert (
+        _wait_for_status(first, (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE), 120)
+        == dg.DagsterRunStatus.SUCCESS
+    )
     restart_postgres()
     answers = [stack.graphql(LAUNCH_PARTITION, job="maintenance", partition=D)["launchRun"] for _ in range(3)]
     assert [answer["__typename"] for answer in answers] == ["LaunchRunSuccess"] * 3, answers
     for answer in answers:
         run_id = answer["run"]["runId"]
-        assert _wait_for_status(run_id, (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE), 180) == dg.DagsterRunStatus.SUCCESS
+        assert (
+            _wait_for_status(run_id, (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE), 180)
+            == dg.DagsterRunStatus.SUCCESS
+        )

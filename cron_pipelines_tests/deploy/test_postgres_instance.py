@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import dagster as dg
 import pytest
@@ -23,7 +23,11 @@ def test_the_production_instance_stores_everything_in_postgres(postgres_home: Po
         coordinator = instance.run_coordinator
         assert type(coordinator).__name__ == "QueuedRunCoordinator"
         limits = {limit["key"]: limit for limit in coordinator.get_run_queue_config().tag_concurrency_limits}
-        assert limits["dagster/partition"] == {"key": "dagster/partition", "limit": 1, "value": {"applyLimitPerUniqueValue": True}}
+        assert limits["dagster/partition"] == {
+            "key": "dagster/partition",
+            "limit": 1,
+            "value": {"applyLimitPerUniqueValue": True},
+        }
         assert limits["dagster/backfill"]["limit"] < coordinator.get_run_queue_config().max_concurrent_runs
         assert instance.run_monitoring_enabled and instance.run_monitoring_max_runtime_seconds == 7200
         assert instance.run_retries_enabled and instance.run_retries_max_retries == 2
@@ -37,10 +41,12 @@ def test_the_production_instance_stores_everything_in_postgres(postgres_home: Po
 def test_runs_and_materializations_are_read_back_from_postgres(
     postgres_home: PostgresHome, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    today = datetime.now(timezone.utc).date().isoformat()
+    today = datetime.now(UTC).date().isoformat()
     defs = build_definitions(load_settings())  # embedded demo services, outbox mail, under DAGSTER_HOME
     with dg.DagsterInstance.get() as instance:
-        result = defs.resolve_job_def("send_payment_reminders").execute_in_process(partition_key=today, instance=instance)
+        result = defs.resolve_job_def("send_payment_reminders").execute_in_process(
+            partition_key=today, instance=instance
+        )
         assert result.success
     capfd.readouterr()
     with dg.DagsterInstance.get() as reopened:  # a fresh connection: this is what is stored
@@ -55,15 +61,22 @@ def test_runs_and_materializations_are_read_back_from_postgres(
 
     audit = subprocess.run(
         [sys.executable, "-m", "cron_pipelines.cli", "audit", "--run", result.run_id, "--json"],
-        env=postgres_home.environment, capture_output=True, text=True, timeout=120,
+        env=postgres_home.environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert audit.returncode == 0, audit.stderr
     rows = json.loads(audit.stdout)
-    assert rows and {row["run_status"] for row in rows} == {"SUCCESS"} and {row["run_partition"] for row in rows} == {today}
+    assert (
+        rows
+        and {row["run_status"] for row in rows} == {"SUCCESS"}
+        and {row["run_partition"] for row in rows} == {today}
+    )
 
 
 def test_every_event_is_printed_as_a_json_line(postgres_home: PostgresHome, capfd: pytest.CaptureFixture[str]) -> None:
-    today = datetime.now(timezone.utc).date().isoformat()
+    today = datetime.now(UTC).date().isoformat()
     defs = build_definitions(load_settings())
     with dg.DagsterInstance.get() as instance:
         result = defs.resolve_job_def("maintenance").execute_in_process(partition_key=today, instance=instance)

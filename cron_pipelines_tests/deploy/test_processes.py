@@ -10,7 +10,7 @@ import json
 import os
 import signal
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import dagster as dg
 import httpx
@@ -51,7 +51,9 @@ def test_supervisord_runs_the_deployment_on_postgres(stack: Stack, smtp: SmtpSin
         return bool(required) and all(daemon["healthy"] for daemon in required)
 
     wait_until(daemons_healthy, 60, "the webserver to report every daemon healthy")
-    daemon_types = {d["daemonType"] for d in stack.graphql(DAEMON_HEALTH)["instance"]["daemonHealth"]["allDaemonStatuses"]}
+    daemon_types = {
+        d["daemonType"] for d in stack.graphql(DAEMON_HEALTH)["instance"]["daemonHealth"]["allDaemonStatuses"]
+    }
     assert {"SCHEDULER", "SENSOR", "QUEUED_RUN_COORDINATOR", "MONITORING"} <= daemon_types
 
     def all_running() -> bool:
@@ -63,12 +65,15 @@ def test_supervisord_runs_the_deployment_on_postgres(stack: Stack, smtp: SmtpSin
 
     # Two launches of one job and day through the webserver: both are queued (the webserver
     # never starts a run itself), the daemon starts them one after the other.
-    today = datetime.now(timezone.utc).date().isoformat()
-    launched = [stack.graphql(LAUNCH_PARTITION, job="send_payment_reminders", partition=today)["launchRun"] for _ in range(2)]
+    today = datetime.now(UTC).date().isoformat()
+    launched = [
+        stack.graphql(LAUNCH_PARTITION, job="send_payment_reminders", partition=today)["launchRun"] for _ in range(2)
+    ]
     assert [answer["__typename"] for answer in launched] == ["LaunchRunSuccess"] * 2, launched
     assert [answer["run"]["status"] for answer in launched] == ["QUEUED", "QUEUED"]
     run_ids = [answer["run"]["runId"] for answer in launched]
     with dg.DagsterInstance.get() as instance:
+
         def finished() -> list[dg.RunRecord] | None:
             records = [instance.get_run_record_by_id(run_id) for run_id in run_ids]
             return records if all(r.dagster_run.status == dg.DagsterRunStatus.SUCCESS for r in records) else None
@@ -77,7 +82,9 @@ def test_supervisord_runs_the_deployment_on_postgres(stack: Stack, smtp: SmtpSin
         assert first.end_time - first.start_time > 2  # long enough to have overlapped...
         assert second.start_time >= first.end_time  # ...but never at the same time
         for record in (first, second):
-            events = instance.get_records_for_run(record.dagster_run.run_id, of_type=dg.DagsterEventType.PIPELINE_ENQUEUED)
+            events = instance.get_records_for_run(
+                record.dagster_run.run_id, of_type=dg.DagsterEventType.PIPELINE_ENQUEUED
+            )
             assert len(events.records) == 1  # through the run queue
         summaries = [
             record.asset_materialization.metadata

@@ -48,9 +48,12 @@ class Queue:
         workspace = self.context.create_request_context()
         remote_job = workspace.get_code_location("cron_pipelines").get_repository("__repository__").get_full_job(job)
         run = create_run_for_test(
-            self.instance, job_name=job, status=dg.DagsterRunStatus.NOT_STARTED,
+            self.instance,
+            job_name=job,
+            status=dg.DagsterRunStatus.NOT_STARTED,
             tags={"dagster/partition": day.isoformat(), **tags},
-            remote_job_origin=remote_job.get_remote_origin(), job_code_origin=remote_job.get_python_origin(),
+            remote_job_origin=remote_job.get_remote_origin(),
+            job_code_origin=remote_job.get_python_origin(),
         )
         submitted = self.instance.submit_run(run.run_id, workspace)
         assert submitted.status == dg.DagsterRunStatus.QUEUED
@@ -84,7 +87,10 @@ def queue(postgres_home: PostgresHome) -> Iterator[Queue]:
     with dg.DagsterInstance.get() as instance:
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
         code_location = ModuleTarget(
-            module_name="cron_pipelines.definitions", attribute="defs", working_directory=None, location_name="cron_pipelines"
+            module_name="cron_pipelines.definitions",
+            attribute="defs",
+            working_directory=None,
+            location_name="cron_pipelines",
         )
         with create_test_daemon_workspace_context(code_location, instance) as context:
             yield Queue(instance, context)

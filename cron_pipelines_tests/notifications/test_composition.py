@@ -7,22 +7,44 @@ from email import policy
 
 import pytest
 
+from cron_pipelines.models.notification import Notification, NotificationKind
 from cron_pipelines.notifications.composition import (
     MessageComposer,
     Recipient,
     UnsendableNotification,
     check_recipient,
 )
-from cron_pipelines.models.notification import Notification, NotificationKind
 
 KIND_CONTEXTS = {
-    NotificationKind.PAYMENT_REMINDER: {"amount": "INR 1,250.00", "description": "Membership fee", "due_date": "2026-12-05", "days_before": 7},
-    NotificationKind.OVERDUE_NOTICE: {"amount": "INR 1,250.00", "description": "Membership fee", "due_date": "2026-11-21", "days_past_due": 7},
+    NotificationKind.PAYMENT_REMINDER: {
+        "amount": "INR 1,250.00",
+        "description": "Membership fee",
+        "due_date": "2026-12-05",
+        "days_before": 7,
+    },
+    NotificationKind.OVERDUE_NOTICE: {
+        "amount": "INR 1,250.00",
+        "description": "Membership fee",
+        "due_date": "2026-11-21",
+        "days_past_due": 7,
+    },
     NotificationKind.INACTIVITY_WARNING: {"last_active_date": "2026-10-29", "deactivation_date": "2027-01-27"},
     NotificationKind.ACCOUNT_DEACTIVATED: {"last_active_date": "2026-08-30"},
     NotificationKind.VERIFICATION_RESULT: {"status": "verified", "requested_date": "2026-11-20"},
-    NotificationKind.VERIFICATION_REMINDER: {"days_since_request": 3, "requested_date": "2026-11-25", "expiry_date": "2026-12-09"},
-    NotificationKind.OPS_ALERT: {"headline": "run failed", "summary": "A run failed.", "job_name": "send_payment_reminders", "partition_key": "2026-11-28", "run_id": "abc", "run_url": "http://localhost:3000/runs/abc", "error": "boom"},
+    NotificationKind.VERIFICATION_REMINDER: {
+        "days_since_request": 3,
+        "requested_date": "2026-11-25",
+        "expiry_date": "2026-12-09",
+    },
+    NotificationKind.OPS_ALERT: {
+        "headline": "run failed",
+        "summary": "A run failed.",
+        "job_name": "send_payment_reminders",
+        "partition_key": "2026-11-28",
+        "run_id": "abc",
+        "run_url": "http://localhost:3000/runs/abc",
+        "error": "boom",
+    },
 }
 
 
@@ -31,7 +53,14 @@ def composer() -> MessageComposer:
     return MessageComposer("Cron Pipelines <no-reply@example.com>")
 
 
-def _notification(kind: NotificationKind, *, email_address: str | None = "asha@example.com", name: str | None = "Asha Rao", key: str | None = None, **context) -> Notification:
+def _notification(
+    kind: NotificationKind,
+    *,
+    email_address: str | None = "asha@example.com",
+    name: str | None = "Asha Rao",
+    key: str | None = None,
+    **context,
+) -> Notification:
     return Notification(
         key=key or f"{kind.value}:x_1:2026-12-05:7",
         kind=kind,
@@ -83,7 +112,9 @@ def test_payment_reminder_wording_depends_on_days_before(composer: MessageCompos
 
 def test_html_part_escapes_data_and_text_part_keeps_it(composer: MessageComposer) -> None:
     hostile = "<script>alert(1)</script> & Co"
-    message = _parse(composer.compose(_notification(NotificationKind.PAYMENT_REMINDER, name=hostile, description="<b>fee</b>")).data)
+    message = _parse(
+        composer.compose(_notification(NotificationKind.PAYMENT_REMINDER, name=hostile, description="<b>fee</b>")).data
+    )
     html = message.get_body(("html",)).get_content()
     text = message.get_body(("plain",)).get_content()
     assert "<script>" not in html
@@ -152,7 +183,9 @@ def test_an_internationalised_domain_is_written_as_idna_a_labels(composer: Messa
 
 def test_a_non_ascii_local_part_makes_an_smtputf8_message(composer: MessageComposer) -> None:
     outgoing = composer.compose(
-        _notification(NotificationKind.PAYMENT_REMINDER, email_address="jos\u00e9@ex\u00e4mple.com", name="Jos\u00e9 P\u00e9rez")
+        _notification(
+            NotificationKind.PAYMENT_REMINDER, email_address="jos\u00e9@ex\u00e4mple.com", name="Jos\u00e9 P\u00e9rez"
+        )
     )
     assert outgoing.smtputf8 and outgoing.recipient == "jos\u00e9@xn--exmple-cua.com"
     message = email.message_from_string(outgoing.data.decode("utf-8"), policy=policy.SMTPUTF8)

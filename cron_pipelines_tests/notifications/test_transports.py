@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from cron_pipelines.notifications.composition import MessageComposer, OutgoingMessage
 from cron_pipelines.models.notification import Notification, NotificationKind
+from cron_pipelines.notifications.composition import MessageComposer, OutgoingMessage
 from cron_pipelines.notifications.transports import OutboxTransport, SmtpSettings, SmtpTransport
 from cron_pipelines_tests.support.certificates import self_signed_localhost
 from cron_pipelines_tests.support.smtp_sink import SmtpSink, free_port
@@ -56,7 +56,9 @@ def test_outbox_writes_one_parseable_eml_per_message_in_time_order(tmp_path: Pat
     assert [result.outcome for result in results] == ["sent"] * 5
     files = sorted(os.listdir(tmp_path / "outbox"))
     assert len(files) == 5 and all(name.endswith(".eml") for name in files)
-    parsed = [email.message_from_bytes((tmp_path / "outbox" / name).read_bytes(), policy=policy.default) for name in files]
+    parsed = [
+        email.message_from_bytes((tmp_path / "outbox" / name).read_bytes(), policy=policy.default) for name in files
+    ]
     # Sorting the names gives the order of sending.
     assert [message["X-Notification-Id"] for message in parsed] == [message.key for message in messages]
     assert [message["Message-ID"] for message in parsed] == [message.message_id for message in messages]
@@ -157,7 +159,9 @@ def test_login_when_credentials_are_configured() -> None:
             transport.close()
         assert sink.logins and set(sink.logins) == {"mailer"}
 
-        wrong = SmtpTransport(SmtpSettings(host=sink.host, port=sink.port, username="mailer", password="nope", timeout=5))
+        wrong = SmtpTransport(
+            SmtpSettings(host=sink.host, port=sink.port, username="mailer", password="nope", timeout=5)
+        )
         try:
             results = list(wrong.send_batch(_messages(1)))
         finally:
@@ -170,11 +174,15 @@ def test_login_when_credentials_are_configured() -> None:
 def test_tls_modes(tmp_path: Path, security: str) -> None:
     tls = self_signed_localhost(tmp_path)
     server_options = (
-        {"starttls_context": tls.server_context()} if security == "starttls" else {"implicit_tls_context": tls.server_context()}
+        {"starttls_context": tls.server_context()}
+        if security == "starttls"
+        else {"implicit_tls_context": tls.server_context()}
     )
     with SmtpSink(**server_options) as sink:
         transport = SmtpTransport(
-            SmtpSettings(host="127.0.0.1", port=sink.port, security=security, timeout=5, ssl_context=tls.client_context())
+            SmtpSettings(
+                host="127.0.0.1", port=sink.port, security=security, timeout=5, ssl_context=tls.client_context()
+            )
         )
         try:
             assert [r.outcome for r in list(transport.send_batch(_messages(2)))] == ["sent", "sent"]

@@ -8,10 +8,10 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from cron_pipelines_tests.support.services import ServiceWorld
 from cron_pipelines_tests.demo_services.helpers import due, user
 from cron_pipelines_tests.support.job_world import JobWorld, job_environment
 from cron_pipelines_tests.support.pushgateway import PushgatewayStandIn
+from cron_pipelines_tests.support.services import ServiceWorld
 from cron_pipelines_tests.support.smtp_sink import SmtpSink
 
 D = "2026-11-28"
@@ -34,7 +34,9 @@ def _value(samples: dict, name: str, **labels: str) -> float:
     return samples[(name, tuple(sorted(labels.items())))]
 
 
-def test_a_run_pushes_notification_request_retry_and_duration_metrics(world: JobWorld, gateway: PushgatewayStandIn) -> None:
+def test_a_run_pushes_notification_request_retry_and_duration_metrics(
+    world: JobWorld, gateway: PushgatewayStandIn
+) -> None:
     world.services.store.add_users([user("usr_a"), user("usr_b"), user("usr_c", email=None)])
     world.services.store.add_dues([due(f"due_{x}", user_id=f"usr_{x}", due_date="2026-12-01") for x in "abc"])
     world.smtp.temporarily_refused_recipients.add("usr_b@example.com")
@@ -56,7 +58,9 @@ def test_a_run_pushes_notification_request_retry_and_duration_metrics(world: Job
     requests = "cron_pipelines_service_requests_total"
     assert _value(samples, requests, service="sql-service", endpoint="GET /v1/dues", status="503") == 1
     assert _value(samples, requests, service="sql-service", endpoint="GET /v1/dues", status="200") == 1
-    assert _value(samples, requests, service="mongo-service", endpoint="POST /v1/notifications/claims", status="200") == 1
+    assert (
+        _value(samples, requests, service="mongo-service", endpoint="POST /v1/notifications/claims", status="200") == 1
+    )
     assert _value(samples, "cron_pipelines_service_retries_total", service="sql-service", endpoint="GET /v1/dues") == 1
     latency = "cron_pipelines_service_request_duration_seconds_count"
     assert _value(samples, latency, service="sql-service", endpoint="GET /v1/dues") == 2
@@ -70,8 +74,16 @@ def test_a_failed_run_still_pushes_what_it_did(world: JobWorld, gateway: Pushgat
     world.smtp.stop()
     assert not world.run("send_payment_reminders", D).success
     samples = gateway.pushes[-1].samples()
-    assert _value(samples, "cron_pipelines_notifications_total", job="send_payment_reminders",
-                  kind="payment_reminder", outcome="failed") == 1
+    assert (
+        _value(
+            samples,
+            "cron_pipelines_notifications_total",
+            job="send_payment_reminders",
+            kind="payment_reminder",
+            outcome="failed",
+        )
+        == 1
+    )
 
 
 def test_an_unreachable_pushgateway_does_not_fail_the_run(world: JobWorld) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import email
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email import policy
 from pathlib import Path
 
@@ -36,16 +36,28 @@ def test_with_no_url_the_embedded_demo_is_served_seeded_and_shared(demo_settings
 
 def test_each_job_runs_on_the_embedded_demo_and_fills_the_outbox(demo_settings, tmp_path: Path) -> None:
     defs = build_definitions(demo_settings)
-    today = datetime.now(timezone.utc).date().isoformat()
+    today = datetime.now(UTC).date().isoformat()
     (tmp_path / "instance").mkdir()
     with dg.instance_for_test(temp_dir=str(tmp_path / "instance")) as instance:
-        for job in ("mark_overdue_dues", "send_payment_reminders", "notify_inactive_users",
-                    "deactivate_inactive_users", "verify_employees", "maintenance"):
+        for job in (
+            "mark_overdue_dues",
+            "send_payment_reminders",
+            "notify_inactive_users",
+            "deactivate_inactive_users",
+            "verify_employees",
+            "maintenance",
+        ):
             assert defs.resolve_job_def(job).execute_in_process(partition_key=today, instance=instance).success, job
     files = sorted((tmp_path / "outbox").glob("*.eml"))
     kinds = {email.message_from_bytes(f.read_bytes(), policy=policy.default)["X-Notification-Kind"] for f in files}
-    assert kinds == {"payment_reminder", "overdue_notice", "inactivity_warning", "account_deactivated",
-                     "verification_result", "verification_reminder"}
+    assert kinds == {
+        "payment_reminder",
+        "overdue_notice",
+        "inactivity_warning",
+        "account_deactivated",
+        "verification_result",
+        "verification_reminder",
+    }
     ids = [email.message_from_bytes(f.read_bytes(), policy=policy.default)["X-Notification-Id"] for f in files]
     assert len(ids) == len(set(ids))
     assert "payment_reminder:due_pending_in_7d:" in " ".join(ids)

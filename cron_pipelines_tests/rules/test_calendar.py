@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import pytest
 
 from cron_pipelines.rules.calendar import BusinessDay
 
-UTC = timezone.utc
+UTC = UTC
 
 
 def utc(text: str) -> datetime:
@@ -197,6 +197,8 @@ def test_local_date_honours_the_offset_the_instant_was_written_with() -> None:
     assert business_day("2026-11-28", "Asia/Kolkata").local_date(instant) == date(2026, 11, 21)
 
 
-@pytest.mark.parametrize(("days", "expected"), [(0, date(2026, 11, 28)), (7, date(2026, 12, 5)), (-7, date(2026, 11, 21))])
+@pytest.mark.parametrize(
+    ("days", "expected"), [(0, date(2026, 11, 28)), (7, date(2026, 12, 5)), (-7, date(2026, 11, 21))]
+)
 def test_plus_days_counts_calendar_days(days: int, expected: date) -> None:
     assert business_day("2026-11-28").plus_days(days) == expected

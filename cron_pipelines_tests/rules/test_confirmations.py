@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from cron_pipelines.models.payloads import InactiveUser, NotificationRecord, Verification
 from cron_pipelines.models.notification import Notification
+from cron_pipelines.models.payloads import InactiveUser, NotificationRecord, Verification
 from cron_pipelines.rules.calendar import BusinessDay
 from cron_pipelines.rules.confirmations import confirmation_from_record, confirmation_skip_reason
 from cron_pipelines.rules.inactivity import account_deactivated
@@ -60,23 +60,43 @@ def test_the_already_outcome_of_another_write_does_not_count() -> None:
 
 
 def _record(kind: str, metadata: dict, **fields: object) -> NotificationRecord:
-    return NotificationRecord.model_validate({
-        "idempotency_key": f"{kind}:x", "kind": kind, "user_id": "usr_9", "recipient": "a@example.com",
-        "status": "claimed", "attempts": 2, "claimed_at": "2026-11-28T09:00:00Z", "metadata": metadata, **fields,
-    })
+    return NotificationRecord.model_validate(
+        {
+            "idempotency_key": f"{kind}:x",
+            "kind": kind,
+            "user_id": "usr_9",
+            "recipient": "a@example.com",
+            "status": "claimed",
+            "attempts": 2,
+            "claimed_at": "2026-11-28T09:00:00Z",
+            "metadata": metadata,
+            **fields,
+        }
+    )
 
 
 def _first_send(notification: Notification) -> NotificationRecord:
     """The record the first claim of `notification` left in the ledger."""
-    return _record(notification.kind, {**notification.metadata, "claim_token": "abc"}, idempotency_key=notification.key,
-                   user_id=notification.user_id, recipient=notification.email)
+    return _record(
+        notification.kind,
+        {**notification.metadata, "claim_token": "abc"},
+        idempotency_key=notification.key,
+        user_id=notification.user_id,
+        recipient=notification.email,
+    )
 
 
 def test_a_deactivation_email_is_rebuilt_exactly_from_its_record() -> None:
-    user = InactiveUser.model_validate({
-        "id": "usr_9", "email": "a@example.com", "full_name": "Åsa <b>Rao</b>", "status": "active",
-        "last_login_at": "2026-08-01T20:00:00+05:30", "created_at": "2025-01-01T00:00:00Z",
-    })
+    user = InactiveUser.model_validate(
+        {
+            "id": "usr_9",
+            "email": "a@example.com",
+            "full_name": "Åsa <b>Rao</b>",
+            "status": "active",
+            "last_login_at": "2026-08-01T20:00:00+05:30",
+            "created_at": "2025-01-01T00:00:00Z",
+        }
+    )
     original = account_deactivated(user, BusinessDay.from_partition_key("2026-11-28", "Asia/Kolkata"))
 
     rebuilt = confirmation_from_record(_first_send(original))
@@ -85,11 +105,19 @@ def test_a_deactivation_email_is_rebuilt_exactly_from_its_record() -> None:
 
 
 def test_a_verification_result_is_rebuilt_exactly_from_its_record() -> None:
-    verification = Verification.model_validate({
-        "id": "ver_7", "employee_id": "emp_3", "email": "e@example.com", "full_name": "Emp Three",
-        "status": "pending", "requested_at": "2026-11-20T10:00:00Z",
-    })
-    original = verification_result(verification, Decision("rejected", "5 failed attempts"), BusinessDay.from_partition_key("2026-11-28", "UTC"))
+    verification = Verification.model_validate(
+        {
+            "id": "ver_7",
+            "employee_id": "emp_3",
+            "email": "e@example.com",
+            "full_name": "Emp Three",
+            "status": "pending",
+            "requested_at": "2026-11-20T10:00:00Z",
+        }
+    )
+    original = verification_result(
+        verification, Decision("rejected", "5 failed attempts"), BusinessDay.from_partition_key("2026-11-28", "UTC")
+    )
 
     assert confirmation_from_record(_first_send(original)) == original
 

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from cron_pipelines.models.records import InvalidRecord
-from cron_pipelines.models.payloads import InactiveUser, NotificationRecord, format_instant
 from cron_pipelines.models.notification import Notification, NotificationKind
+from cron_pipelines.models.payloads import InactiveUser, NotificationRecord, format_instant
+from cron_pipelines.models.records import InvalidRecord
 from cron_pipelines.rules.calendar import BusinessDay
 from cron_pipelines.rules.inactivity import (
     InactivityPolicy,
@@ -79,7 +79,9 @@ def test_warn_threshold_is_strictly_more_than_30_days_before_start_of_d(days_ina
     ("days_inactive", "inactive"),
     [(89, False), (90, False), (91, True)],
 )
-def test_deactivate_threshold_is_strictly_more_than_90_days_before_start_of_d(days_inactive: int, inactive: bool) -> None:
+def test_deactivate_threshold_is_strictly_more_than_90_days_before_start_of_d(
+    days_inactive: int, inactive: bool
+) -> None:
     day = business_day()
     user = make_user(instant(day.start - timedelta(days=days_inactive)))
 
@@ -323,7 +325,9 @@ def test_deactivation_date_is_the_first_day_the_90_day_rule_holds(zone: str, las
 
     assert first > warned_on.plus_days(POLICY.warning_grace_days)
     assert is_inactive(user, business_day(first.isoformat(), zone), POLICY.deactivate_after_days)
-    assert not is_inactive(user, business_day((first - timedelta(days=1)).isoformat(), zone), POLICY.deactivate_after_days)
+    assert not is_inactive(
+        user, business_day((first - timedelta(days=1)).isoformat(), zone), POLICY.deactivate_after_days
+    )
 
 
 # --- warning_state ------------------------------------------------------------------------------
@@ -364,7 +368,9 @@ def test_sent_warning_allows_deactivation_on_or_before_d_minus_7(sent_at: str, s
     ],
 )
 def test_the_d_minus_7_date_is_taken_in_the_business_zone(sent_at: str, state: str) -> None:
-    assert warning_state("duplicate", warning_record("sent", sent_at), business_day(zone="Asia/Kolkata"), POLICY) == state
+    assert (
+        warning_state("duplicate", warning_record("sent", sent_at), business_day(zone="Asia/Kolkata"), POLICY) == state
+    )
 
 
 def test_the_same_sent_at_is_judged_differently_in_utc_and_in_kolkata() -> None:
@@ -376,10 +382,20 @@ def test_the_same_sent_at_is_judged_differently_in_utc_and_in_kolkata() -> None:
 
 def test_sent_at_with_an_offset_is_read_as_the_instant_it_is() -> None:
     # 2026-11-22T02:00+05:30 is 2026-11-21T20:30Z: D − 7 in UTC.
-    assert warning_state("duplicate", warning_record("sent", "2026-11-22T02:00:00+05:30"), business_day(), POLICY) == "deactivate"
+    assert (
+        warning_state("duplicate", warning_record("sent", "2026-11-22T02:00:00+05:30"), business_day(), POLICY)
+        == "deactivate"
+    )
 
 
-@pytest.mark.parametrize(("grace", "sent_at", "state"), [(0, "2026-11-28T09:00:00Z", "deactivate"), (3, "2026-11-26T00:00:00Z", "grace_pending"), (3, "2026-11-25T23:59:59Z", "deactivate")])
+@pytest.mark.parametrize(
+    ("grace", "sent_at", "state"),
+    [
+        (0, "2026-11-28T09:00:00Z", "deactivate"),
+        (3, "2026-11-26T00:00:00Z", "grace_pending"),
+        (3, "2026-11-25T23:59:59Z", "deactivate"),
+    ],
+)
 def test_custom_grace_days(grace: int, sent_at: str, state: str) -> None:
     policy = InactivityPolicy(warning_grace_days=grace)
 
@@ -412,7 +428,9 @@ def test_account_deactivated_key_and_content() -> None:
     assert notification.context == {"last_active_date": "2026-08-01"}
     # With what a later run needs to send it again from the ledger alone.
     assert notification.metadata == {
-        "last_active_at": "2026-08-01T20:00:00+05:30", "name": "Asha Rao", "context": {"last_active_date": "2026-08-01"},
+        "last_active_at": "2026-08-01T20:00:00+05:30",
+        "name": "Asha Rao",
+        "context": {"last_active_date": "2026-08-01"},
     }
 
 
@@ -493,4 +511,3 @@ def test_sent_on_d_minus_7_across_the_october_change_in_berlin() -> None:
 
     assert warning_state("duplicate", warning_record("sent", "2026-10-23T21:59:59Z"), day, POLICY) == "deactivate"
     assert warning_state("duplicate", warning_record("sent", "2026-10-23T22:00:00Z"), day, POLICY) == "grace_pending"
-

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from cron_pipelines.models.payloads import NotificationRecord, format_instant
 from cron_pipelines.rules.ledger import StaleClaimPolicy, is_stale_claim
 
-AS_OF = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
+AS_OF = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 POLICY = StaleClaimPolicy()
 
 
@@ -37,11 +37,11 @@ def minutes_ago(minutes: float) -> str:
 
 def test_default_cutoff_is_15_minutes_before_as_of() -> None:
     assert POLICY.stale_after_minutes == 15
-    assert POLICY.cutoff(AS_OF) == datetime(2026, 11, 28, 11, 45, tzinfo=timezone.utc)
+    assert POLICY.cutoff(AS_OF) == datetime(2026, 11, 28, 11, 45, tzinfo=UTC)
 
 
 def test_custom_cutoff() -> None:
-    assert StaleClaimPolicy(stale_after_minutes=60).cutoff(AS_OF) == datetime(2026, 11, 28, 11, 0, tzinfo=timezone.utc)
+    assert StaleClaimPolicy(stale_after_minutes=60).cutoff(AS_OF) == datetime(2026, 11, 28, 11, 0, tzinfo=UTC)
 
 
 @pytest.mark.parametrize(

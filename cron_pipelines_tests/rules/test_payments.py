@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from cron_pipelines.models.records import InvalidRecord
-from cron_pipelines.models.payloads import Due, DueUser
 from cron_pipelines.models.notification import Notification, NotificationKind
+from cron_pipelines.models.payloads import Due, DueUser
+from cron_pipelines.models.records import InvalidRecord
 from cron_pipelines.rules.payments import (
     OverduePolicy,
     PaymentReminderPolicy,
@@ -168,7 +168,9 @@ def test_custom_policy_window_ends_at_its_largest_offset() -> None:
     assert PaymentReminderPolicy(reminder_days_before=[5, 2]).window(D) == (date(2026, 11, 28), date(2026, 12, 3))
 
 
-@pytest.mark.parametrize(("days_before", "reminded"), [(5, True), (2, True), (7, False), (3, False), (1, False), (0, False)])
+@pytest.mark.parametrize(
+    ("days_before", "reminded"), [(5, True), (2, True), (7, False), (3, False), (1, False), (0, False)]
+)
 def test_custom_policy_reminds_only_on_its_own_offsets(days_before: int, reminded: bool) -> None:
     policy = PaymentReminderPolicy(reminder_days_before=[5, 2])
 
@@ -311,7 +313,16 @@ def test_malformed_due_skip_tolerates_a_missing_user() -> None:
         ["due_bad", "2026-12-01"],
         None,
     ],
-    ids=["due_date-text", "due_date-invalid", "due_date-null", "due_date-missing", "id-missing", "string", "list", "null"],
+    ids=[
+        "due_date-text",
+        "due_date-invalid",
+        "due_date-null",
+        "due_date-missing",
+        "id-missing",
+        "string",
+        "list",
+        "null",
+    ],
 )
 def test_malformed_due_without_a_usable_key_stays_rejected(raw: Any) -> None:
     record = rejected(raw)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from itertools import count
 
 import pytest
 from pydantic import ValidationError
 
-from cron_pipelines.models.payloads import Verification, VerificationAttempt, format_instant
 from cron_pipelines.models.notification import NotificationKind
+from cron_pipelines.models.payloads import Verification, VerificationAttempt, format_instant
 from cron_pipelines.rules.calendar import BusinessDay
 from cron_pipelines.rules.verifications import (
     Decision,
@@ -23,7 +23,7 @@ from cron_pipelines.rules.verifications import (
 POLICY = VerificationPolicy()
 D = "2026-11-28"
 # A run for a past D sees the end of D: as_of = start(D+1).
-AS_OF = datetime(2026, 11, 29, tzinfo=timezone.utc)
+AS_OF = datetime(2026, 11, 29, tzinfo=UTC)
 _attempt_ids = count(1)
 
 
@@ -33,7 +33,12 @@ def business_day(day: str = D, zone: str = "UTC") -> BusinessDay:
 
 def make_verification(requested_at: str = "2026-11-21T10:00:00Z", *, status: str = "pending") -> Verification:
     return Verification(
-        id="ver_7", employee_id="emp_3", email="e@example.com", full_name="Emp Three", status=status, requested_at=requested_at
+        id="ver_7",
+        employee_id="emp_3",
+        email="e@example.com",
+        full_name="Emp Three",
+        status=status,
+        requested_at=requested_at,
     )
 
 
@@ -163,14 +168,14 @@ def test_a_decided_verification_is_left_alone(status: str) -> None:
 
 @pytest.mark.parametrize("days", [3, 7, 10])
 def test_reminder_on_each_reminder_day(days: int) -> None:
-    requested = datetime(2026, 11, 28, 10, tzinfo=timezone.utc) - timedelta(days=days)
+    requested = datetime(2026, 11, 28, 10, tzinfo=UTC) - timedelta(days=days)
 
     assert assess(make_verification(format_instant(requested))) == Reminder(days)
 
 
 @pytest.mark.parametrize("days", [0, 1, 2, 4, 5, 6, 8, 9, 11, 12, 13, 14])
 def test_no_reminder_on_other_days(days: int) -> None:
-    requested = datetime(2026, 11, 28, 10, tzinfo=timezone.utc) - timedelta(days=days)
+    requested = datetime(2026, 11, 28, 10, tzinfo=UTC) - timedelta(days=days)
 
     assert assess(make_verification(format_instant(requested))) is None
 
@@ -220,8 +225,8 @@ def test_no_reminder_after_an_attempt_in_the_3_days_before_as_of(attempted_at: s
 
 def test_quiet_window_for_todays_run_ends_at_now() -> None:
     day = business_day()
-    as_of = day.as_of(datetime(2026, 11, 28, 15, tzinfo=timezone.utc))
-    assert as_of == datetime(2026, 11, 28, 15, tzinfo=timezone.utc)
+    as_of = day.as_of(datetime(2026, 11, 28, 15, tzinfo=UTC))
+    assert as_of == datetime(2026, 11, 28, 15, tzinfo=UTC)
 
     def verdict(attempted_at: str) -> Decision | Reminder | None:
         return assess(make_verification(), [attempt("failure", attempted_at)], day=day, as_of=as_of)
@@ -249,7 +254,9 @@ def test_custom_quiet_days() -> None:
 def test_quiet_days_zero_never_silences_a_reminder() -> None:
     policy = VerificationPolicy(reminder_quiet_days=0)
 
-    assert assess(make_verification(), [attempt("failure", "2026-11-28T23:59:59Z")], as_of=AS_OF, policy=policy) == Reminder(7)
+    assert assess(
+        make_verification(), [attempt("failure", "2026-11-28T23:59:59Z")], as_of=AS_OF, policy=policy
+    ) == Reminder(7)
 
 
 # --- notifications --------------------------------------------------------------------------------------
@@ -259,15 +266,20 @@ def test_quiet_days_zero_never_silences_a_reminder() -> None:
 def test_result_notification_key_and_content(status: str) -> None:
     decision = Decision(status, "because")
 
-    notification = verification_result(make_verification("2026-11-20T20:00:00Z"), decision, business_day(zone="Asia/Kolkata"))
+    notification = verification_result(
+        make_verification("2026-11-20T20:00:00Z"), decision, business_day(zone="Asia/Kolkata")
+    )
 
     assert notification.key == f"verification_result:ver_7:{status}"
     assert notification.kind is NotificationKind.VERIFICATION_RESULT
     assert (notification.user_id, notification.email, notification.name) == ("emp_3", "e@example.com", "Emp Three")
     assert notification.context == {"status": status, "requested_date": "2026-11-21"}
     assert notification.metadata == {
-        "verification_id": "ver_7", "status": status, "reason": "because",
-        "name": "Emp Three", "context": {"status": status, "requested_date": "2026-11-21"},
+        "verification_id": "ver_7",
+        "status": status,
+        "reason": "because",
+        "name": "Emp Three",
+        "context": {"status": status, "requested_date": "2026-11-21"},
     }
     assert notification.skip_reason is None
 
@@ -279,7 +291,11 @@ def test_reminder_notification_key_and_content(days: int) -> None:
     assert notification.key == f"verification_reminder:ver_7:{days}"
     assert notification.kind is NotificationKind.VERIFICATION_REMINDER
     assert (notification.user_id, notification.email, notification.name) == ("emp_3", "e@example.com", "Emp Three")
-    assert notification.context == {"days_since_request": days, "requested_date": "2026-11-21", "expiry_date": "2026-12-06"}
+    assert notification.context == {
+        "days_since_request": days,
+        "requested_date": "2026-11-21",
+        "expiry_date": "2026-12-06",
+    }
     assert notification.metadata == {"verification_id": "ver_7", "days_since_request": days}
 
 

@@ -31,8 +31,7 @@ class TlsFiles:
 def self_signed_localhost(directory: Path) -> TlsFiles:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-
+    now = datetime.datetime.now(datetime.UTC)
 
     certificate = (
         x509.CertificateBuilder()

@@ -50,8 +50,13 @@ def gzip_bomb() -> bytes:
 def due_item(due_id: str, *, user_id: str | None = None, due_date: str = "2026-12-01", **user: Any) -> dict[str, Any]:
     user_id = user_id or f"usr_{due_id}"
     return {
-        "id": due_id, "user_id": user_id, "amount_cents": 125000, "currency": "INR", "due_date": due_date,
-        "status": "pending", "description": "Membership fee",
+        "id": due_id,
+        "user_id": user_id,
+        "amount_cents": 125000,
+        "currency": "INR",
+        "due_date": due_date,
+        "status": "pending",
+        "description": "Membership fee",
         "user": {"id": user_id, "email": f"{user_id}@example.com", "full_name": "Asha Rao", **user},
     }
 
@@ -95,10 +100,10 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     service: HostileService
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
-    def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+    def do_GET(self) -> None:
         service = self.service
         url = urlparse(self.path)
         service.requests.append(self.path)

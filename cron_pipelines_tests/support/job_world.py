@@ -15,11 +15,10 @@ from typing import Any
 import dagster as dg
 
 from cron_pipelines.defs import build_definitions
-from cron_pipelines_tests.support.services import ServiceWorld
 from cron_pipelines.settings import Settings, load_settings
-from cron_pipelines_tests.support.smtp_sink import ReceivedMail, SmtpSink
-
 from cron_pipelines_tests.conftest import TEST_JWT_SECRET
+from cron_pipelines_tests.support.services import ServiceWorld
+from cron_pipelines_tests.support.smtp_sink import ReceivedMail, SmtpSink
 
 
 def job_environment(services: ServiceWorld, smtp: SmtpSink, dagster_home: str, **overrides: str) -> dict[str, str]:
@@ -87,10 +86,14 @@ class JobWorld:
         environment = {**os.environ, **self.environment, "DAGSTER_HOME": self.instance.root_directory}
         return subprocess.Popen(
             [sys.executable, "-m", "cron_pipelines.cli", "run", job, "--date", day],
-            env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen_options,
+            env=environment,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            **popen_options,
         )
 
-    def run_measured(self, job: str, day: str, *, timeout: float = 120.0) -> "MeasuredRun":
+    def run_measured(self, job: str, day: str, *, timeout: float = 120.0) -> MeasuredRun:
         """`cron-pipelines run` in its own process: its output, wall time and peak memory.
 
         The peak is the process's own VmHWM, read as it exits: rusage would count the
@@ -100,11 +103,17 @@ class JobWorld:
         environment = {**os.environ, **self.environment, "DAGSTER_HOME": self.instance.root_directory}
         completed = subprocess.run(
             [sys.executable, "-c", _MEASURED_CLI, "run", job, "--date", day],
-            env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout,
+            env=environment,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=timeout,
         )
         peak = re.search(r"^peak_rss_kb=(\d+)$", completed.stdout, re.MULTILINE)
         assert peak is not None, completed.stdout[-2000:]
-        return MeasuredRun(completed.returncode, completed.stdout, int(peak.group(1)) / 1024, time.monotonic() - started)
+        return MeasuredRun(
+            completed.returncode, completed.stdout, int(peak.group(1)) / 1024, time.monotonic() - started
+        )
 
     def run(self, job: str, day: str, *, run_config: Mapping[str, Any] | None = None) -> dg.ExecuteInProcessResult:
         return self.defs.resolve_job_def(job).execute_in_process(
@@ -123,9 +132,7 @@ class JobWorld:
 
 def metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict[str, Any]:
     """The materialization metadata of `asset` in this run, as plain values."""
-    events = [
-        event for event in result.get_asset_materialization_events() if event.asset_key.to_user_string() == asset
-    ]
+    events = [event for event in result.get_asset_materialization_events() if event.asset_key.to_user_string() == asset]
     assert len(events) == 1, f"expected one materialization of {asset}, got {len(events)}"
     return {name: value.value for name, value in events[0].event_specific_data.materialization.metadata.items()}
 

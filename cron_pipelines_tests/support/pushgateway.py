@@ -34,7 +34,9 @@ class PushgatewayStandIn:
             def _receive(self) -> None:
                 length = int(self.headers.get("Content-Length", 0))
                 receiver.pushes.append(
-                    Push(self.command, self.path, self.headers.get("Content-Type", ""), self.rfile.read(length).decode())
+                    Push(
+                        self.command, self.path, self.headers.get("Content-Type", ""), self.rfile.read(length).decode()
+                    )
                 )
                 self.send_response(200)
                 self.end_headers()
@@ -47,7 +49,7 @@ class PushgatewayStandIn:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
 
-    def __enter__(self) -> "PushgatewayStandIn":
+    def __enter__(self) -> PushgatewayStandIn:
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
 

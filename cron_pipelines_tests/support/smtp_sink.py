@@ -55,7 +55,7 @@ def free_port() -> int:
 
 
 class _Handler:
-    def __init__(self, sink: "SmtpSink") -> None:
+    def __init__(self, sink: SmtpSink) -> None:
         self.sink = sink
 
     async def _latency(self) -> None:
@@ -82,7 +82,9 @@ class _Handler:
 
     async def handle_DATA(self, server, session: Session, envelope: Envelope) -> str:
         await self._latency()
-        self.sink._record(ReceivedMail(envelope.mail_from, tuple(envelope.rcpt_tos), envelope.original_content, time.time()))
+        self.sink._record(
+            ReceivedMail(envelope.mail_from, tuple(envelope.rcpt_tos), envelope.original_content, time.time())
+        )
         return "250 Message accepted for delivery"
 
 
@@ -129,7 +131,7 @@ class SmtpSink:
                 return AuthResult(success=True)
         return AuthResult(success=False, handled=False)
 
-    def start(self) -> "SmtpSink":
+    def start(self) -> SmtpSink:
         options: dict = {"ready_timeout": 10.0, "enable_SMTPUTF8": self.smtputf8}
         if self._credentials is not None:
             options.update(authenticator=self._authenticate, auth_require_tls=False, auth_required=True)
@@ -178,7 +180,7 @@ class SmtpSink:
             time.sleep(0.01)
         return self.received
 
-    def __enter__(self) -> "SmtpSink":
+    def __enter__(self) -> SmtpSink:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:

@@ -3,13 +3,13 @@
 import itertools
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import dagster as dg
 
-from cron_pipelines.models.payloads import PLANNED_MESSAGE_ID, NotificationRecord, format_instant
 from cron_pipelines.defs.daily import DailyOptions
 from cron_pipelines.models.notification import Notification, NotificationKind
+from cron_pipelines.models.payloads import PLANNED_MESSAGE_ID, NotificationRecord, format_instant
 from cron_pipelines.notifications.pipeline import NotificationPipeline, RunInfo
 from cron_pipelines.resources import MailerResource, MongoServiceResource
 from cron_pipelines.rules.ledger import StaleClaimPolicy, is_stale_claim
@@ -94,9 +94,16 @@ def build_run_failure_alert_sensor(ops_alert_email: str | None, webserver_url: s
             context.log.info("run %s failed; OPS_ALERT_EMAIL is unset, so no alert mail", run.run_id)
             return
         counts = send_ops_alert(
-            context, mongo_service, mailer, key=f"ops_alert:{run.run_id}", recipient=ops_alert_email, run=run,
-            sender=RUN_FAILURE_SENSOR, headline="run failed",
-            summary="A run of the cron_pipelines code location failed.", details=failure_summary(context),
+            context,
+            mongo_service,
+            mailer,
+            key=f"ops_alert:{run.run_id}",
+            recipient=ops_alert_email,
+            run=run,
+            sender=RUN_FAILURE_SENSOR,
+            headline="run failed",
+            summary="A run of the cron_pipelines code location failed.",
+            details=failure_summary(context),
             webserver_url=webserver_url,
         )
         context.log.info("ops alert for run %s: %s", run.run_id, dict(counts))
@@ -123,7 +130,7 @@ def build_stuck_claims_sensor(
     def stuck_claims_sensor(
         context: dg.SensorEvaluationContext, mongo_service: MongoServiceResource, mailer: MailerResource
     ) -> dg.SkipReason:
-        cutoff = policy.cutoff(datetime.now(timezone.utc))
+        cutoff = policy.cutoff(datetime.now(UTC))
         stuck = StuckClaims(sample_size=policy.sample_size)
         records = mongo_service.client.iter_notifications(status="claimed", until=cutoff)
         for record in itertools.islice(records, MAX_STUCK_CLAIMS_SCANNED):
@@ -138,8 +145,14 @@ def build_stuck_claims_sensor(
             if run is None or not ops_alert_email:
                 continue
             counts = send_ops_alert(
-                context, mongo_service, mailer, key=f"ops_alert:stuck_claims:{run_id}", recipient=ops_alert_email,
-                run=run, sender=STUCK_CLAIMS_SENSOR, headline="notifications stuck in `claimed`",
+                context,
+                mongo_service,
+                mailer,
+                key=f"ops_alert:stuck_claims:{run_id}",
+                recipient=ops_alert_email,
+                run=run,
+                sender=STUCK_CLAIMS_SENSOR,
+                headline="notifications stuck in `claimed`",
                 summary=(
                     f"Run {run_id} ({run.status.value}) left {stuck.count_by_run[run_id]} notification(s) `claimed` "
                     f"for more than {policy.stale_after_minutes} minutes: it died between claiming and recording "

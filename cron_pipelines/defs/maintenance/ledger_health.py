@@ -1,14 +1,14 @@
 """`maintenance`: report notifications claimed and never finished; nothing resends them."""
 
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import dagster as dg
 
-from cron_pipelines.models.records import InvalidRecord, InvalidTally
 from cron_pipelines.defs.daily import DailyOptions, daily_job
 from cron_pipelines.defs.delivery import Stopwatch, business_day_of, no_retry_on_permanent_errors, summary_metadata
 from cron_pipelines.defs.services_data import NOTIFICATION_LEDGER
+from cron_pipelines.models.records import InvalidRecord, InvalidTally
 from cron_pipelines.resources import MetricsResource, MongoServiceResource
 from cron_pipelines.rules.ledger import StaleClaimPolicy, is_stale_claim
 
@@ -35,7 +35,7 @@ def ledger_health(
     stopwatch = Stopwatch()
     metrics.observe(mongo_service.client)
     business_day = business_day_of(context)
-    cutoff = config.cutoff(business_day.as_of(datetime.now(timezone.utc)))
+    cutoff = config.cutoff(business_day.as_of(datetime.now(UTC)))
     by_kind: Counter[str] = Counter()
     by_run: Counter[str] = Counter()
     sample: list[str] = []
@@ -80,16 +80,25 @@ def ledger_health(
 
 def definitions(options: DailyOptions) -> dg.Definitions:
     asset = dg.asset(
-        key=LEDGER_HEALTH, deps=[NOTIFICATION_LEDGER], partitions_def=options.partitions_def,
-        retry_policy=options.retry_policy, group_name="maintenance", kinds={"python", "mongodb"},
+        key=LEDGER_HEALTH,
+        deps=[NOTIFICATION_LEDGER],
+        partitions_def=options.partitions_def,
+        retry_policy=options.retry_policy,
+        group_name="maintenance",
+        kinds={"python", "mongodb"},
         owners=["team:platform"],
         check_specs=[
             dg.AssetCheckSpec(
-                STALE_CLAIMS_CHECK, asset=LEDGER_HEALTH,
+                STALE_CLAIMS_CHECK,
+                asset=LEDGER_HEALTH,
                 description="Warns when notifications were claimed and never sent, failed or skipped.",
             )
         ],
     )(no_retry_on_permanent_errors(ledger_health))
     return daily_job(
-        JOB, [asset], at=(4, 30), options=options, description="Report notifications claimed and never finished.",
+        JOB,
+        [asset],
+        at=(4, 30),
+        options=options,
+        description="Report notifications claimed and never finished.",
     )

@@ -5,8 +5,6 @@ from datetime import date
 
 import dagster as dg
 
-from cron_pipelines.models.records import InvalidRecord
-from cron_pipelines.models.payloads import Due, DueStatus
 from cron_pipelines.defs.delivery import (
     DeliveryThresholds,
     Stopwatch,
@@ -16,6 +14,8 @@ from cron_pipelines.defs.delivery import (
     summary_metadata,
 )
 from cron_pipelines.models.notification import Notification
+from cron_pipelines.models.payloads import Due, DueStatus
+from cron_pipelines.models.records import InvalidRecord
 from cron_pipelines.resources import MailerResource, MetricsResource, MongoServiceResource, SqlServiceResource
 
 DueRule = Callable[[Iterable[Due | InvalidRecord], date], Iterable[Notification | InvalidRecord]]

@@ -5,7 +5,6 @@ from collections.abc import Iterator
 
 import dagster as dg
 
-from cron_pipelines.models.records import InvalidRecord, InvalidTally
 from cron_pipelines.defs.daily import DailyOptions, daily_job
 from cron_pipelines.defs.delivery import (
     DeliveryThresholds,
@@ -18,6 +17,7 @@ from cron_pipelines.defs.delivery import (
 )
 from cron_pipelines.defs.payments.dues import notify_about_dues
 from cron_pipelines.defs.services_data import DUES, NOTIFICATION_LEDGER
+from cron_pipelines.models.records import InvalidRecord, InvalidTally
 from cron_pipelines.resources import MailerResource, MetricsResource, MongoServiceResource, SqlServiceResource
 from cron_pipelines.rules import payments as rules
 
@@ -76,25 +76,39 @@ def overdue_notices(
 ) -> dg.MaterializeResult:
     """Tells users their due is overdue, on the configured days past due (notice_days_past_due)."""
     return notify_about_dues(
-        context, config, "overdue", config.notice_window,
+        context,
+        config,
+        "overdue",
+        config.notice_window,
         lambda dues, day: rules.overdue_notices(dues, day, config),
-        sql_service, mongo_service, mailer, metrics,
+        sql_service,
+        mongo_service,
+        mailer,
+        metrics,
     )
 
 
 def definitions(options: DailyOptions) -> dg.Definitions:
-    common = dict(
-        partitions_def=options.partitions_def, retry_policy=options.retry_policy,
-        group_name="payments", owners=["team:payments"],
-    )
+    common = {
+        "partitions_def": options.partitions_def,
+        "retry_policy": options.retry_policy,
+        "group_name": "payments",
+        "owners": ["team:payments"],
+    }
     marks = dg.asset(key=OVERDUE_MARKS, deps=[DUES], kinds={"python", "sql"}, **common)(
         no_retry_on_permanent_errors(overdue_marks)
     )
     notices = dg.asset(
-        key=OVERDUE_NOTICES, deps=[OVERDUE_MARKS, NOTIFICATION_LEDGER], kinds={"python", "email"},
-        check_specs=[delivery_check_spec(OVERDUE_NOTICES)], **common,
+        key=OVERDUE_NOTICES,
+        deps=[OVERDUE_MARKS, NOTIFICATION_LEDGER],
+        kinds={"python", "email"},
+        check_specs=[delivery_check_spec(OVERDUE_NOTICES)],
+        **common,
     )(no_retry_on_permanent_errors(overdue_notices))
     return daily_job(
-        JOB, [marks, notices], at=(6, 0), options=options,
+        JOB,
+        [marks, notices],
+        at=(6, 0),
+        options=options,
         description="Mark past-due dues overdue, then send notices on the configured days past due.",
     )

@@ -27,19 +27,33 @@ def payment_reminders(
 ) -> dg.MaterializeResult:
     """Reminds users of pending dues due a configured number of days ahead (reminder_days_before)."""
     return notify_about_dues(
-        context, config, "pending", config.window,
+        context,
+        config,
+        "pending",
+        config.window,
         lambda dues, day: rules.payment_reminders(dues, day, config),
-        sql_service, mongo_service, mailer, metrics,
+        sql_service,
+        mongo_service,
+        mailer,
+        metrics,
     )
 
 
 def definitions(options: DailyOptions) -> dg.Definitions:
     asset = dg.asset(
-        key=PAYMENT_REMINDERS, deps=[DUES, NOTIFICATION_LEDGER], kinds={"python", "email"},
-        check_specs=[delivery_check_spec(PAYMENT_REMINDERS)], partitions_def=options.partitions_def,
-        retry_policy=options.retry_policy, group_name="payments", owners=["team:payments"],
+        key=PAYMENT_REMINDERS,
+        deps=[DUES, NOTIFICATION_LEDGER],
+        kinds={"python", "email"},
+        check_specs=[delivery_check_spec(PAYMENT_REMINDERS)],
+        partitions_def=options.partitions_def,
+        retry_policy=options.retry_policy,
+        group_name="payments",
+        owners=["team:payments"],
     )(no_retry_on_permanent_errors(payment_reminders))
     return daily_job(
-        JOB, [asset], at=(9, 0), options=options,
+        JOB,
+        [asset],
+        at=(9, 0),
+        options=options,
         description="Remind users of pending dues due in the configured number of days.",
     )

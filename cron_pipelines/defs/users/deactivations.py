@@ -7,8 +7,6 @@ from typing import get_args
 import dagster as dg
 
 from cron_pipelines.clients.http import chunked
-from cron_pipelines.models.records import InvalidRecord
-from cron_pipelines.models.payloads import ClaimResult, Deactivation, InactiveUser
 from cron_pipelines.clients.mongo_service import MongoServiceClient
 from cron_pipelines.defs.daily import DailyOptions, daily_job
 from cron_pipelines.defs.delivery import (
@@ -17,14 +15,16 @@ from cron_pipelines.defs.delivery import (
     delivery_check_result,
     delivery_check_spec,
     delivery_step,
-    prefixed,
     no_retry_on_permanent_errors,
+    prefixed,
     resend_failed_confirmations,
     summary_metadata,
 )
 from cron_pipelines.defs.services_data import NOTIFICATION_LEDGER, USER_ACTIVITY
 from cron_pipelines.defs.users.inactivity_warnings import InactivityConfig
 from cron_pipelines.models.notification import Notification, NotificationKind
+from cron_pipelines.models.payloads import ClaimResult, Deactivation, InactiveUser
+from cron_pipelines.models.records import InvalidRecord
 from cron_pipelines.notifications.pipeline import Gate
 from cron_pipelines.resources import MailerResource, MetricsResource, MongoServiceResource
 from cron_pipelines.rules import inactivity as rules
@@ -104,7 +104,9 @@ def _deactivation_gate(client: MongoServiceClient, write_outcomes: Counter[str])
             write_outcomes[result.outcome] += 1
             reasons.append(
                 confirmation_skip_reason(
-                    result.outcome, applied="deactivated", already="already_inactive",
+                    result.outcome,
+                    applied="deactivated",
+                    already="already_inactive",
                     claim_attempts=claim.record.attempts,
                 )
             )
@@ -115,12 +117,19 @@ def _deactivation_gate(client: MongoServiceClient, write_outcomes: Counter[str])
 
 def definitions(options: DailyOptions) -> dg.Definitions:
     asset = dg.asset(
-        key=INACTIVE_USER_DEACTIVATIONS, deps=[USER_ACTIVITY, NOTIFICATION_LEDGER],
-        kinds={"python", "email", "mongodb"}, check_specs=[delivery_check_spec(INACTIVE_USER_DEACTIVATIONS)],
-        partitions_def=options.partitions_def, retry_policy=options.retry_policy,
-        group_name="user_lifecycle", owners=["team:accounts"],
+        key=INACTIVE_USER_DEACTIVATIONS,
+        deps=[USER_ACTIVITY, NOTIFICATION_LEDGER],
+        kinds={"python", "email", "mongodb"},
+        check_specs=[delivery_check_spec(INACTIVE_USER_DEACTIVATIONS)],
+        partitions_def=options.partitions_def,
+        retry_policy=options.retry_policy,
+        group_name="user_lifecycle",
+        owners=["team:accounts"],
     )(no_retry_on_permanent_errors(inactive_user_deactivations))
     return daily_job(
-        JOB, [asset], at=(11, 0), options=options,
+        JOB,
+        [asset],
+        at=(11, 0),
+        options=options,
         description="Deactivate users inactive long enough whose warning was sent in time; warn the others.",
     )

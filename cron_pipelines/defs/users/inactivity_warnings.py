@@ -49,11 +49,19 @@ def inactivity_warnings(
 
 def definitions(options: DailyOptions) -> dg.Definitions:
     asset = dg.asset(
-        key=INACTIVITY_WARNINGS, deps=[USER_ACTIVITY, NOTIFICATION_LEDGER], kinds={"python", "email"},
-        check_specs=[delivery_check_spec(INACTIVITY_WARNINGS)], partitions_def=options.partitions_def,
-        retry_policy=options.retry_policy, group_name="user_lifecycle", owners=["team:accounts"],
+        key=INACTIVITY_WARNINGS,
+        deps=[USER_ACTIVITY, NOTIFICATION_LEDGER],
+        kinds={"python", "email"},
+        check_specs=[delivery_check_spec(INACTIVITY_WARNINGS)],
+        partitions_def=options.partitions_def,
+        retry_policy=options.retry_policy,
+        group_name="user_lifecycle",
+        owners=["team:accounts"],
     )(no_retry_on_permanent_errors(inactivity_warnings))
     return daily_job(
-        JOB, [asset], at=(10, 0), options=options,
+        JOB,
+        [asset],
+        at=(10, 0),
+        options=options,
         description="Warn users inactive for the configured number of days, naming their deactivation business_day.",
     )

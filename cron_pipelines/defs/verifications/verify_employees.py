@@ -5,22 +5,13 @@ import json
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import dagster as dg
 from pydantic import Field
 
 from cron_pipelines.clients.http import chunked
-from cron_pipelines.models.records import InvalidRecord
-from cron_pipelines.models.payloads import (
-    ClaimResult,
-    Verification,
-    VerificationAttempt,
-    VerificationDecision,
-    format_instant,
-    parse_instant,
-)
 from cron_pipelines.clients.sql_service import SqlServiceClient
 from cron_pipelines.defs.daily import SCHEDULED_RUN_PRIORITY, DailyOptions, daily_job
 from cron_pipelines.defs.delivery import (
@@ -30,13 +21,22 @@ from cron_pipelines.defs.delivery import (
     delivery_check_result,
     delivery_check_spec,
     delivery_step,
-    prefixed,
     no_retry_on_permanent_errors,
+    prefixed,
     resend_failed_confirmations,
     summary_metadata,
 )
 from cron_pipelines.defs.services_data import NOTIFICATION_LEDGER, VERIFICATION_ATTEMPTS, VERIFICATIONS
 from cron_pipelines.models.notification import Notification, NotificationKind
+from cron_pipelines.models.payloads import (
+    ClaimResult,
+    Verification,
+    VerificationAttempt,
+    VerificationDecision,
+    format_instant,
+    parse_instant,
+)
+from cron_pipelines.models.records import InvalidRecord
 from cron_pipelines.notifications.pipeline import DeliveryStats, Gate
 from cron_pipelines.resources import MailerResource, MetricsResource, MongoServiceResource, SqlServiceResource
 from cron_pipelines.rules import verifications as rules
@@ -68,7 +68,7 @@ def verify_employees(
     stopwatch = Stopwatch()
     metrics.observe(sql_service.client, mongo_service.client)
     business_day = business_day_of(context)
-    as_of = business_day.as_of(datetime.now(timezone.utc))
+    as_of = business_day.as_of(datetime.now(UTC))
     only = set(config.verification_ids)
     decided: Counter[str] = Counter()
     write_outcomes: Counter[str] = Counter()
@@ -93,26 +93,33 @@ def verify_employees(
                 if verification.id in unreadable:
                     unassessed += 1  # a malformed attempt might be the success: decide next time
                     continue
-                verdict = rules.assess_verification(verification, attempts[verification.id], business_day, as_of, config)
+                verdict = rules.assess_verification(
+                    verification, attempts[verification.id], business_day, as_of, config
+                )
                 if isinstance(verdict, rules.Decision):
                     decided[verdict.status] += 1
                     results.append((verification, verdict))
                 elif isinstance(verdict, rules.Reminder):
-                    reminder_notifications.append(rules.verification_reminder(verification, verdict, business_day, config))
+                    reminder_notifications.append(
+                        rules.verification_reminder(verification, verdict, business_day, config)
+                    )
             decisions.deliver_chunk(
                 [rules.verification_result(verification, decision, business_day) for verification, decision in results],
                 gate=gate,
             )
             reminders.deliver_chunk(reminder_notifications)
         resent = resend_failed_confirmations(decisions, mongo_service, NotificationKind.VERIFICATION_RESULT, gate)
-    common = dict(only_verification_ids=len(only), unassessed=unassessed)
+    common = {"only_verification_ids": len(only), "unassessed": unassessed}
     yield dg.MaterializeResult(
         asset_key=DECISIONS,
         metadata=summary_metadata(
-            business_day, stopwatch,
+            business_day,
+            stopwatch,
             **prefixed("decision", decided, ("verified", "rejected", "expired")),
             **prefixed("write", write_outcomes, ("updated", "unchanged", "invalid_state", "not_found")),
-            failed_confirmations_retried=resent, **decisions.metadata(), **common,
+            failed_confirmations_retried=resent,
+            **decisions.metadata(),
+            **common,
         ),
         check_results=[delivery_check_result(DECISIONS, decisions, config)],
     )
@@ -207,7 +214,7 @@ def build_verification_attempts_sensor(cron_timezone: str, lookback_hours: int) 
     def verification_attempts_sensor(
         context: dg.SensorEvaluationContext, mongo_service: MongoServiceResource
     ) -> dg.SensorResult | dg.SkipReason:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         cursor = (
             AttemptCursor.from_json(context.cursor)
             if context.cursor
@@ -250,13 +257,19 @@ def definitions(options: DailyOptions) -> dg.Definitions:
         name=STEP,
         specs=[
             dg.AssetSpec(
-                DECISIONS, deps=[VERIFICATIONS, VERIFICATION_ATTEMPTS, NOTIFICATION_LEDGER],
-                kinds={"python", "email", "sql"}, group_name="verifications", owners=["team:people"],
+                DECISIONS,
+                deps=[VERIFICATIONS, VERIFICATION_ATTEMPTS, NOTIFICATION_LEDGER],
+                kinds={"python", "email", "sql"},
+                group_name="verifications",
+                owners=["team:people"],
                 description="Pending verifications decided verified, rejected or expired, and the result emails.",
             ),
             dg.AssetSpec(
-                REMINDERS, deps=[VERIFICATIONS, VERIFICATION_ATTEMPTS, NOTIFICATION_LEDGER],
-                kinds={"python", "email"}, group_name="verifications", owners=["team:people"],
+                REMINDERS,
+                deps=[VERIFICATIONS, VERIFICATION_ATTEMPTS, NOTIFICATION_LEDGER],
+                kinds={"python", "email"},
+                group_name="verifications",
+                owners=["team:people"],
                 description="Reminders to employees whose verification is still open on the configured days.",
             ),
         ],
@@ -268,6 +281,10 @@ def definitions(options: DailyOptions) -> dg.Definitions:
         options.settings.cron_timezone, options.settings.verification_sensor_lookback_hours
     )
     return daily_job(
-        JOB, [assets], at=(8, 0), options=options, sensors=[sensor],
+        JOB,
+        [assets],
+        at=(8, 0),
+        options=options,
+        sensors=[sensor],
         description="Decide pending verifications and remind the open ones.",
     )
