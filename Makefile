@@ -7,7 +7,7 @@ export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test bench install lock clean
+.PHONY: dev test bench install lock openapi clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,7 +23,11 @@ dev: install
 	test -e "$(DAGSTER_HOME)/dagster.yaml" || cp deploy/dagster.dev.yaml "$(DAGSTER_HOME)/dagster.yaml"
 	VIRTUAL_ENV="$(abspath $(VENV))" $(BIN)/dg dev -p $(DEV_PORT)
 
+# Lint, format check and strict type check first: they fail in seconds, the suite takes minutes.
 test: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	scripts/ensure-postgres.sh
 	$(BIN)/python -m pytest
 
@@ -31,6 +35,10 @@ test: install
 N ?= 100000
 bench: install
 	$(BIN)/python -m benchmarks.run --size $(N)
+
+# Rewrite docs/openapi/ from the stand-ins' FastAPI apps (a test fails while they differ).
+openapi: install
+	$(BIN)/python -m demo_services.openapi
 
 # Re-resolve every pin after changing a dependency in pyproject.toml.
 lock:

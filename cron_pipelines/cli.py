@@ -18,14 +18,19 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from cron_pipelines.log_format import REQUEST_LOGGER
 from cron_pipelines.settings import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:  # imported where used: the CLI starts fast
+    from dagster import DagsterInstance
+
+    from cron_pipelines.clients.mongo_service import MongoServiceClient
 
 
 def _dates(args: argparse.Namespace) -> list[date]:
@@ -36,7 +41,7 @@ def _dates(args: argparse.Namespace) -> list[date]:
     return [args.start + timedelta(days=offset) for offset in range((args.end - args.start).days + 1)]
 
 
-def _instance(settings: Settings):
+def _instance(settings: Settings) -> DagsterInstance:
     import dagster as dg
 
     # The same instance the webserver and daemon use: DAGSTER_HOME, or the project's default.
@@ -69,8 +74,8 @@ def command_run(settings: Settings, args: argparse.Namespace) -> int:
             )
             counts = {}
             for event in result.get_asset_materialization_events():
-                metadata = event.event_specific_data.materialization.metadata  # type: ignore[union-attr]
-                counts[event.asset_key.to_user_string()] = {
+                metadata = event.step_materialization_data.materialization.metadata
+                counts[event.asset_key.to_user_string() if event.asset_key else "?"] = {
                     name: value.value for name, value in metadata.items() if isinstance(value.value, int)
                 }
             status = "succeeded" if result.success else "FAILED"
@@ -91,7 +96,9 @@ def mask_recipient(address: str | None) -> str:
     return f"{local[:1]}***{at}{domain}" if at else "***"
 
 
-def _audit_records(client, args: argparse.Namespace, run_window: tuple[datetime, datetime] | None) -> Iterator[Any]:
+def _audit_records(
+    client: MongoServiceClient, args: argparse.Namespace, run_window: tuple[datetime, datetime] | None
+) -> Iterator[Any]:
     from cron_pipelines.models.records import InvalidRecord
 
     kind = args.kind or (args.key.split(":", 1)[0] if args.key else None)
@@ -110,7 +117,9 @@ def _audit_records(client, args: argparse.Namespace, run_window: tuple[datetime,
         yield record
 
 
-def _run_summary(instance, run_id: str | None, cache: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def _run_summary(
+    instance: DagsterInstance | None, run_id: str | None, cache: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
     if not run_id:
         return {}
     if run_id not in cache:
@@ -134,7 +143,7 @@ def _run_summary(instance, run_id: str | None, cache: dict[str, dict[str, Any]])
     return cache[run_id]
 
 
-def _run_window(instance, run_id: str) -> tuple[datetime, datetime] | None:
+def _run_window(instance: DagsterInstance, run_id: str) -> tuple[datetime, datetime] | None:
     """The run's lifetime, a minute either side: claims happen inside it, so the ledger query is narrowed to it."""
     record = instance.get_run_record_by_id(run_id)
     if record is None or not record.start_time:
@@ -210,13 +219,15 @@ def _print_table(rows: Sequence[dict[str, Any]]) -> None:
 _UNFINISHED = ("QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING")
 
 
-def _claimed_records(client, instance, run_id: str | None, keys: list[str] | None) -> Iterator[Any]:
+def _claimed_records(
+    client: MongoServiceClient, instance: DagsterInstance, run_id: str | None, keys: list[str] | None
+) -> Iterator[Any]:
     """The `claimed` ledger records of a run, or with one of these keys."""
     from cron_pipelines.models.records import InvalidRecord
 
     if run_id is not None:
         window = _run_window(instance, run_id)
-        queries = [{"since": window[0], "until": window[1]} if window else {}]
+        queries: list[dict[str, Any]] = [{"since": window[0], "until": window[1]} if window else {}]
     else:
         queries = [{"kind": kind} for kind in sorted({key.split(":", 1)[0] for key in keys or []})]
     wanted = set(keys or [])
@@ -418,7 +429,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.handler is not command_run:
         # A line per service request belongs to runs; audit and health answer on stdout only.
         logging.getLogger(REQUEST_LOGGER).setLevel(logging.WARNING)
-    return args.handler(settings, args)
+    handler: Callable[[Settings, argparse.Namespace], int] = args.handler
+    return handler(settings, args)
 
 
 if __name__ == "__main__":

@@ -71,7 +71,7 @@ def check_services(settings: Settings) -> list[CheckResult]:
     from cron_pipelines.resources import build_resources
 
     resources = build_resources(settings)
-    probes = {
+    probes: dict[str, tuple[str, str, dict[str, Any]]] = {
         "sql_service": ("GET", "/v1/dues", {"status": "pending", "limit": 1}),
         "mongo_service": ("GET", "/v1/notifications", {"limit": 1}),
     }
@@ -79,7 +79,9 @@ def check_services(settings: Settings) -> list[CheckResult]:
     for key, (method, path, params) in probes.items():
         resource = resources[key].model_copy(update={"max_attempts": 1})  # report, don't retry
 
-        def check(resource: Any = resource, method: str = method, path: str = path, params: dict = params) -> str:
+        def check(
+            resource: Any = resource, method: str = method, path: str = path, params: dict[str, Any] = params
+        ) -> str:
             with resource.process_config_and_initialize_cm() as initialized:
                 initialized.client.request(method, path, params=params)
                 return f"{initialized.client.service} answered {method} {path} with a valid JWT"

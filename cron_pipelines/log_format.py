@@ -7,7 +7,7 @@ attaches. Fields the project's own records carry (`request_id`, `outcome`, ...) 
 kept. E-mail addresses are masked at INFO and above.
 
 Every service request also gets a line of its own, with its X-Request-ID and outcome
-(contract §2), on the request log: the run's stderr, outside the event log, which
+(docs/services.md, "Talking to a service"), on the request log: the run's stderr, outside the event log, which
 keeps the same size however many requests a run makes.
 """
 
@@ -74,16 +74,14 @@ class JsonLogFormatter(logging.Formatter):
         return json.dumps({key: value for key, value in entry.items() if value is not None}, default=str)
 
 
-class _StderrHandler(logging.StreamHandler):
+class _StderrHandler(logging.Handler):
     """Writes to whatever sys.stderr is when a record comes (Dagster's log capture swaps it)."""
 
-    @property  # type: ignore[override]
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value: object) -> None:
-        pass
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+        except Exception:
+            self.handleError(record)
 
 
 def request_log() -> logging.Logger:

@@ -1,4 +1,4 @@
-"""The environment this code location runs on (contract §7 plus this project's own knobs).
+"""The environment this code location runs on (docs/services.md, "Configuration", plus this project's own knobs).
 
 Read and validated once when the definitions load, so a wrong value stops the code
 location with a message naming the variable, instead of failing the first run at 03:00.
@@ -17,10 +17,22 @@ from typing import Literal
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from dagster import EnvVar
 from email_validator import EmailNotValidError, validate_email
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import ErrorDetails
 
-from cron_pipelines.clients.tokens import MIN_HS256_SECRET_BYTES
+from cron_pipelines.clients.tokens import MIN_HS256_SECRET_BYTES, Algorithm
+from cron_pipelines.notifications.transports import SmtpSecurity
 
 # Public by design: it only opens the embedded demo services, and it is refused as
 # soon as a real service URL is configured.
@@ -50,10 +62,20 @@ def check_mail_address(value: str, variable: str) -> str:
     return value
 
 
+MailerBackend = Literal["smtp", "outbox"]
+
+
 class Settings(BaseModel):
-    """Every variable this code location reads; field names are the variable names, lower-cased."""
+    """Every variable this code location reads; field names are the variable names, lower-cased.
+
+    The one definition of each setting: its type, its default and its limits. Resources
+    are built from a Settings and take its values as they are (cron_pipelines.resources).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    # Set by load_settings when the values come from the process environment: secrets are
+    # then handed to resources as EnvVar, so the UI and run config show names, not values.
+    _from_process_environment: bool = PrivateAttr(default=False)
 
     # Where Dagster keeps its state; the demo services and the outbox live under it too.
     dagster_home: Path = Field(default_factory=lambda: Path.cwd() / ".dagster_home")
@@ -70,17 +92,17 @@ class Settings(BaseModel):
 
     internal_jwt_secret: SecretStr | None = None
     internal_jwt_issuer: str = Field("cron-pipelines", min_length=1)
-    internal_jwt_algorithm: Literal["HS256", "RS256", "ES256", "EdDSA"] = "HS256"
+    internal_jwt_algorithm: Algorithm = "HS256"
     internal_jwt_private_key: SecretStr | None = None
     internal_jwt_key_id: str | None = None
 
-    mailer_backend: Literal["smtp", "outbox"] = "outbox"
+    mailer_backend: MailerBackend = "outbox"
     mail_outbox_dir: Path | None = None
     smtp_host: str = "localhost"
     smtp_port: int = Field(25, ge=1, le=65535)
     smtp_username: str | None = None
     smtp_password: SecretStr | None = None
-    smtp_security: Literal["none", "starttls", "ssl"] = "none"
+    smtp_security: SmtpSecurity = "none"
     smtp_timeout_seconds: float = Field(30.0, gt=0)
     mail_from: str = "Cron Pipelines <no-reply@localhost>"
     mail_max_connections: int = Field(4, ge=1, le=64)
@@ -173,9 +195,8 @@ class Settings(BaseModel):
         except (ValueError, TypeError):
             return [*problems, "INTERNAL_JWT_PRIVATE_KEY: not a readable unencrypted PEM private key"]
         key_type, description = _PRIVATE_KEY_TYPES[algorithm]
-        if not isinstance(key, key_type) or (
-            algorithm == "ES256" and not isinstance(key.curve, ec.SECP256R1)  # type: ignore[attr-defined]
-        ):
+        wrong_curve = isinstance(key, ec.EllipticCurvePrivateKey) and not isinstance(key.curve, ec.SECP256R1)
+        if not isinstance(key, key_type) or (algorithm == "ES256" and wrong_curve):
             problems.append(f"INTERNAL_JWT_PRIVATE_KEY: {algorithm} needs {description}")
         return problems
 
@@ -193,6 +214,13 @@ class Settings(BaseModel):
         assert self.internal_jwt_private_key is not None  # guaranteed by validation
         return self.internal_jwt_private_key.get_secret_value()
 
+    def secret(self, variable: str, value: str | None) -> str | EnvVar | None:
+        """`value` for a resource: EnvVar(variable) when it was read from the process environment,
+        so the secret stays out of the run config Dagster stores and shows."""
+        if value is not None and self._from_process_environment:
+            return EnvVar(variable)
+        return value
+
     @property
     def demo_services_db_path(self) -> Path:
         return self.demo_services_db or self.dagster_home / "demo_services.sqlite3"
@@ -205,7 +233,7 @@ class Settings(BaseModel):
 _SECRET_FIELDS = frozenset({"internal_jwt_secret", "internal_jwt_private_key", "smtp_password"})
 
 
-def _describe(error: dict) -> list[str]:
+def _describe(error: ErrorDetails) -> list[str]:
     message = str(error["msg"]).removeprefix("Value error, ")
     if not error["loc"]:  # a cross-field check: its message already names the variables
         return message.splitlines()
@@ -221,7 +249,9 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     # An empty variable counts as unset, as in most deployment tools' env files.
     values = {name: source[name.upper()] for name in Settings.model_fields if source.get(name.upper())}
     try:
-        return Settings.model_validate(values)
+        settings = Settings.model_validate(values)
     except ValidationError as exc:
         lines = "\n".join(f"  - {line}" for error in exc.errors() for line in _describe(error))
         raise SettingsError(f"invalid configuration:\n{lines}") from None
+    settings._from_process_environment = environ is None
+    return settings

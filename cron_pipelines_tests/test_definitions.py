@@ -57,19 +57,16 @@ def test_lineage_starts_at_the_services_data() -> None:
 
 
 def test_secrets_from_the_environment_stay_env_vars_in_the_resource_config(monkeypatch) -> None:
-    monkeypatch.setenv("INTERNAL_JWT_SECRET", "a-real-secret-that-is-long-enough-000")
-    monkeypatch.setenv("SMTP_PASSWORD", "smtp-secret")
-    settings = load_settings(
-        {
-            "DAGSTER_HOME": "/tmp/unused",
-            "SQL_SERVICE_URL": "https://sql.internal",
-            "MONGO_SERVICE_URL": "https://mongo.internal",
-            "INTERNAL_JWT_SECRET": "a-real-secret-that-is-long-enough-000",
-            "SMTP_USERNAME": "mailer",
-            "SMTP_PASSWORD": "smtp-secret",
-        }
-    )
-    resources = build_definitions(settings).resources
+    for variable, value in {
+        "DAGSTER_HOME": "/tmp/unused",
+        "SQL_SERVICE_URL": "https://sql.internal",
+        "MONGO_SERVICE_URL": "https://mongo.internal",
+        "INTERNAL_JWT_SECRET": "a-real-secret-that-is-long-enough-000",
+        "SMTP_USERNAME": "mailer",
+        "SMTP_PASSWORD": "smtp-secret",
+    }.items():
+        monkeypatch.setenv(variable, value)
+    resources = build_definitions(load_settings()).resources
     assert resources["sql_service"].auth.secret == dg.EnvVar("INTERNAL_JWT_SECRET")
     assert resources["mailer"].smtp_password == dg.EnvVar("SMTP_PASSWORD")
     assert "a-real-secret" not in repr(resources["sql_service"]) and "smtp-secret" not in repr(resources["mailer"])

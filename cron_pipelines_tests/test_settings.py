@@ -1,4 +1,4 @@
-"""The settings model: contract §7 defaults, and start-up errors that name the variable."""
+"""The settings model: docs/services.md, Configuration defaults, and start-up errors that name the variable."""
 
 from __future__ import annotations
 

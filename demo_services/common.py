@@ -1,4 +1,4 @@
-"""What both stand-in services share (contract §2).
+"""What both stand-in services share (docs/services.md, “Talking to a service”).
 
 Errors in the contract's shape (also for validation failures, unknown routes and
 crashes), bearer-token auth, opaque keyset cursors, the list and batch envelopes,
@@ -111,7 +111,7 @@ async def _on_unexpected_error(request: Request, exc: Exception) -> JSONResponse
 _bearer = HTTPBearer(
     auto_error=False,
     bearerFormat="JWT",
-    description="A JWT minted by cron_pipelines for this service: contract §2.",
+    description="A JWT minted by cron_pipelines for this service: docs/services.md, “Talking to a service”.",
 )
 _CHALLENGE = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
 

@@ -1,4 +1,4 @@
-"""The mongo-service stand-in (contract §4): user activity, verification attempts, the notification ledger."""
+"""The mongo-service stand-in (docs/services.md, “mongo-service”): user activity, verification attempts, the notification ledger."""
 
 from __future__ import annotations
 
@@ -163,7 +163,7 @@ def create_mongo_app(
     return create_service_app(
         service=SERVICE,
         description="Stand-in for mongo-service: user activity, verification attempts and the "
-        "notification ledger (contract §4).",
+        "notification ledger (docs/services.md, “mongo-service”).",
         routes=routes,
         store=store,
         verifier=verifier,

@@ -1,4 +1,4 @@
-"""Deterministic demo data that exercises every business rule of contract §5.
+"""Deterministic demo data that exercises every business rule of docs/services.md.
 
 Relative to a given day D (`today`), so that running the jobs for D in `dagster dev`
 shows each rule at work, including its boundaries: reminders 7/3/1/0 days ahead and

@@ -1,4 +1,4 @@
-"""The sql-service stand-in (contract §3): dues and employee verifications."""
+"""The sql-service stand-in (docs/services.md, “sql-service”): dues and employee verifications."""
 
 from __future__ import annotations
 
@@ -100,7 +100,7 @@ def create_sql_app(
 ) -> FastAPI:
     return create_service_app(
         service=SERVICE,
-        description="Stand-in for sql-service: dues and employee verifications (contract §3).",
+        description="Stand-in for sql-service: dues and employee verifications (docs/services.md, “sql-service”).",
         routes=routes,
         store=store,
         verifier=verifier,

@@ -1,4 +1,4 @@
-"""The SQLite file behind both stand-in services, and the contract's write rules (§3, §4).
+"""The SQLite file behind both stand-in services, and the write rules of docs/services.md.
 
 One file serves the stand-ins of sql-service and mongo-service, whether they run
 in the test process, in `dagster dev` or in a benchmark's own process, so every
@@ -577,7 +577,7 @@ class DemoStore:
         return "deactivated"
 
     def claim_notifications(self, claims: Sequence[NotificationClaim]) -> list[dict[str, Any]]:
-        """Claim each key (contract §4); the whole batch is one transaction."""
+        """Claim each key (docs/services.md, "mongo-service"); the whole batch is one transaction."""
         claimed_at = now_instant()
         claimed_at_utc = sortable_instant(claimed_at)
         with self._connection(write=True) as conn:

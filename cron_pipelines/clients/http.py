@@ -27,7 +27,7 @@ import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import httpcore
 import httpx
@@ -42,6 +42,7 @@ from cron_pipelines.clients.errors import (
 )
 from cron_pipelines.clients.tokens import TokenIssuer
 from cron_pipelines.log_format import request_log
+from cron_pipelines.models.payloads import KeyedModel
 from cron_pipelines.models.records import InvalidRecord, describe_validation_error
 from cron_pipelines.safe_text import printable
 
@@ -60,7 +61,8 @@ MAX_ERROR_BODY_BYTES = 16 * 1024
 MAX_CURSOR_CHARACTERS = 2048
 
 M = TypeVar("M", bound=BaseModel)
-R = TypeVar("R", bound=BaseModel)
+Item = TypeVar("Item", bound=KeyedModel)
+Result = TypeVar("Result", bound=KeyedModel)
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,7 @@ class Backoff:
             return min(retry_after, self.max_retry_after)
         ceiling = min(self.max_delay, self.base_delay * 2**retry_number)
         # "Equal jitter": never less than half the exponential step, never in lockstep.
-        return ceiling / 2 + random.uniform(0, ceiling / 2)
+        return float(ceiling / 2 + random.uniform(0, ceiling / 2))
 
 
 @dataclass
@@ -115,10 +117,10 @@ class Reply:
 
 
 @dataclass(frozen=True)
-class BatchReply:
+class BatchReply(Generic[Result]):
     """One result per item of a batch write, in order."""
 
-    results: list[Any]
+    results: list[Result]
     attempts: int
 
 
@@ -608,7 +610,7 @@ class ServiceClient:
 
     # -- batch writes ----------------------------------------------------------
 
-    def write_batch(self, path: str, items: Sequence[M], result_model: type[R]) -> BatchReply:
+    def write_batch(self, path: str, items: Sequence[Item], result_model: type[Result]) -> BatchReply[Result]:
         """POST one batch (≤ 500 items); its results, checked to match the items one to one."""
         if len(items) > MAX_BATCH_ITEMS:
             raise ValueError(f"a batch holds at most {MAX_BATCH_ITEMS} items, got {len(items)}")
@@ -623,17 +625,17 @@ class ServiceClient:
         except ValidationError as exc:
             raise self._protocol_error("POST", path, f"invalid result: {describe_validation_error(exc)}") from exc
         for item, result in zip(items, results, strict=True):
-            if item.key != result.key:  # type: ignore[attr-defined]
+            if item.key != result.key:
                 raise self._protocol_error(
                     "POST",
                     path,
-                    f"result for {printable(result.key, 80)!r} answers item {printable(item.key, 80)!r}",  # type: ignore[attr-defined]
+                    f"result for {printable(result.key, 80)!r} answers item {printable(item.key, 80)!r}",
                 )
         return BatchReply(results, reply.attempts)
 
     def write_all(
-        self, path: str, items: Iterable[M], result_model: type[R], *, chunk_size: int = MAX_BATCH_ITEMS
-    ) -> Iterator[tuple[M, R]]:
+        self, path: str, items: Iterable[Item], result_model: type[Result], *, chunk_size: int = MAX_BATCH_ITEMS
+    ) -> Iterator[tuple[Item, Result]]:
         """Each item with its result, written in chunks of at most `chunk_size` as the caller consumes them."""
         for chunk in chunked(items, min(chunk_size, MAX_BATCH_ITEMS)):
             yield from zip(chunk, self.write_batch(path, chunk, result_model).results, strict=True)

@@ -1,4 +1,4 @@
-"""Typed calls to mongo-service (contract §4): user activity, verification attempts and the notification ledger."""
+"""Typed calls to mongo-service (docs/services.md, "mongo-service"): user activity, verification attempts and the notification ledger."""
 
 from __future__ import annotations
 

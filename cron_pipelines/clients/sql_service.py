@@ -1,4 +1,4 @@
-"""Typed calls to sql-service (contract §3): dues and employee verifications."""
+"""Typed calls to sql-service (docs/services.md, "sql-service"): dues and employee verifications."""
 
 from __future__ import annotations
 

@@ -46,19 +46,19 @@ def _permanent_errors_fail_at_once() -> Iterator[None]:
         raise dg.Failure(description=str(exc), allow_retries=False) from exc
 
 
-def no_retry_on_permanent_errors(fn: Callable) -> Callable:
+def no_retry_on_permanent_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Asset bodies: the step RetryPolicy applies to transient failures only."""
     if inspect.isgeneratorfunction(fn):
 
         @functools.wraps(fn)
-        def generator(*args, **kwargs):
+        def generator(*args: Any, **kwargs: Any) -> Iterator[Any]:
             with _permanent_errors_fail_at_once():
                 yield from fn(*args, **kwargs)
 
         return generator
 
     @functools.wraps(fn)
-    def function(*args, **kwargs):
+    def function(*args: Any, **kwargs: Any) -> Any:
         with _permanent_errors_fail_at_once():
             return fn(*args, **kwargs)
 
@@ -153,7 +153,8 @@ class DeliveryStep:
 
 
 def _journal_asset(context: dg.AssetExecutionContext) -> dg.AssetKey:
-    return sorted(context.assets_def.keys, key=lambda key: key.to_user_string())[0]
+    keys: list[dg.AssetKey] = sorted(context.assets_def.keys, key=lambda key: key.to_user_string())
+    return keys[0]
 
 
 def latest_journal(instance: dg.DagsterInstance, run_id: str, asset_key: dg.AssetKey) -> Journal | None:
@@ -166,8 +167,8 @@ def latest_journal(instance: dg.DagsterInstance, run_id: str, asset_key: dg.Asse
         observation = event.asset_observation_data.asset_observation if event is not None else None
         if observation is not None and observation.asset_key == asset_key:
             entry = observation.metadata.get(JOURNAL_METADATA_KEY)
-            if entry is not None:
-                return Journal.from_json(entry.value)  # type: ignore[arg-type]
+            if isinstance(entry, dg.JsonMetadataValue) and isinstance(entry.data, Mapping):
+                return Journal.from_json(entry.data)
     return None
 
 

@@ -20,7 +20,7 @@ class NotificationKind(StrEnum):
 
 @dataclass(frozen=True)
 class Notification:
-    """One email a business rule decided to send; `key` is its idempotency key (contract §5)."""
+    """One email a business rule decided to send; `key` is its idempotency key (docs/services.md, "The business rules")."""
 
     key: str
     kind: NotificationKind

@@ -59,7 +59,7 @@ def _check_instant(value: str) -> str:
 
 
 # An RFC 3339 instant kept exactly as the service wrote it: idempotency keys
-# embed it unchanged (contract §5), so it must not be re-formatted.
+# embed it unchanged (docs/services.md, "The business rules"), so it must not be re-formatted.
 InstantStr = Annotated[str, StringConstraints(max_length=MAX_INSTANT_CHARACTERS), AfterValidator(_check_instant)]
 
 
@@ -79,6 +79,14 @@ class ServiceModel(BaseModel):
     """Base of every payload: unknown fields are ignored, values are immutable."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class KeyedModel(ServiceModel):
+    """An item of a batch write or its result: the service answers items in order, by this key."""
+
+    @property
+    def key(self) -> str:
+        raise NotImplementedError
 
 
 T = TypeVar("T")
@@ -122,7 +130,7 @@ class Due(ServiceModel):
     user: DueUser
 
 
-class OverdueMark(ServiceModel):
+class OverdueMark(KeyedModel):
     due_id: str
 
     @property
@@ -130,7 +138,7 @@ class OverdueMark(ServiceModel):
         return self.due_id
 
 
-class OverdueMarkResult(ServiceModel):
+class OverdueMarkResult(KeyedModel):
     due_id: str
     outcome: Literal["marked", "already_overdue", "invalid_state", "not_found"]
 
@@ -155,7 +163,7 @@ class Verification(ServiceModel):
         return parse_instant(self.requested_at)
 
 
-class VerificationDecision(ServiceModel):
+class VerificationDecision(KeyedModel):
     verification_id: str
     status: Literal["verified", "rejected", "expired"]
     reason: str
@@ -165,7 +173,7 @@ class VerificationDecision(ServiceModel):
         return self.verification_id
 
 
-class VerificationDecisionResult(ServiceModel):
+class VerificationDecisionResult(KeyedModel):
     verification_id: str
     outcome: Literal["updated", "unchanged", "invalid_state", "not_found"]
 
@@ -197,7 +205,7 @@ class InactiveUser(ServiceModel):
         return parse_instant(self.last_active_at)
 
 
-class Deactivation(ServiceModel):
+class Deactivation(KeyedModel):
     user_id: str
     reason: str = "inactivity"
     last_active_at: InstantStr
@@ -207,7 +215,7 @@ class Deactivation(ServiceModel):
         return self.user_id
 
 
-class DeactivationResult(ServiceModel):
+class DeactivationResult(KeyedModel):
     user_id: str
     outcome: Literal["deactivated", "already_inactive", "active_again", "not_found"]
 
@@ -238,7 +246,7 @@ PLANNED_MESSAGE_ID = "planned_message_id"
 DELIVERY_METADATA = frozenset({CLAIM_TOKEN, PLANNED_MESSAGE_ID})
 
 
-class NotificationClaim(ServiceModel):
+class NotificationClaim(KeyedModel):
     idempotency_key: str = Field(min_length=1, max_length=512, pattern=r"^[\x21-\x7e]+$")
     kind: str = Field(min_length=1, max_length=64)
     user_id: Id | None = None
@@ -270,7 +278,7 @@ class NotificationRecord(ServiceModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
-class ClaimResult(ServiceModel):
+class ClaimResult(KeyedModel):
     idempotency_key: str
     outcome: Literal["claimed", "duplicate"]
     record: NotificationRecord
@@ -280,7 +288,7 @@ class ClaimResult(ServiceModel):
         return self.idempotency_key
 
 
-class NotificationOutcome(ServiceModel):
+class NotificationOutcome(KeyedModel):
     idempotency_key: str
     status: Literal["sent", "failed", "skipped"]
     message_id: str | None = None
@@ -292,7 +300,7 @@ class NotificationOutcome(ServiceModel):
         return self.idempotency_key
 
 
-class OutcomeResult(ServiceModel):
+class OutcomeResult(KeyedModel):
     idempotency_key: str
     outcome: Literal["updated", "not_found"]
 

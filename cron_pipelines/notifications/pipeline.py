@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
@@ -613,11 +613,16 @@ class NotificationPipeline:
                 self._log.error("ledger had no record for %d outcome(s), e.g. %s", len(missing), missing[:5])
 
     def _outcome(
-        self, notification: Notification, status: str, *, message_id: str | None = None, error: str | None = None
+        self,
+        notification: Notification,
+        status: Literal["sent", "failed", "skipped"],
+        *,
+        message_id: str | None = None,
+        error: str | None = None,
     ) -> NotificationOutcome:
         return NotificationOutcome(
             idempotency_key=notification.key,
-            status=status,  # type: ignore[arg-type]
+            status=status,
             message_id=message_id,
             error=printable(error, 500) if error is not None else None,
             at=format_instant(datetime.now(UTC)),

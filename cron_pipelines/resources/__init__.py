@@ -1,15 +1,14 @@
 """Resources of the code location, built from the validated settings.
 
-Secrets are passed as `EnvVar`s, so the Dagster UI and run config show the
-variable's name, never its value.
+Each setting is defined once, in Settings; resources take its values as they are.
+Secrets read from the environment are passed as `EnvVar`s, so the Dagster UI and run
+config show the variable's name, never its value.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-from dagster import EnvVar
 from pydantic import SecretStr
 
 from cron_pipelines.resources.mailer import MailerResource
@@ -33,13 +32,8 @@ __all__ = [
 ]
 
 
-def _secret(name: str, value: SecretStr | str | None) -> Any:
-    """EnvVar(name) when the environment holds the value (the UI then shows the name only),
-    else the value itself (settings built in code, e.g. by tests, or the public demo key)."""
-    plain = value.get_secret_value() if isinstance(value, SecretStr) else value
-    if plain is not None and os.environ.get(name) == plain:
-        return EnvVar(name)
-    return plain
+def _plain(value: SecretStr | None) -> str | None:
+    return value.get_secret_value() if value is not None else None
 
 
 def _service_resources(settings: Settings, options: dict[str, Any]) -> dict[str, Any]:
@@ -56,20 +50,20 @@ def _service_resources(settings: Settings, options: dict[str, Any]) -> dict[str,
             "SQL_SERVICE_URL, MONGO_SERVICE_URL: unset, so the embedded demo services are used, but they are not "
             f"installed ({exc.name} is missing): set the URLs, or install the `demo` extra"
         ) from None
-    demo = {"demo_database": str(settings.demo_services_db_path), "demo_timezone": settings.cron_timezone}
+    database, timezone = str(settings.demo_services_db_path), settings.cron_timezone
     return {
-        "sql_service": EmbeddedSqlServiceResource(**demo, **options),
-        "mongo_service": EmbeddedMongoServiceResource(**demo, **options),
+        "sql_service": EmbeddedSqlServiceResource(demo_database=database, demo_timezone=timezone, **options),
+        "mongo_service": EmbeddedMongoServiceResource(demo_database=database, demo_timezone=timezone, **options),
     }
 
 
 def build_resources(settings: Settings) -> dict[str, Any]:
     auth = InternalJwtResource(
         algorithm=settings.internal_jwt_algorithm,
-        secret=_secret(
+        secret=settings.secret(
             "INTERNAL_JWT_SECRET", settings.jwt_signing_key if settings.internal_jwt_algorithm == "HS256" else None
         ),
-        private_key=_secret("INTERNAL_JWT_PRIVATE_KEY", settings.internal_jwt_private_key),
+        private_key=settings.secret("INTERNAL_JWT_PRIVATE_KEY", _plain(settings.internal_jwt_private_key)),
         key_id=settings.internal_jwt_key_id,
         issuer=settings.internal_jwt_issuer,
     )
@@ -91,7 +85,7 @@ def build_resources(settings: Settings) -> dict[str, Any]:
             smtp_port=settings.smtp_port,
             smtp_security=settings.smtp_security,
             smtp_username=settings.smtp_username,
-            smtp_password=_secret("SMTP_PASSWORD", settings.smtp_password),
+            smtp_password=settings.secret("SMTP_PASSWORD", _plain(settings.smtp_password)),
             smtp_timeout_seconds=settings.smtp_timeout_seconds,
             max_connections=settings.mail_max_connections,
             rate_limit_per_second=settings.mail_rate_limit_per_second,

@@ -9,30 +9,37 @@ from dagster import ConfigurableResource
 from pydantic import Field
 
 from cron_pipelines.notifications.composition import MessageComposer
-from cron_pipelines.notifications.transports import MailTransport, OutboxTransport, SmtpSettings, SmtpTransport
+from cron_pipelines.notifications.transports import (
+    MailTransport,
+    OutboxTransport,
+    SmtpSecurity,
+    SmtpSettings,
+    SmtpTransport,
+)
+from cron_pipelines.settings import MailerBackend
 
 
 class MailerResource(ConfigurableResource):
-    """Sends notification emails through `backend`: `outbox` (files) or `smtp`."""
+    """Sends notification emails through `backend`: `outbox` (files) or `smtp`.
 
-    backend: str = Field("outbox", description="`outbox` (one .eml file per message) or `smtp`.")
-    mail_from: str = Field("Cron Pipelines <no-reply@localhost>", description="From header (MAIL_FROM).")
-    outbox_dir: str | None = Field(None, description="Folder of the outbox backend (MAIL_OUTBOX_DIR).")
-    smtp_host: str = "localhost"
-    smtp_port: int = Field(25, ge=1, le=65535)
-    smtp_security: str = Field("none", description="none, starttls or ssl.")
-    smtp_username: str | None = None
-    smtp_password: str | None = Field(None, repr=False)
-    smtp_timeout_seconds: float = Field(30.0, gt=0)
-    max_connections: int = Field(4, ge=1, le=64, description="Parallel SMTP sessions (MAIL_MAX_CONNECTIONS).")
-    rate_limit_per_second: float | None = Field(None, gt=0, description="MAIL_RATE_LIMIT_PER_SECOND.")
+    Its values come from Settings (MAILER_BACKEND, MAIL_*, SMTP_*, DELIVERY_BATCH_SIZE),
+    where each is defined and validated."""
+
+    backend: MailerBackend = Field(description="`outbox` (one .eml file per message) or `smtp` (MAILER_BACKEND).")
+    mail_from: str = Field(description="From header (MAIL_FROM).")
+    outbox_dir: str = Field(description="Folder of the outbox backend (MAIL_OUTBOX_DIR).")
+    smtp_host: str = Field(description="SMTP_HOST.")
+    smtp_port: int = Field(description="SMTP_PORT.")
+    smtp_security: SmtpSecurity = Field(description="none, starttls or ssl (SMTP_SECURITY).")
+    smtp_username: str | None = Field(description="SMTP_USERNAME.")
+    smtp_password: str | None = Field(repr=False, description="SMTP_PASSWORD.")
+    smtp_timeout_seconds: float = Field(description="SMTP_TIMEOUT_SECONDS.")
+    max_connections: int = Field(description="Parallel SMTP sessions (MAIL_MAX_CONNECTIONS).")
+    rate_limit_per_second: float | None = Field(description="MAIL_RATE_LIMIT_PER_SECOND.")
     max_attempts: int = Field(
-        5, ge=1, description="Claims of one notification before a failing one is skipped (MAIL_MAX_ATTEMPTS)."
+        description="Claims of one notification before a failing one is skipped (MAIL_MAX_ATTEMPTS)."
     )
     delivery_batch_size: int = Field(
-        100,
-        ge=1,
-        le=500,
         description="Notifications claimed per request, and outcomes recorded at least this often (DELIVERY_BATCH_SIZE).",
     )
 
@@ -43,16 +50,12 @@ class MailerResource(ConfigurableResource):
     def open_transport(self) -> MailTransport:
         """A transport for one run or step; the caller closes it."""
         if self.backend == "outbox":
-            if not self.outbox_dir:
-                raise ValueError("the outbox backend needs outbox_dir")
             return OutboxTransport(Path(self.outbox_dir))
         if self.backend == "smtp":
-            if self.smtp_security not in ("none", "starttls", "ssl"):
-                raise ValueError(f"unknown smtp_security {self.smtp_security!r}")
             settings = SmtpSettings(
                 host=self.smtp_host,
                 port=self.smtp_port,
-                security=self.smtp_security,  # type: ignore[arg-type]
+                security=self.smtp_security,
                 username=self.smtp_username,
                 password=self.smtp_password,
                 timeout=self.smtp_timeout_seconds,

@@ -7,6 +7,7 @@ PROMETHEUS_PUSHGATEWAY_URL is set. A push that fails is logged, never fatal.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping
 
@@ -17,6 +18,7 @@ from pydantic import Field, PrivateAttr
 from cron_pipelines.clients.http import ServiceClient
 from cron_pipelines.notifications.pipeline import DeliveryStats
 
+logger = logging.getLogger("cron_pipelines.metrics")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 RUN_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200)
 
@@ -125,5 +127,5 @@ class MetricsResource(ConfigurableResource):
             try:
                 self._run.push(self.pushgateway_url)
             except OSError as exc:  # metrics are for watching runs, not a reason to fail one
-                context.log.warning("could not push metrics to %s: %s", self.pushgateway_url, exc)
+                (context.log or logger).warning("could not push metrics to %s: %s", self.pushgateway_url, exc)
         self._run = None

@@ -7,7 +7,8 @@ variant of these resources, chosen where the definitions are built (demo_service
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Callable
+from typing import ClassVar, cast
 
 from dagster import ConfigurableResource, InitResourceContext
 from pydantic import Field, PrivateAttr
@@ -15,22 +16,24 @@ from pydantic import Field, PrivateAttr
 from cron_pipelines.clients.http import Backoff, ServiceClient
 from cron_pipelines.clients.mongo_service import MONGO_SERVICE, MongoServiceClient
 from cron_pipelines.clients.sql_service import SQL_SERVICE, SqlServiceClient
-from cron_pipelines.clients.tokens import TokenIssuer
+from cron_pipelines.clients.tokens import Algorithm, TokenIssuer
 
 
 class InternalJwtResource(ConfigurableResource):
-    """How cron_pipelines signs its internal service tokens (contract §2)."""
+    """How cron_pipelines signs its internal service tokens (docs/services.md, "Talking to a service").
 
-    algorithm: str = Field("HS256", description="HS256, RS256, ES256 or EdDSA.")
-    secret: str | None = Field(None, repr=False, description="HS256 key (INTERNAL_JWT_SECRET).")
-    private_key: str | None = Field(None, repr=False, description="PEM private key for RS256/ES256/EdDSA.")
-    key_id: str | None = Field(None, description="`kid` header for asymmetric keys.")
-    issuer: str = Field("cron-pipelines", description="`iss` claim.")
+    Its values come from Settings, where each is defined and validated (INTERNAL_JWT_*)."""
+
+    algorithm: Algorithm = Field(description="INTERNAL_JWT_ALGORITHM.")
+    secret: str | None = Field(repr=False, description="HS256 key (INTERNAL_JWT_SECRET).")
+    private_key: str | None = Field(repr=False, description="PEM private key (INTERNAL_JWT_PRIVATE_KEY).")
+    key_id: str | None = Field(description="`kid` header (INTERNAL_JWT_KEY_ID).")
+    issuer: str = Field(description="`iss` claim (INTERNAL_JWT_ISSUER).")
 
     def build_issuer(self) -> TokenIssuer:
         signing_key = self.secret if self.algorithm == "HS256" else self.private_key
         return TokenIssuer(
-            algorithm=self.algorithm,  # type: ignore[arg-type]  # TokenIssuer validates it
+            algorithm=self.algorithm,
             signing_key=signing_key or "",
             issuer=self.issuer,
             key_id=self.key_id,
@@ -38,24 +41,22 @@ class InternalJwtResource(ConfigurableResource):
 
 
 class ServiceResource(ConfigurableResource):
-    """Configuration shared by both service resources; subclasses name the service."""
+    """Configuration shared by both service resources; subclasses name the service.
+
+    Its values come from Settings (SERVICE_*), where each is defined and validated."""
 
     service_name: ClassVar[str]
-    client_class: ClassVar[type[ServiceClient]]
+    client_class: ClassVar[Callable[..., ServiceClient]]
 
     auth: InternalJwtResource
     base_url: str = Field(description="Service base URL (SQL_SERVICE_URL, MONGO_SERVICE_URL).")
-    connect_timeout_seconds: float = 5.0
-    read_timeout_seconds: float = 30.0
-    max_attempts: int = Field(5, ge=1, description="Tries per request for transient failures.")
+    connect_timeout_seconds: float = Field(description="SERVICE_CONNECT_TIMEOUT_SECONDS.")
+    read_timeout_seconds: float = Field(description="SERVICE_READ_TIMEOUT_SECONDS.")
+    max_attempts: int = Field(description="Tries per request for transient failures (SERVICE_MAX_ATTEMPTS).")
     request_deadline_seconds: float = Field(
-        60.0, gt=0, description="One deadline per try: connect, headers and body (SERVICE_REQUEST_DEADLINE_SECONDS)."
+        description="One deadline per try: connect, headers and body (SERVICE_REQUEST_DEADLINE_SECONDS)."
     )
-    max_response_bytes: int = Field(
-        16 * 1024 * 1024, ge=64 * 1024, description="Cap on an answer's decompressed size (SERVICE_MAX_RESPONSE_BYTES)."
-    )
-    backoff_base_seconds: float = Field(0.2, gt=0)
-    page_size: int = Field(1000, ge=1, le=1000)
+    max_response_bytes: int = Field(description="Cap on an answer's decompressed size (SERVICE_MAX_RESPONSE_BYTES).")
 
     _client: ServiceClient | None = PrivateAttr(default=None)
 
@@ -69,8 +70,7 @@ class ServiceResource(ConfigurableResource):
             read_timeout=self.read_timeout_seconds,
             request_deadline=self.request_deadline_seconds,
             max_response_bytes=self.max_response_bytes,
-            backoff=Backoff(max_attempts=self.max_attempts, base_delay=self.backoff_base_seconds),
-            page_size=self.page_size,
+            backoff=Backoff(max_attempts=self.max_attempts),
         )
 
     def service_url(self, issuer: TokenIssuer) -> str:
@@ -103,19 +103,19 @@ class SqlServiceResource(ServiceResource):
     """sql-service: dues and employee verifications."""
 
     service_name: ClassVar[str] = SQL_SERVICE
-    client_class: ClassVar[type[ServiceClient]] = SqlServiceClient
+    client_class: ClassVar[Callable[..., ServiceClient]] = SqlServiceClient
 
     @property
     def client(self) -> SqlServiceClient:
-        return self._open()  # type: ignore[return-value]
+        return cast(SqlServiceClient, self._open())
 
 
 class MongoServiceResource(ServiceResource):
     """mongo-service: user activity, verification attempts and the notification ledger."""
 
     service_name: ClassVar[str] = MONGO_SERVICE
-    client_class: ClassVar[type[ServiceClient]] = MongoServiceClient
+    client_class: ClassVar[Callable[..., ServiceClient]] = MongoServiceClient
 
     @property
     def client(self) -> MongoServiceClient:
-        return self._open()  # type: ignore[return-value]
+        return cast(MongoServiceClient, self._open())

@@ -1,4 +1,4 @@
-"""The business day `D` of a run and the instants the rules measure from (contract §5).
+"""The business day `D` of a run and the instants the rules measure from (docs/services.md, "The business rules").
 
 `D` is a date in CRON_TIMEZONE; "N days before start(D)" means midnight of the
 local date D−N, so a rule keeps its meaning across a DST change.

@@ -1,4 +1,4 @@
-"""Ledger health: which notifications were claimed and never finished (contract §4, maintenance)."""
+"""Ledger health: which notifications were claimed and never finished (docs/services.md, "The ledger")."""
 
 from __future__ import annotations
 

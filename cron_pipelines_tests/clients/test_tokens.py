@@ -1,4 +1,4 @@
-"""Internal JWTs (contract §2), decoded independently with PyJWT."""
+"""Internal JWTs (docs/services.md, Talking to a service), decoded independently with PyJWT."""
 
 from __future__ import annotations
 

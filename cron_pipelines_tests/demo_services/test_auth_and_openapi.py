@@ -1,4 +1,4 @@
-"""Every /v1 endpoint demands a valid token for its own service (contract §2); the API description is public."""
+"""Every /v1 endpoint demands a valid token for its own service (docs/services.md, Talking to a service); the API description is public."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from cron_pipelines_tests.support.keys import private_key_pem
 from cron_pipelines_tests.support.services import ServiceWorld
 from demo_services import DemoStore, ServiceServer, create_mongo_app, create_sql_app
 from demo_services.auth import TokenVerifier
+from demo_services.openapi import DOCS_DIR, openapi_documents, render
 
 SQL_ENDPOINTS = [
     ("GET", "/v1/dues"),
@@ -193,3 +194,15 @@ def test_the_openapi_document_shows_the_contract_payloads(services: ServiceWorld
     )
     parameters = {p["name"] for p in mongo_doc["paths"]["/v1/notifications"]["get"]["parameters"]}
     assert parameters == {"user_id", "kind", "status", "since", "until", "limit", "cursor"}
+
+
+def test_the_openapi_documents_in_docs_match_what_the_services_serve(services: ServiceWorld) -> None:
+    """docs/openapi/ is the contract a maintainer reads: it must be what the apps serve (`make openapi`)."""
+    served = {
+        "sql-service": httpx.get(f"{services.sql_url}/openapi.json").json(),
+        "mongo-service": httpx.get(f"{services.mongo_url}/openapi.json").json(),
+    }
+    assert openapi_documents() == served
+    for service, document in served.items():
+        kept = (DOCS_DIR / f"{service}.json").read_text(encoding="utf-8")
+        assert kept == render(document), f"docs/openapi/{service}.json has drifted: run `make openapi`"

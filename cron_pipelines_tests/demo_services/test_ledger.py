@@ -1,4 +1,4 @@
-"""The notification ledger of mongo-service (contract §4): claims, outcomes and the history list."""
+"""The notification ledger of mongo-service (docs/services.md, mongo-service): claims, outcomes and the history list."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The mongo-service stand-in (contract §4): inactive users, deactivations and verification attempts."""
+"""The mongo-service stand-in (docs/services.md, mongo-service): inactive users, deactivations and verification attempts."""
 
 from __future__ import annotations
 

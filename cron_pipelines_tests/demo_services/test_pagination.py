@@ -1,4 +1,4 @@
-"""Keyset pagination of every list endpoint (contract §2): stable order, no gaps or duplicates, bounded pages."""
+"""Keyset pagination of every list endpoint (docs/services.md, Talking to a service): stable order, no gaps or duplicates, bounded pages."""
 
 from __future__ import annotations
 

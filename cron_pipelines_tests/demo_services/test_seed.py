@@ -1,4 +1,4 @@
-"""The demo data covers every business rule of contract §5 around a fixed day D, deterministically."""
+"""The demo data covers every business rule of docs/services.md, The business rules around a fixed day D, deterministically."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The sql-service stand-in (contract §3): dues and verifications, their filters and batch writes."""
+"""The sql-service stand-in (docs/services.md, sql-service): dues and verifications, their filters and batch writes."""
 
 from __future__ import annotations
 

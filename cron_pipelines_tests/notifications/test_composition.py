@@ -1,4 +1,4 @@
-"""Messages per contract §6: headers, both parts, escaping, and refusal of unsafe recipients."""
+"""Messages per docs/services.md, The mail: headers, both parts, escaping, and refusal of unsafe recipients."""
 
 from __future__ import annotations
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from pydantic import ValidationError
 
 from cron_pipelines.defs import build_definitions
 from cron_pipelines.models.payloads import Due
@@ -64,8 +65,10 @@ def test_each_job_runs_on_the_embedded_demo_and_fills_the_outbox(demo_settings, 
     assert not any("due_header_injection" in key or "due_no_email" in key for key in ids)
 
 
-def test_the_mailer_refuses_an_unknown_backend() -> None:
-    with pytest.raises(ValueError, match="unknown mailer backend 'pigeon'"):
-        MailerResource(backend="pigeon").open_transport()
-    with pytest.raises(ValueError, match="outbox_dir"):
-        MailerResource(backend="outbox").open_transport()
+def test_resources_take_each_setting_from_the_settings_and_refuse_what_they_do_not_define() -> None:
+    mailer = build_resources(load_settings({"DAGSTER_HOME": "/tmp/unused", "SMTP_PORT": "2525"}))["mailer"]
+    assert (mailer.smtp_port, mailer.backend, mailer.max_connections) == (2525, "outbox", 4)
+    with pytest.raises(ValidationError, match="backend"):  # typed like the setting: a Literal, not any string
+        MailerResource.model_validate({**mailer.model_dump(), "backend": "pigeon"})
+    with pytest.raises(ValidationError, match="smtp_port"):  # no default of its own: the setting's is the one
+        MailerResource(**{name: value for name, value in mailer.model_dump().items() if name != "smtp_port"})

@@ -1,4 +1,4 @@
-"""BusinessDay: D, start(D), as_of and local dates in CRON_TIMEZONE (contract §5)."""
+"""BusinessDay: D, start(D), as_of and local dates in CRON_TIMEZONE (docs/services.md, The business rules)."""
 
 from __future__ import annotations
 

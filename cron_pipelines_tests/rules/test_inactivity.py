@@ -1,4 +1,4 @@
-"""Inactivity warnings and deactivations (contract §5: notify_inactive_users, deactivate_inactive_users)."""
+"""Inactivity warnings and deactivations (docs/services.md, The business rules: notify_inactive_users, deactivate_inactive_users)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Stale ledger claims: still `claimed` after 15 minutes (contract §5: maintenance)."""
+"""Stale ledger claims: still `claimed` after 15 minutes (docs/services.md, The business rules: maintenance)."""
 
 from __future__ import annotations
 

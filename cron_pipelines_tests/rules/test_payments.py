@@ -1,4 +1,4 @@
-"""Payment reminders, overdue marks and overdue notices (contract §5: send_payment_reminders, mark_overdue_dues)."""
+"""Payment reminders, overdue marks and overdue notices (docs/services.md, The business rules: send_payment_reminders, mark_overdue_dues)."""
 
 from __future__ import annotations
 

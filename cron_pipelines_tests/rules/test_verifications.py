@@ -1,4 +1,4 @@
-"""Employee verifications: decisions and reminders (contract §5: verify_employees)."""
+"""Employee verifications: decisions and reminders (docs/services.md, The business rules: verify_employees)."""
 
 from __future__ import annotations
 

@@ -1,11 +1,13 @@
 """Operators' alerts: a failed run, and notifications stuck `claimed`, mailed to OPS_ALERT_EMAIL once each."""
 
 import itertools
+import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import dagster as dg
+from dagster._core.execution.plan.objects import StepFailureData
 
 from cron_pipelines.defs.daily import DailyOptions
 from cron_pipelines.models.notification import Notification, NotificationKind
@@ -24,7 +26,8 @@ def failure_summary(context: dg.RunFailureSensorContext) -> str:
     """The run's failure message and each failed step's error, bounded in length."""
     parts = [context.failure_event.message or "run failed"]
     for event in context.get_step_failure_events():
-        error = event.event_specific_data.error if event.event_specific_data else None
+        data = event.event_specific_data
+        error = data.error if isinstance(data, StepFailureData) else None
         if error is not None:
             parts.append(f"{event.step_key}: {error.message.strip()}")
     # Errors may quote a service or mail server: each line printable, nothing raw.
@@ -32,7 +35,7 @@ def failure_summary(context: dg.RunFailureSensorContext) -> str:
 
 
 def send_ops_alert(
-    context: dg.SensorEvaluationContext,
+    log: logging.Logger,
     mongo_service: MongoServiceResource,
     mailer: MailerResource,
     *,
@@ -71,7 +74,7 @@ def send_ops_alert(
             composer=mailer.composer,
             transport=transport,
             run=RunInfo(run_id=run.run_id, job_name=sender, partition_key=partition_key),
-            log=context.log,
+            log=log,
         )
         pipeline.deliver_chunk([alert])
     finally:
@@ -94,7 +97,7 @@ def build_run_failure_alert_sensor(ops_alert_email: str | None, webserver_url: s
             context.log.info("run %s failed; OPS_ALERT_EMAIL is unset, so no alert mail", run.run_id)
             return
         counts = send_ops_alert(
-            context,
+            context.log,
             mongo_service,
             mailer,
             key=f"ops_alert:{run.run_id}",
@@ -145,7 +148,7 @@ def build_stuck_claims_sensor(
             if run is None or not ops_alert_email:
                 continue
             counts = send_ops_alert(
-                context,
+                context.log,
                 mongo_service,
                 mailer,
                 key=f"ops_alert:stuck_claims:{run_id}",

@@ -2,6 +2,7 @@
 
 from collections import Counter
 from collections.abc import Iterator
+from typing import Any
 
 import dagster as dg
 
@@ -89,7 +90,7 @@ def overdue_notices(
 
 
 def definitions(options: DailyOptions) -> dg.Definitions:
-    common = {
+    common: dict[str, Any] = {
         "partitions_def": options.partitions_def,
         "retry_policy": options.retry_policy,
         "group_name": "payments",

@@ -3,7 +3,7 @@
 import hashlib
 import json
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -63,7 +63,7 @@ def verify_employees(
     mongo_service: MongoServiceResource,
     mailer: MailerResource,
     metrics: MetricsResource,
-):
+) -> Iterator[dg.MaterializeResult]:
     """Decides pending verifications (verified, rejected, expired) and reminds the undecided ones on the configured days."""
     stopwatch = Stopwatch()
     metrics.observe(sql_service.client, mongo_service.client)
@@ -174,7 +174,6 @@ def _decision_gate(client: SqlServiceClient, write_outcomes: Counter[str]) -> Ga
 
 # One tick launches one run for at most this many new attempts; the next tick continues.
 MAX_ATTEMPTS_PER_TICK = 5000
-MAX_ALERT_ERROR_CHARACTERS = 4000
 
 
 @dataclass(frozen=True, order=True)
@@ -241,7 +240,7 @@ def build_verification_attempts_sensor(cron_timezone: str, lookback_hours: int) 
             run_config={"ops": {STEP: {"config": {"verification_ids": touched}}}},
             tags={
                 "dagster/priority": SCHEDULED_RUN_PRIORITY,
-                "cron_pipelines/trigger": "verification_attempts_sensor",
+                "cron_pipelines/trigger": SENSOR,
                 "cron_pipelines/attempts": str(len(new_attempts)),
             },
         )
