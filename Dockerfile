@@ -10,7 +10,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_
 
 RUN useradd --create-home --uid 10001 cron \
     && mkdir -p /opt/dagster/home /opt/dagster/data /opt/cron_pipelines \
-    && chown -R cron /opt/dagster
+    && chown -R cron /opt/dagster && chmod -R go= /opt/dagster
 WORKDIR /opt/cron_pipelines
 
 COPY constraints.txt pyproject.toml README.md ./
@@ -21,6 +21,8 @@ COPY deploy ./deploy
 COPY --chown=cron deploy/dagster.docker.yaml /opt/dagster/home/dagster.yaml
 
 USER cron
+# umask 077 for every process, whatever command the compose file or a launcher gives.
+ENTRYPOINT ["/opt/cron_pipelines/deploy/container-entrypoint.sh"]
 EXPOSE 4266
 CMD ["dagster", "code-server", "start", "-m", "cron_pipelines.definitions", "-a", "defs", \
      "--location-name", "cron_pipelines", "-h", "0.0.0.0", "-p", "4266"]

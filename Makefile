@@ -21,7 +21,7 @@ DEV_PORT ?= 3000
 dev: install
 	mkdir -p "$(DAGSTER_HOME)"
 	test -e "$(DAGSTER_HOME)/dagster.yaml" || cp deploy/dagster.dev.yaml "$(DAGSTER_HOME)/dagster.yaml"
-	VIRTUAL_ENV="$(abspath $(VENV))" $(BIN)/dg dev -p $(DEV_PORT)
+	umask 077; VIRTUAL_ENV="$(abspath $(VENV))" $(BIN)/dg dev -p $(DEV_PORT)
 
 # Lint, format check and strict type check first: they fail in seconds, the suite takes minutes.
 test: install
@@ -29,6 +29,7 @@ test: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	scripts/ensure-postgres.sh
+	scripts/ensure-caddy.sh
 	$(BIN)/python -m pytest
 
 # Performance figures (README, "Performance"): N=100000 by default; see benchmarks/run.py for modes.

@@ -7,13 +7,16 @@ Secrets are SecretStr: they never appear in a repr, a log line or run metadata.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import zoneinfo
+from collections.abc import Mapping
 from datetime import date
 from email.utils import parseaddr
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
@@ -46,6 +49,35 @@ _PRIVATE_KEY_TYPES = {
 }
 
 
+def is_demo_key(secret: str) -> bool:
+    """The public demo key, however it is cased or padded."""
+    return secret.strip().casefold() == DEMO_JWT_SECRET.casefold()
+
+
+MIN_DISTINCT_KEY_CHARACTERS = 8
+
+
+def key_weakness(secret: str) -> str | None:
+    """Why `secret` is obviously guessable, or None. Not an entropy proof: it catches the
+    keys people type by hand (one repeated character, a short pattern repeated)."""
+    if len(set(secret)) < MIN_DISTINCT_KEY_CHARACTERS:
+        return f"has fewer than {MIN_DISTINCT_KEY_CHARACTERS} distinct characters"
+    for period in range(1, len(secret) // 2 + 1):
+        if len(secret) % period == 0 and secret == secret[:period] * (len(secret) // period):
+            return "is a short pattern repeated"
+    return None
+
+
+def is_loopback_url(url: str) -> bool:
+    host = (urlsplit(url).hostname or "").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class SettingsError(Exception):
     """The environment is invalid; the message lists each variable and what is wrong with it."""
 
@@ -73,9 +105,9 @@ class Settings(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    # Set by load_settings when the values come from the process environment: secrets are
-    # then handed to resources as EnvVar, so the UI and run config show names, not values.
-    _from_process_environment: bool = PrivateAttr(default=False)
+    # The variables load_settings read from the process environment: those secrets are handed
+    # to resources as EnvVar, so the UI and run config show names, not values.
+    _process_variables: frozenset[str] = PrivateAttr(default=frozenset())
 
     # Where Dagster keeps its state; the demo services and the outbox live under it too.
     dagster_home: Path = Field(default_factory=lambda: Path.cwd() / ".dagster_home")
@@ -87,6 +119,8 @@ class Settings(BaseModel):
     service_connect_timeout_seconds: float = Field(5.0, gt=0)
     service_read_timeout_seconds: float = Field(30.0, gt=0)
     service_max_attempts: int = Field(5, ge=1, le=20)
+    # Opt-in to http:// service URLs beyond loopback: the bearer tokens cross the network in clear text.
+    service_allow_plaintext_http: bool = False
     service_request_deadline_seconds: float = Field(60.0, gt=0)
     service_max_response_bytes: int = Field(16 * 1024 * 1024, ge=64 * 1024)
 
@@ -104,6 +138,8 @@ class Settings(BaseModel):
     smtp_password: SecretStr | None = None
     smtp_security: SmtpSecurity = "none"
     smtp_timeout_seconds: float = Field(30.0, gt=0)
+    # Opt-in to SMTP AUTH without TLS: the password crosses the network in clear text.
+    smtp_allow_plaintext_auth: bool = False
     mail_from: str = "Cron Pipelines <no-reply@localhost>"
     mail_max_connections: int = Field(4, ge=1, le=64)
     mail_rate_limit_per_second: float | None = Field(None, gt=0)
@@ -113,6 +149,10 @@ class Settings(BaseModel):
     cron_timezone: str = "UTC"
     partitions_start_date: date = date(2026, 1, 1)
     ops_alert_email: str | None = None
+
+    # One-click unsubscribe (docs/services.md, "Recipients"): both, or no header at all.
+    unsubscribe_base_url: str | None = None
+    unsubscribe_signing_key: SecretStr | None = None
 
     prometheus_pushgateway_url: str | None = None
 
@@ -133,6 +173,17 @@ class Settings(BaseModel):
     def _pushgateway_url(cls, value: str | None) -> str | None:
         if value is not None and not re.fullmatch(r"https?://\S+", value):
             raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @field_validator("unsubscribe_base_url")
+    @classmethod
+    def _unsubscribe_url(cls, value: str | None) -> str | None:
+        # It goes into a mail header: printable ASCII only; https, as mail clients require
+        # (http only to loopback, for a local try-out).
+        if value is not None and not re.fullmatch(r"https?://[\x21-\x7e]+", value):
+            raise ValueError("must be an https:// URL of printable ASCII characters")
+        if value is not None and value.startswith("http://") and not is_loopback_url(value):
+            raise ValueError("must be https:// (mail clients refuse plain-http unsubscribe links)")
         return value
 
     @field_validator("dagster_webserver_url")
@@ -170,14 +221,39 @@ class Settings(BaseModel):
             secret = self.internal_jwt_secret.get_secret_value() if self.internal_jwt_secret else None
             if secret is not None and len(secret.encode()) < MIN_HS256_SECRET_BYTES:
                 problems.append(f"INTERNAL_JWT_SECRET: must be at least {MIN_HS256_SECRET_BYTES} bytes")
-            if self.uses_real_services and secret in (None, DEMO_JWT_SECRET):
+            if self.uses_real_services and (secret is None or is_demo_key(secret)):
                 problems.append(
                     "INTERNAL_JWT_SECRET: the demo key is refused when SQL_SERVICE_URL/MONGO_SERVICE_URL are set"
                 )
+            elif secret is not None and not is_demo_key(secret) and (weakness := key_weakness(secret)):
+                problems.append(f"INTERNAL_JWT_SECRET: {weakness}; generate one with `openssl rand -base64 48`")
         else:
             problems.extend(self._private_key_problems())
+        if self.unsubscribe_base_url is not None and self.unsubscribe_signing_key is None:
+            problems.append("UNSUBSCRIBE_SIGNING_KEY: required when UNSUBSCRIBE_BASE_URL is set")
+        if self.unsubscribe_signing_key is not None:
+            key = self.unsubscribe_signing_key.get_secret_value()
+            if len(key.encode()) < MIN_HS256_SECRET_BYTES:
+                problems.append(f"UNSUBSCRIBE_SIGNING_KEY: must be at least {MIN_HS256_SECRET_BYTES} bytes")
+            elif weakness := key_weakness(key):
+                problems.append(f"UNSUBSCRIBE_SIGNING_KEY: {weakness}")
         if self.smtp_username is not None and self.smtp_password is None:
             problems.append("SMTP_PASSWORD: required when SMTP_USERNAME is set")
+        if self.smtp_username is not None and self.smtp_security == "none" and not self.smtp_allow_plaintext_auth:
+            problems.append(
+                "SMTP_SECURITY: none would send SMTP_USERNAME/SMTP_PASSWORD in clear text; use starttls or ssl, "
+                "or set SMTP_ALLOW_PLAINTEXT_AUTH=true for a relay on this machine or a link you trust"
+            )
+        if not self.service_allow_plaintext_http:
+            for variable, url in (
+                ("SQL_SERVICE_URL", self.sql_service_url),
+                ("MONGO_SERVICE_URL", self.mongo_service_url),
+            ):
+                if url is not None and url.startswith("http://") and not is_loopback_url(url):
+                    problems.append(
+                        f"{variable}: http:// to a host beyond this machine would send the service tokens in clear "
+                        "text; use https://, or set SERVICE_ALLOW_PLAINTEXT_HTTP=true for a private network you trust"
+                    )
         if problems:
             raise ValueError("\n".join(problems))
         return self
@@ -217,7 +293,7 @@ class Settings(BaseModel):
     def secret(self, variable: str, value: str | None) -> str | EnvVar | None:
         """`value` for a resource: EnvVar(variable) when it was read from the process environment,
         so the secret stays out of the run config Dagster stores and shows."""
-        if value is not None and self._from_process_environment:
+        if value is not None and variable in self._process_variables:
             return EnvVar(variable)
         return value
 
@@ -243,15 +319,60 @@ def _describe(error: ErrorDetails) -> list[str]:
     return [f"{variable}={error.get('input')!r}: {message}"]
 
 
+# Secrets may come from a file instead (`<NAME>_FILE`, the Docker and Kubernetes convention), so
+# they need not sit in a container's environment, where `docker inspect` shows them.
+SECRET_VARIABLES = ("INTERNAL_JWT_SECRET", "INTERNAL_JWT_PRIVATE_KEY", "SMTP_PASSWORD", "UNSUBSCRIBE_SIGNING_KEY")
+MAX_SECRET_FILE_BYTES = 64 * 1024
+
+
 def load_settings(environ: dict[str, str] | None = None) -> Settings:
-    """Settings from `environ` (default: the process environment), or SettingsError listing every problem."""
+    """Settings from `environ` (default: the process environment), or SettingsError listing every problem.
+
+    A secret read from `<NAME>_FILE` of the process environment is put into this process's
+    environment as `<NAME>`, so resources refer to it as EnvVar("<NAME>") in this process and
+    in the run workers it starts, and nowhere else.
+    """
     source = os.environ if environ is None else environ
     # An empty variable counts as unset, as in most deployment tools' env files.
     values = {name: source[name.upper()] for name in Settings.model_fields if source.get(name.upper())}
+    file_secrets, problems = _secrets_from_files(source)
+    if problems:
+        raise SettingsError("invalid configuration:\n" + "\n".join(f"  - {line}" for line in problems))
+    values.update({name.lower(): value for name, value in file_secrets.items()})
     try:
         settings = Settings.model_validate(values)
     except ValidationError as exc:
         lines = "\n".join(f"  - {line}" for error in exc.errors() for line in _describe(error))
         raise SettingsError(f"invalid configuration:\n{lines}") from None
-    settings._from_process_environment = environ is None
+    if environ is None:
+        os.environ.update(file_secrets)
+        settings._process_variables = frozenset(name.upper() for name in values)
     return settings
+
+
+def _secrets_from_files(source: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
+    secrets: dict[str, str] = {}
+    problems: list[str] = []
+    for name in SECRET_VARIABLES:
+        path = source.get(f"{name}_FILE")
+        if not path:
+            continue
+        if source.get(name):
+            problems.append(f"{name}_FILE: set either {name} or {name}_FILE, not both")
+            continue
+        try:
+            with open(path, "rb") as file:
+                content = file.read(MAX_SECRET_FILE_BYTES + 1)
+        except OSError as exc:
+            problems.append(f"{name}_FILE: cannot read {path!r}: {exc.strerror}")
+            continue
+        if len(content) > MAX_SECRET_FILE_BYTES:
+            problems.append(f"{name}_FILE: {path!r} is larger than {MAX_SECRET_FILE_BYTES} bytes")
+            continue
+        # Files written by `echo` or an editor end with a newline that is not part of the secret.
+        value = content.decode("utf-8", errors="replace").rstrip("\r\n")
+        if not value:
+            problems.append(f"{name}_FILE: {path!r} is empty")
+            continue
+        secrets[name] = value
+    return secrets, problems

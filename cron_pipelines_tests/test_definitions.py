@@ -64,6 +64,7 @@ def test_secrets_from_the_environment_stay_env_vars_in_the_resource_config(monke
         "INTERNAL_JWT_SECRET": "a-real-secret-that-is-long-enough-000",
         "SMTP_USERNAME": "mailer",
         "SMTP_PASSWORD": "smtp-secret",
+        "SMTP_SECURITY": "starttls",
     }.items():
         monkeypatch.setenv(variable, value)
     resources = build_definitions(load_settings()).resources

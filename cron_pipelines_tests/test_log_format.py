@@ -104,6 +104,7 @@ def test_every_service_request_gets_a_request_log_line_outside_the_event_log(
         ("/v1/dues", "200", "ok"),
         ("/v1/notifications/claims", "503", "retry"),
         ("/v1/notifications/claims", "200", "ok"),
+        ("/v1/notification-preferences/lookup", "200", "ok"),
         ("/v1/notifications/outcomes", "200", "ok"),
     }
     assert all(line["job"] == "send_payment_reminders" and line["partition"] == "2026-11-28" for line in requests)

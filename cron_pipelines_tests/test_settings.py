@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
+import dagster as dg
 import pytest
 
 from cron_pipelines.settings import DEMO_JWT_SECRET, SettingsError, load_settings
 from cron_pipelines_tests.support.keys import private_key_pem
 
 REAL_SERVICES = {"SQL_SERVICE_URL": "https://sql.internal", "MONGO_SERVICE_URL": "https://mongo.internal/"}
-STRONG_SECRET = "s" * 40
+STRONG_SECRET = "k3Yq-9vTz_Lw2pHs8RbN4xJd6FmC0aQe"
 
 
 def test_defaults_follow_the_contract() -> None:
@@ -111,6 +114,115 @@ def test_secrets_never_appear_in_errors_or_repr() -> None:
     with pytest.raises(SettingsError) as raised:
         load_settings({"INTERNAL_JWT_SECRET": secret, "SMTP_PASSWORD": password, "SMTP_PORT": "x"})
     assert secret not in str(raised.value) and password not in str(raised.value)
-    settings = load_settings({"INTERNAL_JWT_SECRET": STRONG_SECRET, "SMTP_USERNAME": "u", "SMTP_PASSWORD": password})
+    settings = load_settings(
+        {"INTERNAL_JWT_SECRET": STRONG_SECRET, "SMTP_USERNAME": "u", "SMTP_PASSWORD": password, "SMTP_SECURITY": "ssl"}
+    )
     assert STRONG_SECRET not in repr(settings) and password not in repr(settings)
     assert STRONG_SECRET not in str(settings.model_dump()) and password not in str(settings.model_dump())
+
+
+# -- transport and keys: refused unless the operator opts in by name ----------------------------
+
+
+def test_smtp_auth_without_tls_is_refused_unless_allowed_by_name() -> None:
+    plaintext = {"SMTP_USERNAME": "mailer", "SMTP_PASSWORD": "pw", "SMTP_SECURITY": "none"}
+    with pytest.raises(SettingsError, match="SMTP_SECURITY: none would send SMTP_USERNAME/SMTP_PASSWORD in clear"):
+        load_settings(plaintext)
+    assert load_settings({**plaintext, "SMTP_ALLOW_PLAINTEXT_AUTH": "true"}).smtp_allow_plaintext_auth
+    for security in ("starttls", "ssl"):
+        assert load_settings({**plaintext, "SMTP_SECURITY": security}).smtp_username == "mailer"
+    assert load_settings({"SMTP_SECURITY": "none"}).smtp_username is None  # no AUTH, nothing to protect
+
+
+@pytest.mark.parametrize("host", ["sql.internal", "10.0.0.7", "[fd00::1]", "localhost.example.com"])
+def test_plain_http_beyond_loopback_is_refused_unless_allowed_by_name(host: str) -> None:
+    urls = {"SQL_SERVICE_URL": f"http://{host}:8080", "MONGO_SERVICE_URL": "https://mongo.internal"}
+    with pytest.raises(SettingsError) as raised:
+        load_settings({**urls, "INTERNAL_JWT_SECRET": STRONG_SECRET})
+    assert "SQL_SERVICE_URL: http:// to a host beyond this machine" in str(raised.value)
+    assert "MONGO_SERVICE_URL" not in str(raised.value)
+    allowed = load_settings({**urls, "INTERNAL_JWT_SECRET": STRONG_SECRET, "SERVICE_ALLOW_PLAINTEXT_HTTP": "1"})
+    assert allowed.sql_service_url == f"http://{host}:8080"
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.8.9.10", "localhost", "[::1]", "sql.localhost"])
+def test_plain_http_on_loopback_is_accepted(host: str) -> None:
+    urls = {"SQL_SERVICE_URL": f"http://{host}:8080", "MONGO_SERVICE_URL": f"http://{host}:8081"}
+    assert load_settings({**urls, "INTERNAL_JWT_SECRET": STRONG_SECRET}).uses_real_services
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        DEMO_JWT_SECRET.upper(),
+        DEMO_JWT_SECRET + " ",
+        " " + DEMO_JWT_SECRET,
+        DEMO_JWT_SECRET + "\n",
+        DEMO_JWT_SECRET.title(),
+    ],
+)
+def test_every_variant_of_the_demo_key_is_refused_with_real_services(variant: str) -> None:
+    with pytest.raises(SettingsError, match="INTERNAL_JWT_SECRET: the demo key is refused"):
+        load_settings({**REAL_SERVICES, "INTERNAL_JWT_SECRET": variant})
+
+
+@pytest.mark.parametrize(
+    ("secret", "reason"),
+    [
+        ("a" * 32, "fewer than 8 distinct characters"),
+        ("ab" * 20, "fewer than 8 distinct characters"),
+        ("abcdefgh" * 5, "a short pattern repeated"),
+        ("0123456789" * 4, "a short pattern repeated"),
+    ],
+)
+def test_obviously_weak_keys_are_refused(secret: str, reason: str) -> None:
+    with pytest.raises(SettingsError) as raised:
+        load_settings({**REAL_SERVICES, "INTERNAL_JWT_SECRET": secret})
+    assert f"INTERNAL_JWT_SECRET: {'is ' if 'pattern' in reason else 'has '}{reason}" in str(raised.value)
+    assert secret not in str(raised.value)
+
+
+def test_secrets_are_read_from_files_and_kept_out_of_the_environment_they_came_from(tmp_path: Path) -> None:
+    secret_file = tmp_path / "jwt"
+    secret_file.write_text(STRONG_SECRET + "\n")
+    password_file = tmp_path / "smtp"
+    password_file.write_text("smtp-pass")
+    settings = load_settings(
+        {
+            **REAL_SERVICES,
+            "INTERNAL_JWT_SECRET_FILE": str(secret_file),
+            "SMTP_USERNAME": "mailer",
+            "SMTP_PASSWORD_FILE": str(password_file),
+            "SMTP_SECURITY": "starttls",
+        }
+    )
+    assert settings.jwt_signing_key == STRONG_SECRET  # the trailing newline is not part of it
+    assert settings.smtp_password is not None and settings.smtp_password.get_secret_value() == "smtp-pass"
+
+
+@pytest.mark.parametrize(
+    ("environment", "expected"),
+    [
+        ({"INTERNAL_JWT_SECRET_FILE": "/nonexistent/jwt"}, "INTERNAL_JWT_SECRET_FILE: cannot read '/nonexistent/jwt'"),
+        (
+            {"INTERNAL_JWT_SECRET_FILE": "/dev/null", "INTERNAL_JWT_SECRET": STRONG_SECRET},
+            "set either INTERNAL_JWT_SECRET or INTERNAL_JWT_SECRET_FILE, not both",
+        ),
+        ({"SMTP_PASSWORD_FILE": "/dev/null"}, "SMTP_PASSWORD_FILE: '/dev/null' is empty"),
+    ],
+)
+def test_unusable_secret_files_are_refused_naming_the_variable(environment: dict[str, str], expected: str) -> None:
+    with pytest.raises(SettingsError, match=re.escape(expected)):
+        load_settings(environment)
+
+
+def test_a_secret_file_becomes_an_env_var_of_this_process_only(tmp_path: Path, monkeypatch) -> None:
+    secret_file = tmp_path / "jwt"
+    secret_file.write_text(STRONG_SECRET)
+    monkeypatch.setenv("INTERNAL_JWT_SECRET", "")  # so monkeypatch restores it after load_settings sets it
+    monkeypatch.delenv("INTERNAL_JWT_SECRET")
+    for variable, value in {**REAL_SERVICES, "INTERNAL_JWT_SECRET_FILE": str(secret_file)}.items():
+        monkeypatch.setenv(variable, value)
+    settings = load_settings()
+    assert os.environ["INTERNAL_JWT_SECRET"] == STRONG_SECRET  # for EnvVar in this process and its run workers
+    assert settings.secret("INTERNAL_JWT_SECRET", settings.jwt_signing_key) == dg.EnvVar("INTERNAL_JWT_SECRET")

@@ -18,11 +18,16 @@ from cron_pipelines.models.payloads import (
     NotificationOutcome,
     NotificationRecord,
     NotificationStatus,
+    OptOut,
+    OptOutResult,
     OutcomeResult,
     Page,
+    Preference,
+    PreferenceQuery,
     VerificationAttempt,
     parse_instant,
 )
+from cron_pipelines.notifications.unsubscribe import UnsubscribeTokens, unsubscribe_app
 from demo_services.auth import TokenVerifier
 from demo_services.common import (
     DEFAULT_PAGE_SIZE,
@@ -153,14 +158,37 @@ def list_notifications(
     )
 
 
+@routes.post(
+    "/notification-preferences/lookup",
+    response_model=BatchResponse[Preference],
+    tags=["preferences"],
+    summary="Each user's opted-out kinds and digest choice (v1.1)",
+)
+def lookup_preferences(store: Store, body: BatchRequest[PreferenceQuery]) -> JSONResponse:
+    return batch_response(store.lookup_preferences(body.items))
+
+
+@routes.post(
+    "/notification-preferences/opt-outs",
+    response_model=BatchResponse[OptOutResult],
+    tags=["preferences"],
+    summary="Record that users opted out of a kind (v1.1)",
+)
+def record_opt_outs(store: Store, body: BatchRequest[OptOut]) -> JSONResponse:
+    return batch_response(store.add_opt_outs(body.items))
+
+
 def create_mongo_app(
     store: DemoStore,
     verifier: TokenVerifier,
     *,
     faults: FaultInjector | None = None,
     request_log: RequestLog | None = None,
+    unsubscribe: UnsubscribeTokens | None = None,
 ) -> FastAPI:
-    return create_service_app(
+    """The stand-in; with `unsubscribe`, it also serves the platform's one-click unsubscribe
+    endpoint at /unsubscribe (what UNSUBSCRIBE_BASE_URL points at in the demo)."""
+    app = create_service_app(
         service=SERVICE,
         description="Stand-in for mongo-service: user activity, verification attempts and the "
         "notification ledger (docs/services.md, “mongo-service”).",
@@ -170,3 +198,11 @@ def create_mongo_app(
         faults=faults,
         request_log=request_log,
     )
+    if unsubscribe is not None:
+
+        def record(opt_out: OptOut) -> OptOutResult:
+            (result,) = store.add_opt_outs([opt_out])
+            return OptOutResult.model_validate(result)
+
+        app.mount("/unsubscribe", unsubscribe_app(unsubscribe, record))
+    return app

@@ -21,7 +21,7 @@ from datetime import date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from cron_pipelines.models.payloads import format_instant
+from cron_pipelines.models.payloads import OptOut, format_instant
 from demo_services.store import DemoStore
 
 _FIRST_NAMES = (
@@ -98,6 +98,8 @@ class _Builder:
     verifications: list[dict[str, Any]] = field(default_factory=list)
     attempts: list[dict[str, Any]] = field(default_factory=list)
     notifications: list[dict[str, Any]] = field(default_factory=list)
+    opt_outs: list[OptOut] = field(default_factory=list)
+    digest_users: list[str] = field(default_factory=list)
 
     def instant(self, days_ago: int, hour: int = 10, minute: int = 0) -> str:
         """RFC 3339 (UTC, `Z`) of `hour:minute` local time on the day D − `days_ago`."""
@@ -366,6 +368,30 @@ def _ordinary_members(b: _Builder, count: int) -> None:
             )
 
 
+def _preference_scenarios(b: _Builder) -> None:
+    """v1.1 preferences: a member opted out of payment reminders, one who reads them as a
+    digest; and among ordinary members every tenth opted out (every twentieth of inactivity
+    warnings too) and another tenth on digest."""
+    b.member_with_due("opted_out_in_3d", due_in_days=3, status="pending")
+    b.opt_outs.append(
+        OptOut(user_id="usr_opted_out_in_3d", kind="payment_reminder", source="list-unsubscribe", at=b.instant(20))
+    )
+    reader = b.user("usr_digest_reader", last_login_days_ago=1)
+    for days in (3, 7):
+        b.due(f"due_digest_in_{days}d", reader["id"], due_in_days=days, status="pending")
+    b.digest_users.append(reader["id"])
+    for user in b.users:
+        suffix = user["id"].removeprefix("usr_")
+        if not suffix.isdigit():  # scenario users keep the defaults
+            continue
+        number = int(suffix)
+        if number % 10 == 3:
+            for kind in ("payment_reminder", "inactivity_warning") if number % 20 == 3 else ("payment_reminder",):
+                b.opt_outs.append(OptOut(user_id=user["id"], kind=kind, source="support", at=b.instant(30)))
+        elif number % 10 == 7:
+            b.digest_users.append(user["id"])
+
+
 def seed_demo_data(
     store: DemoStore, today: date, *, timezone: str = "UTC", seed: int = 7, users: int = 300
 ) -> dict[str, int]:
@@ -380,10 +406,15 @@ def seed_demo_data(
     _inactivity_scenarios(builder)
     _verification_scenarios(builder)
     _ordinary_members(builder, users)
-    return {
+    _preference_scenarios(builder)
+    counts = {
         "users": store.add_users(builder.users),
         "dues": store.add_dues(builder.dues),
         "verifications": store.add_verifications(builder.verifications),
         "verification_attempts": store.add_attempts(builder.attempts),
         "notifications": store.add_notifications(builder.notifications),
+        "opt_outs": len(store.add_opt_outs(builder.opt_outs)),
     }
+    for user_id in builder.digest_users:
+        store.set_digest(user_id, True)
+    return {**counts, "notification_preferences": len(builder.digest_users)}

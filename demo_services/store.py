@@ -14,6 +14,7 @@ are WITHOUT ROWID because every lookup is by a text key: one B-tree search, not 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -26,6 +27,8 @@ from cron_pipelines.models.payloads import (
     Deactivation,
     NotificationClaim,
     NotificationOutcome,
+    OptOut,
+    PreferenceQuery,
     VerificationDecision,
     parse_instant,
 )
@@ -66,6 +69,10 @@ _SCHEMA: tuple[str, ...] = (
         ON notifications (user_id, claimed_at_utc, idempotency_key)""",
     """CREATE INDEX IF NOT EXISTS notifications_by_status
         ON notifications (status, claimed_at_utc, idempotency_key)""",
+    # Recipients' choices (v1.1): a digest flag per user, one row per opted-out kind.
+    "CREATE TABLE IF NOT EXISTS notification_preferences (user_id NOT NULL PRIMARY KEY, digest) WITHOUT ROWID",
+    """CREATE TABLE IF NOT EXISTS opt_outs (
+        user_id NOT NULL, kind NOT NULL, source, at, PRIMARY KEY (user_id, kind)) WITHOUT ROWID""",
 )
 
 # The columns a caller may insert (the normalised ones are derived, never given).
@@ -211,6 +218,9 @@ class DemoStore:
     def __init__(self, path: str | Path, *, busy_timeout_seconds: float = 30.0) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # The file holds names and addresses: private from creation (SQLite gives its -wal and
+        # -shm files the same mode).
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
         self._busy_timeout = busy_timeout_seconds
         with self._connection() as conn:
             # WAL lets readers page while a writer claims; the setting is stored in the file.
@@ -297,7 +307,7 @@ class DemoStore:
     def reset(self) -> None:
         """Empty every table (the schema stays)."""
         with self._connection(write=True) as conn:
-            for table in _INSERTABLE:
+            for table in (*_INSERTABLE, "opt_outs", "notification_preferences"):
                 conn.execute(f"DELETE FROM {table}")
 
     # -- reading single records (for tests and tools) ------------------------------------
@@ -333,7 +343,8 @@ class DemoStore:
 
     def table_counts(self) -> dict[str, int]:
         with self._connection() as conn:
-            return {table: conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0] for table in _INSERTABLE}
+            tables = (*_INSERTABLE, "opt_outs", "notification_preferences")
+            return {table: conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0] for table in tables}
 
     # -- list endpoints ----------------------------------------------------------------
 
@@ -575,6 +586,54 @@ class DemoStore:
             (deactivated_at, item.reason, item.user_id),
         )
         return "deactivated"
+
+    # -- preferences (v1.1) --------------------------------------------------------
+
+    def lookup_preferences(self, queries: Sequence[PreferenceQuery]) -> list[dict[str, Any]]:
+        """Each user's opt-outs and digest flag; a user with none stored gets the defaults."""
+        with self._connection() as conn:
+            return [
+                {
+                    "user_id": query.user_id,
+                    "opted_out": [
+                        kind
+                        for (kind,) in conn.execute(
+                            "SELECT kind FROM opt_outs WHERE user_id = ? ORDER BY kind", (query.user_id,)
+                        )
+                    ],
+                    "digest": bool(
+                        (
+                            row := conn.execute(
+                                "SELECT digest FROM notification_preferences WHERE user_id = ?", (query.user_id,)
+                            ).fetchone()
+                        )
+                        and row[0]
+                    ),
+                }
+                for query in queries
+            ]
+
+    def add_opt_outs(self, opt_outs: Sequence[OptOut]) -> list[dict[str, Any]]:
+        with self._connection(write=True) as conn:
+            return [{"user_id": item.user_id, "outcome": self._add_opt_out(conn, item)} for item in opt_outs]
+
+    @staticmethod
+    def _add_opt_out(conn: sqlite3.Connection, item: OptOut) -> str:
+        if conn.execute("SELECT 1 FROM users WHERE id = ?", (item.user_id,)).fetchone() is None:
+            return "not_found"
+        inserted = conn.execute(
+            "INSERT OR IGNORE INTO opt_outs (user_id, kind, source, at) VALUES (?, ?, ?, ?)",
+            (item.user_id, item.kind, item.source, item.at),
+        )
+        return "added" if inserted.rowcount else "already"
+
+    def set_digest(self, user_id: str, digest: bool) -> None:
+        with self._connection(write=True) as conn:
+            conn.execute(
+                "INSERT INTO notification_preferences (user_id, digest) VALUES (?, ?) "
+                "ON CONFLICT (user_id) DO UPDATE SET digest = excluded.digest",
+                (user_id, int(digest)),
+            )
 
     def claim_notifications(self, claims: Sequence[NotificationClaim]) -> list[dict[str, Any]]:
         """Claim each key (docs/services.md, "mongo-service"); the whole batch is one transaction."""

@@ -1,15 +1,26 @@
 #!/usr/bin/env bash
 # Start the deployment on this machine under supervisord (in the foreground; SIGTERM or Ctrl-C
-# stops all three): code server, webserver, daemon. Needs DAGSTER_PG_HOST/USER/PASSWORD/DB
-# (see README, "Production"); everything else has a default (deploy/env.sh). DAGSTER_HOME gets
-# deploy/dagster.yaml unless it already has a dagster.yaml.
+# stops them all): code server, webserver, read-only webserver, daemon, and the TLS proxy when
+# PROXY_TLS_CERT is set. Needs DAGSTER_PG_HOST/USER/PASSWORD/DB (see README, "Production");
+# everything else has a default (deploy/env.sh). DAGSTER_HOME gets deploy/dagster.yaml unless it
+# already has a dagster.yaml.
 set -euo pipefail
+# Run storage, compute logs and the outbox hold names and addresses: nothing this deployment
+# creates is readable by other users of the machine.
+umask 077
 source "$(dirname "$0")/env.sh"
 
 : "${DAGSTER_PG_HOST:?set DAGSTER_PG_HOST}" "${DAGSTER_PG_USER:?set DAGSTER_PG_USER}" "${DAGSTER_PG_DB:?set DAGSTER_PG_DB}"
 : "${DAGSTER_PG_PASSWORD?set DAGSTER_PG_PASSWORD (may be empty with trust auth)}"
 
-mkdir -p "$DAGSTER_HOME" "$CRON_PIPELINES_LOG_DIR" "$CRON_PIPELINES_RUN_DIR"
+mkdir -p "$DAGSTER_HOME" "$CRON_PIPELINES_LOG_DIR" "$CRON_PIPELINES_RUN_DIR/programs"
+rm -f "$CRON_PIPELINES_RUN_DIR/programs/proxy.conf"
+if [ -n "${PROXY_TLS_CERT:-}" ]; then
+  : "${PROXY_TLS_KEY:?set PROXY_TLS_KEY with PROXY_TLS_CERT}"
+  : "${PROXY_OPERATOR_USER:?set PROXY_OPERATOR_USER}" "${PROXY_OPERATOR_PASSWORD_HASH:?set PROXY_OPERATOR_PASSWORD_HASH (caddy hash-password)}"
+  : "${PROXY_AUDITOR_USER:?set PROXY_AUDITOR_USER}" "${PROXY_AUDITOR_PASSWORD_HASH:?set PROXY_AUDITOR_PASSWORD_HASH (caddy hash-password)}"
+  cp "$project/deploy/proxy/supervisord.conf" "$CRON_PIPELINES_RUN_DIR/programs/proxy.conf"
+fi
 [ -e "$DAGSTER_HOME/dagster.yaml" ] || cp "$project/deploy/dagster.yaml" "$DAGSTER_HOME/dagster.yaml"
 cd "$project"
 exec "$CRON_PIPELINES_BIN/supervisord" -c "$project/deploy/supervisord.conf"

@@ -6,7 +6,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
-from cron_pipelines.clients.http import BatchReply, ServiceClient, chunked
+from cron_pipelines.clients.errors import ServiceRequestError
+from cron_pipelines.clients.http import MAX_BATCH_ITEMS, BatchReply, ServiceClient, chunked
 from cron_pipelines.models.payloads import (
     ClaimResult,
     Deactivation,
@@ -16,7 +17,11 @@ from cron_pipelines.models.payloads import (
     NotificationOutcome,
     NotificationRecord,
     NotificationStatus,
+    OptOut,
+    OptOutResult,
     OutcomeResult,
+    Preference,
+    PreferenceQuery,
     VerificationAttempt,
     format_instant,
 )
@@ -29,6 +34,8 @@ MAX_VERIFICATION_IDS_PER_QUERY = 100
 class MongoServiceClient(ServiceClient):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(service=MONGO_SERVICE, **kwargs)
+        # False once the service answered 404 to the preferences endpoint: a v1.0 service.
+        self.has_preferences = True
 
     def iter_inactive_users(self, *, last_active_before: datetime) -> Iterator[InactiveUser | InvalidRecord]:
         return self.paginate(
@@ -59,6 +66,27 @@ class MongoServiceClient(ServiceClient):
 
     def record_outcomes(self, outcomes: Sequence[NotificationOutcome]) -> list[OutcomeResult]:
         return self.write_batch("/v1/notifications/outcomes", outcomes, OutcomeResult).results
+
+    def lookup_preferences(self, user_ids: Sequence[str]) -> dict[str, Preference]:
+        """Each user's preferences, in one request per 500 users; none from a v1.0 service (404),
+        which is then not asked again: every kind allowed, no digest."""
+        if not self.has_preferences or not user_ids:
+            return {}
+        preferences: dict[str, Preference] = {}
+        try:
+            for chunk in chunked(user_ids, MAX_BATCH_ITEMS):
+                queries = [PreferenceQuery(user_id=user_id) for user_id in chunk]
+                reply = self.write_batch("/v1/notification-preferences/lookup", queries, Preference)
+                preferences.update((preference.user_id, preference) for preference in reply.results)
+        except ServiceRequestError as exc:
+            if exc.status != 404:
+                raise
+            self.has_preferences = False
+            return {}
+        return preferences
+
+    def record_opt_outs(self, opt_outs: Sequence[OptOut]) -> list[OptOutResult]:
+        return self.write_batch("/v1/notification-preferences/opt-outs", opt_outs, OptOutResult).results
 
     def iter_notifications(
         self,

@@ -307,7 +307,8 @@ def delivery_check_result(
     counts = pipeline.stats.counts
     failed, skipped, claimed = counts.get("failed", 0), counts.get("skipped", 0), counts.get("claimed", 0)
     invalid = counts.get("invalid", 0)
-    skipped_ratio = (skipped + invalid) / max(claimed + invalid, 1)
+    # A user's own opt-out is not a delivery problem.
+    skipped_ratio = (skipped - counts.get("opted_out", 0) + invalid) / max(claimed + invalid, 1)
     # Claimed with no outcome recorded: each is an email nobody knows the fate of.
     too_many_failed = failed > thresholds.max_failed or pipeline.left_claimed > 0
     too_many_skipped = skipped_ratio > thresholds.max_skipped_ratio
@@ -320,6 +321,7 @@ def delivery_check_result(
             "failed": failed,
             "left_claimed": pipeline.left_claimed,
             "skipped": skipped,
+            "opted_out": counts.get("opted_out", 0),
             "invalid": invalid,
             "skipped_ratio": round(skipped_ratio, 4),
             "max_failed": thresholds.max_failed,

@@ -18,6 +18,17 @@ class NotificationKind(StrEnum):
     OPS_ALERT = "ops_alert"
 
 
+# Sent whatever the user's preferences, and without an unsubscribe header
+# (docs/services.md, "Recipients"); every other kind is optional.
+MANDATORY_KINDS = frozenset(
+    {NotificationKind.ACCOUNT_DEACTIVATED, NotificationKind.VERIFICATION_RESULT, NotificationKind.OPS_ALERT}
+)
+
+
+def is_optional(kind: str) -> bool:
+    return kind not in MANDATORY_KINDS
+
+
 @dataclass(frozen=True)
 class Notification:
     """One email a business rule decided to send; `key` is its idempotency key (docs/services.md, "The business rules")."""

@@ -307,3 +307,50 @@ class OutcomeResult(KeyedModel):
     @property
     def key(self) -> str:
         return self.idempotency_key
+
+
+# --- mongo-service, recipients' preferences (v1.1) ---------------------------------
+
+KindName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+OptOutSource = Literal["list-unsubscribe", "link", "support"]
+
+
+class PreferenceQuery(KeyedModel):
+    user_id: Id
+
+    @property
+    def key(self) -> str:
+        return self.user_id
+
+
+class Preference(KeyedModel):
+    """A user's choices; a user with none stored has no opt-outs and no digest."""
+
+    user_id: Id
+    # Bounded: a service cannot make one answer hold more kinds than exist many times over.
+    opted_out: Annotated[list[KindName], Field(max_length=64)] = Field(default_factory=list)
+    digest: bool = False
+
+    @property
+    def key(self) -> str:
+        return self.user_id
+
+
+class OptOut(KeyedModel):
+    user_id: Id
+    kind: KindName
+    source: OptOutSource
+    at: InstantStr
+
+    @property
+    def key(self) -> str:
+        return self.user_id
+
+
+class OptOutResult(KeyedModel):
+    user_id: Id
+    outcome: Literal["added", "already", "not_found"]
+
+    @property
+    def key(self) -> str:
+        return self.user_id

@@ -22,8 +22,9 @@ from typing import Any
 from email_validator import EmailNotValidError, validate_email
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
-from cron_pipelines.models.notification import Notification, NotificationKind
+from cron_pipelines.models.notification import Notification, NotificationKind, is_optional
 from cron_pipelines.models.payloads import MAX_NAME_CHARACTERS
+from cron_pipelines.notifications.unsubscribe import UnsubscribeLinks
 from cron_pipelines.safe_text import without_bidi_controls
 
 
@@ -122,7 +123,8 @@ def serialize_message(headers: list[tuple[str, str]], text: str, html: str, *, s
 class MessageComposer:
     """Renders notifications into complete MIME messages from the Jinja2 templates."""
 
-    def __init__(self, mail_from: str) -> None:
+    def __init__(self, mail_from: str, unsubscribe: UnsubscribeLinks | None = None) -> None:
+        self._unsubscribe = unsubscribe
         sender_name, sender_address = parseaddr(mail_from)
         self.sender = sender_address
         self._from_header = _header_text(formataddr((sender_name, sender_address), charset="utf-8"))
@@ -143,6 +145,11 @@ class MessageComposer:
         if not _KEY_PATTERN.fullmatch(notification.key):
             raise UnsendableNotification("idempotency key is not printable ASCII without spaces")
         recipient = check_recipient(notification.email, notification.name)
+        unsubscribe_url = (
+            self._unsubscribe.url(notification.user_id, notification.kind)
+            if self._unsubscribe is not None and notification.user_id is not None and is_optional(notification.kind)
+            else None
+        )
         context = {
             **{
                 name: without_bidi_controls(value) if isinstance(value, str) else value
@@ -150,6 +157,7 @@ class MessageComposer:
             },
             "name": recipient.name or "there",
             "notification_id": notification.key,
+            "unsubscribe_url": unsubscribe_url,
         }
         kind = NotificationKind(notification.kind)
         # Data can end up in the subject: collapse every run of whitespace/control characters.
@@ -164,6 +172,10 @@ class MessageComposer:
             ("X-Notification-Kind", kind.value),
             ("X-Notification-Id", notification.key),
         ]
+        if unsubscribe_url is not None:
+            # RFC 8058: the URL takes a POST with this body and unsubscribes at once.
+            headers.append(("List-Unsubscribe", f"<{unsubscribe_url}>"))
+            headers.append(("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"))
         data = serialize_message(
             headers,
             self._render(kind, "body.txt", context),

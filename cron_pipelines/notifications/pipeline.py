@@ -40,7 +40,7 @@ from pydantic import ValidationError
 
 from cron_pipelines.clients.http import chunked
 from cron_pipelines.clients.mongo_service import MongoServiceClient
-from cron_pipelines.models.notification import Notification
+from cron_pipelines.models.notification import Notification, is_optional
 from cron_pipelines.models.payloads import (
     CLAIM_TOKEN,
     PLANNED_MESSAGE_ID,
@@ -57,7 +57,9 @@ from cron_pipelines.safe_text import printable
 logger = logging.getLogger("cron_pipelines.notifications")
 
 # The counts every notification asset reports (README, "Auditing"): claim outcomes, then ledger statuses.
-COUNTS = ("claimed", "duplicate", "sent", "failed", "skipped", "invalid", "repeated_in_source")
+COUNTS = ("claimed", "duplicate", "sent", "failed", "skipped", "opted_out", "invalid", "repeated_in_source")
+# The skip reason of an optional notification whose user opted out of its kind.
+OPTED_OUT = "opted_out"
 PROGRESS_LOG_INTERVAL_SECONDS = 10.0
 DEFAULT_BATCH_SIZE = 100
 MAX_BATCH_SIZE = 500  # the contract's batch limit
@@ -454,12 +456,31 @@ class NotificationPipeline:
                 )
             else:
                 reasons.append(None)
+        self._skip_opted_out(owned, reasons)
         gated = [index for index, reason in enumerate(reasons) if reason is None]
         if gate is not None and gated:
             verdicts = gate([owned[index] for index in gated])
             for index, verdict in zip(gated, verdicts, strict=True):
                 reasons[index] = verdict
         return reasons
+
+    def _skip_opted_out(self, owned: Sequence[tuple[Notification, ClaimResult]], reasons: list[str | None]) -> None:
+        """Mark `opted_out` the optional notifications whose user opted out of their kind: one
+        lookup for the batch's users (≤ 500), never for mandatory kinds."""
+        asked = {
+            index: notification.user_id
+            for index, (notification, _) in enumerate(owned)
+            if reasons[index] is None and notification.user_id is not None and is_optional(notification.kind)
+        }
+        if not asked:
+            return
+        preferences = self._ledger.lookup_preferences(sorted(set(asked.values())))
+        for index, user_id in asked.items():
+            notification = owned[index][0]
+            preference = preferences.get(user_id)
+            if preference is not None and notification.kind in preference.opted_out:
+                reasons[index] = OPTED_OUT
+                self.stats.count(OPTED_OUT, notification.kind, notification.key)
 
     def _compose(self, notification: Notification, claim: ClaimResult, skip_reason: str | None, batch: _Batch) -> None:
         if skip_reason is not None:

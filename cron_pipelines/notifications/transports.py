@@ -55,11 +55,16 @@ class MailTransport(Protocol):
 
 
 class OutboxTransport:
-    """One `.eml` file per message, written atomically; names sort by time of writing."""
+    """One `.eml` file per message, written atomically; names sort by time of writing.
+
+    Messages hold names and addresses: the folder is 0700 and each file 0600, whatever the umask.
+    """
 
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self.directory.stat().st_uid == os.geteuid():
+            self.directory.chmod(0o700)
         self._sequence = 0
         self._stopped = threading.Event()
 
@@ -84,7 +89,7 @@ class OutboxTransport:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
         name = f"{stamp}-{os.getpid()}-{self._sequence:06d}-{uuid.uuid4().hex[:8]}.eml"
         temporary = self.directory / f".{name}.tmp"
-        with open(temporary, "wb") as handle:
+        with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as handle:
             handle.write(message.data)
         # A reader never sees a half-written message: the rename is atomic.
         os.replace(temporary, self.directory / name)

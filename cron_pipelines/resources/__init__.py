@@ -91,6 +91,11 @@ def build_resources(settings: Settings) -> dict[str, Any]:
             rate_limit_per_second=settings.mail_rate_limit_per_second,
             max_attempts=settings.mail_max_attempts,
             delivery_batch_size=settings.delivery_batch_size,
+            unsubscribe_base_url=settings.unsubscribe_base_url,
+            unsubscribe_signing_key=settings.secret(
+                "UNSUBSCRIBE_SIGNING_KEY", _plain(settings.unsubscribe_signing_key)
+            ),
+            unsubscribe_issuer=settings.internal_jwt_issuer,
         ),
         "metrics": MetricsResource(pushgateway_url=settings.prometheus_pushgateway_url),
     }

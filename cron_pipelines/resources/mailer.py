@@ -16,6 +16,7 @@ from cron_pipelines.notifications.transports import (
     SmtpSettings,
     SmtpTransport,
 )
+from cron_pipelines.notifications.unsubscribe import UnsubscribeLinks, UnsubscribeTokens
 from cron_pipelines.settings import MailerBackend
 
 
@@ -42,10 +43,22 @@ class MailerResource(ConfigurableResource):
     delivery_batch_size: int = Field(
         description="Notifications claimed per request, and outcomes recorded at least this often (DELIVERY_BATCH_SIZE).",
     )
+    unsubscribe_base_url: str | None = Field(
+        description="One-click unsubscribe endpoint of optional emails (UNSUBSCRIBE_BASE_URL); none: no header."
+    )
+    unsubscribe_signing_key: str | None = Field(repr=False, description="UNSUBSCRIBE_SIGNING_KEY.")
+    unsubscribe_issuer: str = Field(description="`iss` of unsubscribe tokens (INTERNAL_JWT_ISSUER).")
 
     @cached_property
     def composer(self) -> MessageComposer:
-        return MessageComposer(self.mail_from)
+        return MessageComposer(self.mail_from, self.unsubscribe_links)
+
+    @property
+    def unsubscribe_links(self) -> UnsubscribeLinks | None:
+        if self.unsubscribe_base_url is None or self.unsubscribe_signing_key is None:
+            return None
+        tokens = UnsubscribeTokens(self.unsubscribe_signing_key, self.unsubscribe_issuer)
+        return UnsubscribeLinks(self.unsubscribe_base_url, tokens)
 
     def open_transport(self) -> MailTransport:
         """A transport for one run or step; the caller closes it."""

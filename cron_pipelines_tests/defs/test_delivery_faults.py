@@ -279,7 +279,10 @@ def test_no_secret_reaches_the_event_log_or_the_output(
 
     with SmtpSink(credentials=("mailer", "smtp-password-do-not-log")) as authenticated:
         world.configure(
-            SMTP_PORT=str(authenticated.port), SMTP_USERNAME="mailer", SMTP_PASSWORD="smtp-password-do-not-log"
+            SMTP_PORT=str(authenticated.port),
+            SMTP_USERNAME="mailer",
+            SMTP_PASSWORD="smtp-password-do-not-log",
+            SMTP_ALLOW_PLAINTEXT_AUTH="true",  # a sink on loopback
         )
         _seed_two(world)
         world.services.sql_faults.add(method="GET", path="/v1/dues", status=503)  # a logged retry

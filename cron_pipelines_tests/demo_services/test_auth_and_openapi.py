@@ -38,6 +38,8 @@ MONGO_ENDPOINTS = [
     ("POST", "/v1/notifications/claims"),
     ("POST", "/v1/notifications/outcomes"),
     ("GET", "/v1/notifications"),
+    ("POST", "/v1/notification-preferences/lookup"),
+    ("POST", "/v1/notification-preferences/opt-outs"),
     ("GET", "/_admin/request-counts"),
 ]
 

@@ -67,9 +67,25 @@ def test_payment_reminders_fall_due_7_3_1_and_0_days_ahead(sql: httpx.Client) ->
         "due_bad_email": 3,
         "due_header_injection": 3,
         "due_script_name": 3,
+        "due_opted_out_in_3d": 3,
+        "due_digest_in_3d": 3,
+        "due_digest_in_7d": 7,
     }
     reminded = {due_id for due_id, days in days_before.items() if days in (7, 3, 1, 0)}
     assert {"due_pending_in_0d", "due_pending_in_1d", "due_pending_in_3d", "due_pending_in_7d"} <= reminded
+
+
+@pytest.mark.usefixtures("seeded")
+def test_preferences_are_seeded_for_the_v1_1_scenarios(mongo: httpx.Client) -> None:
+    answer = mongo.post(
+        "/v1/notification-preferences/lookup",
+        json={"items": [{"user_id": "usr_opted_out_in_3d"}, {"user_id": "usr_digest_reader"}, {"user_id": "usr_x"}]},
+    )
+    assert answer.json()["results"] == [
+        {"user_id": "usr_opted_out_in_3d", "opted_out": ["payment_reminder"], "digest": False},
+        {"user_id": "usr_digest_reader", "opted_out": [], "digest": True},
+        {"user_id": "usr_x", "opted_out": [], "digest": False},  # no preferences stored: the defaults
+    ]
 
 
 def test_settled_and_far_dues_exist_inside_and_around_the_window(demo_store: DemoStore, seeded: dict) -> None:

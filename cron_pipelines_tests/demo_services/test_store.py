@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
+from contextlib import closing
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -18,6 +20,22 @@ from demo_services.store import sortable_instant
 def test_opening_an_existing_file_keeps_its_data(demo_store: DemoStore) -> None:
     demo_store.add_dues([due("due_1")])
     assert DemoStore(demo_store.path).get_due("due_1")["id"] == "due_1"
+
+
+def test_the_file_and_its_journal_are_private_whatever_the_umask(tmp_path) -> None:
+    previous = os.umask(0o022)
+    try:
+        store = DemoStore(tmp_path / "demo.sqlite3")
+        # An open writer keeps the write-ahead log and shared-memory files in place to look at.
+        with closing(sqlite3.connect(store.path)) as reader:
+            reader.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            store.add_dues([due("due_1")])
+            files = list(tmp_path.glob("demo.sqlite3*"))
+            modes = {path.name: oct(path.stat().st_mode & 0o777) for path in files}
+    finally:
+        os.umask(previous)
+    assert {"demo.sqlite3", "demo.sqlite3-wal", "demo.sqlite3-shm"} <= set(modes)
+    assert set(modes.values()) == {"0o600"}, modes
 
 
 def test_the_file_is_in_wal_mode(demo_store: DemoStore) -> None:

@@ -18,7 +18,7 @@ from cron_pipelines_tests.deploy.conftest import PROJECT, PostgresHome
 from cron_pipelines_tests.support.smtp_sink import SmtpSink, free_port
 from cron_pipelines_tests.support.webserver import graphql, wait_until
 
-PROGRAMS = ("code-server", "webserver", "daemon")
+PROGRAMS = ("code-server", "webserver", "webserver-readonly", "daemon")
 
 
 def alive(pid: int) -> bool:
@@ -36,12 +36,14 @@ class Stack:
     def __init__(self, home: PostgresHome, smtp: SmtpSink, **environment: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.readonly_port = free_port()
+        self.readonly_url = f"http://127.0.0.1:{self.readonly_port}"
         self.log_dir = home.path / "supervisor" / "logs"  # deploy/env.sh's default, under DAGSTER_HOME
         self.environment = {
             **home.environment,
             "DAGSTER_CODE_SERVER_PORT": str(free_port()),
-            "DAGSTER_WEBSERVER_HOST": "127.0.0.1",
             "DAGSTER_WEBSERVER_PORT": str(self.port),
+            "DAGSTER_READONLY_WEBSERVER_PORT": str(self.readonly_port),
             "CRON_PIPELINES_BIN": str(Path(sys.executable).parent),
             # supervisord's control socket: a short path, as a Unix socket needs.
             "CRON_PIPELINES_RUN_DIR": tempfile.mkdtemp(prefix="cron-pipelines-"),
@@ -74,8 +76,8 @@ class Stack:
             timeout=120,
         ).stdout
 
-    def pids(self) -> dict[str, int]:
-        return {program: int(self.supervisorctl("pid", program).strip()) for program in PROGRAMS}
+    def pids(self, programs: tuple[str, ...] = PROGRAMS) -> dict[str, int]:
+        return {program: int(self.supervisorctl("pid", program).strip()) for program in programs}
 
     def stop(self) -> int:
         """SIGTERM to supervisord (what systemd or Ctrl-C does): it stops its programs, then exits."""
@@ -92,7 +94,7 @@ def running_stack(home: PostgresHome, smtp: SmtpSink, **environment: str) -> Ite
     try:
         yield stack
     except BaseException:
-        print(stack.logs())  # shown by pytest on failure: the three programs' own logs
+        print(stack.logs())  # shown by pytest on failure: every program's own log
         raise
     finally:
         if stack.process.poll() is None:

@@ -4,8 +4,12 @@ the instance configs load on PostgreSQL."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shlex
+import shutil
+import subprocess
 from pathlib import Path
 
 import dagster as dg
@@ -15,14 +19,19 @@ import yaml
 from dagster_k8s.job import UserDefinedDagsterK8sConfig
 from dagster_k8s.models import k8s_model_from_dict
 
-from cron_pipelines.settings import Settings
+from cron_pipelines.settings import SECRET_VARIABLES, Settings
 from cron_pipelines_tests.deploy.conftest import PROJECT, PostgresHome
+from cron_pipelines_tests.support.certificates import self_signed_localhost
 
 # Every variable the code location reads (its settings), except DAGSTER_HOME, which each
 # image or process sets for itself.
 PROJECT_VARIABLES = {name.upper() for name in Settings.model_fields} - {"DAGSTER_HOME"}
-# The image carries no stand-in services: containers always talk to the real ones.
-CONTAINER_VARIABLES = PROJECT_VARIABLES - {"DEMO_SERVICES_DB"}
+# The image carries no stand-in services: containers always talk to the real ones. Containers
+# get the secrets as files: the variables naming the files, not the values.
+CONTAINER_VARIABLES = (PROJECT_VARIABLES - {"DEMO_SERVICES_DB"} - set(SECRET_VARIABLES)) | {
+    f"{name}_FILE" for name in SECRET_VARIABLES
+}
+SECRET_NAMES = set(SECRET_VARIABLES) | {"UNSUBSCRIBE_SIGNING_KEY"}
 POSTGRES_VARIABLES = {"DAGSTER_PG_HOST", "DAGSTER_PG_PORT", "DAGSTER_PG_USER", "DAGSTER_PG_PASSWORD", "DAGSTER_PG_DB"}
 IMAGE = "cron-pipelines:latest"
 
@@ -45,25 +54,23 @@ def _env_example_variables() -> set[str]:
 
 def test_env_example_lists_exactly_the_settings() -> None:
     # The compose and launcher checks below rely on .env.example and the settings agreeing.
-    assert _env_example_variables() - {"DAGSTER_HOME"} == PROJECT_VARIABLES
+    file_variables = {f"{name}_FILE" for name in SECRET_VARIABLES}
+    assert _env_example_variables() - {"DAGSTER_HOME"} - file_variables == PROJECT_VARIABLES
 
 
 def test_compose_names_the_services_and_image() -> None:
     services = _yaml("docker-compose.yaml")["services"]
-    assert set(services) == {"postgres", "code-server", "webserver", "daemon"}
-    for name in ("code-server", "webserver", "daemon"):
+    assert set(services) == {
+        "postgres", "code-server", "webserver", "webserver-readonly", "docker-stop-proxy", "daemon", "proxy",
+    }  # fmt: skip
+    dagster_services = ("code-server", "webserver", "webserver-readonly", "daemon")
+    for name in dagster_services:
         assert services[name]["image"] == IMAGE and services[name]["build"] == "."
         assert services[name]["restart"] == "unless-stopped"
     assert services["code-server"].get("command") is None  # the image's CMD: the code server
-    assert services["webserver"]["command"] == [
-        "dagster-webserver",
-        "-w",
-        "deploy/workspace.yaml",
-        "-h",
-        "0.0.0.0",
-        "-p",
-        "3000",
-    ]
+    webserver = ["dagster-webserver", "-w", "deploy/workspace.yaml", "-h", "0.0.0.0"]
+    assert services["webserver"]["command"] == [*webserver, "-p", "3000"]
+    assert services["webserver-readonly"]["command"] == [*webserver[:1], "--read-only", *webserver[1:], "-p", "3001"]
     assert services["daemon"]["command"] == ["dagster-daemon", "run", "-w", "deploy/workspace.yaml"]
     # The Docker run launcher starts runs in the image the code server reports.
     assert services["code-server"]["environment"]["DAGSTER_CURRENT_IMAGE"] == IMAGE
@@ -75,19 +82,53 @@ def test_compose_names_the_services_and_image() -> None:
         "-p",
         "4266",
     ]
-    for name in ("webserver", "daemon"):
+    for name in ("webserver", "webserver-readonly", "daemon"):
         assert services[name]["depends_on"]["code-server"]["condition"] == "service_healthy"
-        # Both talk to the Docker engine (start and terminate run containers) as the image's
-        # non-root user, through the socket's group.
-        assert "/var/run/docker.sock:/var/run/docker.sock" in services[name]["volumes"]
-        assert services[name]["group_add"] and "DOCKER_GID" in services[name]["group_add"][0]
         assert "user" not in services[name]
+    # Only the daemon, which starts run containers, mounts the Docker socket (as the image's
+    # non-root user, through the socket's group); the webserver stops runs through a proxy that
+    # allows nothing but listing and stopping containers.
+    mounting = {name for name, service in services.items() if "/var/run/docker.sock" in str(service.get("volumes"))}
+    assert mounting == {"daemon", "docker-stop-proxy"}
+    assert services["daemon"]["group_add"] and "DOCKER_GID" in services["daemon"]["group_add"][0]
+    assert services["webserver"]["environment"]["DOCKER_HOST"] == "tcp://docker-stop-proxy:2375"
+    stop_proxy = services["docker-stop-proxy"]
+    assert stop_proxy["environment"] == {"CONTAINERS": "1", "ALLOW_STOP": "1", "POST": "0"}
+    assert stop_proxy["volumes"] == ["/var/run/docker.sock:/var/run/docker.sock:ro"] and "ports" not in stop_proxy
+
+
+def test_compose_publishes_nothing_beyond_loopback_by_default_and_gives_webservers_no_secret() -> None:
+    compose = _yaml("docker-compose.yaml")
+    services = compose["services"]
+    for name, service in services.items():
+        if "profiles" in service:
+            continue  # started only on request (the proxy)
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), (name, port)
+    assert services["proxy"]["profiles"] == ["proxy"]
+    assert services["webserver"]["ports"] == ["127.0.0.1:3000:3000"]
+    assert services["webserver-readonly"]["ports"] == ["127.0.0.1:3001:3001"]
+    instance_env = set(compose["x-instance-env"])
+    assert instance_env == POSTGRES_VARIABLES | {
+        "DAGSTER_HOME", "PGSSLMODE", "DAGSTER_DOCKER_NETWORK", "DAGSTER_CODE_SERVER_HOST", "DAGSTER_CODE_SERVER_PORT",
+    }  # fmt: skip
+    assert set(services["webserver"]["environment"]) == instance_env | {"DOCKER_HOST"}
+    assert set(services["webserver-readonly"]["environment"]) == instance_env
+    # No secret value anywhere in the compose file's environments: only the paths of the files.
+    for name, service in services.items():
+        environment = set(service.get("environment") or {})
+        assert not environment & SECRET_NAMES, (name, environment & SECRET_NAMES)
+    secrets_mount = "/etc/cron-pipelines/secrets:/run/secrets/cron-pipelines:ro"
+    assert secrets_mount in services["code-server"]["volumes"]
+    launcher = _yaml("deploy/dagster.docker.yaml")["run_launcher"]["config"]
+    assert secrets_mount in launcher["container_kwargs"]["volumes"]
+    assert not set(launcher["env_vars"]) & SECRET_NAMES
 
 
 def test_compose_passes_on_every_variable_the_readme_documents() -> None:
     compose = _yaml("docker-compose.yaml")
     shared = compose["x-dagster-env"]
-    for name in ("code-server", "webserver", "daemon"):
+    for name in ("code-server", "daemon"):
         assert shared.items() <= compose["services"][name]["environment"].items()
     readme = (PROJECT / "README.md").read_text()
     containers = re.search(r"\*\*Containers\*\*(.*?)\n## ", readme, re.S)
@@ -98,7 +139,8 @@ def test_compose_passes_on_every_variable_the_readme_documents() -> None:
         for name in re.findall(r"\b[A-Z][A-Z0-9]*_[A-Z0-9_]+\b", span)
     }
     assert {"DAGSTER_PG_HOST", "DAGSTER_HOME", "DAGSTER_DOCKER_NETWORK"} <= documented  # the section was read
-    assert documented <= set(shared), f"documented but not passed on: {documented - set(shared)}"
+    dagster_variables = {name for name in documented if not name.startswith("PROXY_")}  # the proxy's own
+    assert dagster_variables <= set(shared), f"documented but not passed on: {dagster_variables - set(shared)}"
     assert _env_example_variables() & CONTAINER_VARIABLES <= set(shared)  # "plus the variables of .env.example"
     # And the other way round: whatever an operator can set is documented somewhere.
     header = (PROJECT / "docker-compose.yaml").read_text().split("\nx-dagster-env", 1)[0]
@@ -117,9 +159,8 @@ def test_run_containers_get_the_instance_and_every_setting() -> None:
     compose = _yaml("docker-compose.yaml")
     assert env_vars <= set(compose["services"]["daemon"]["environment"])  # the daemon has them to pass on
     assert compose["networks"]["cron_pipelines"]["name"] == compose["x-dagster-env"]["DAGSTER_DOCKER_NETWORK"]
-    # The demo services' file and the outbox live in one volume the code server and the run
-    # containers share.
-    (volume,) = launcher["config"]["container_kwargs"]["volumes"]
+    # The outbox lives in one volume the code server and the run containers share.
+    volume, _secrets = launcher["config"]["container_kwargs"]["volumes"]
     volume_name, mount = volume.split(":")
     assert compose["volumes"]["cron_pipelines_data"]["name"] == volume_name
     assert f"cron_pipelines_data:{mount}" in compose["services"]["code-server"]["volumes"]
@@ -243,8 +284,8 @@ def test_the_docker_instance_config_loads_with_the_docker_run_launcher(
         launcher = instance.run_launcher  # built and validated from the config
         assert type(launcher).__name__ == "DockerRunLauncher"
         assert launcher.networks == ["cron_pipelines"]  # type: ignore[attr-defined]
-        assert "SMTP_PASSWORD" in launcher.env_vars  # type: ignore[attr-defined]
-        assert launcher.container_kwargs["volumes"] == ["cron_pipelines_data:/opt/dagster/data"]  # type: ignore[attr-defined]
+        assert "SMTP_PASSWORD_FILE" in launcher.env_vars and "SMTP_PASSWORD" not in launcher.env_vars  # type: ignore[attr-defined]
+        assert launcher.container_kwargs["volumes"][0] == "cron_pipelines_data:/opt/dagster/data"  # type: ignore[attr-defined]
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
         assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
         instance.get_runs(limit=1)  # the database answers
@@ -259,7 +300,7 @@ def test_one_machine_processes_use_the_grpc_workspace_and_are_supervised() -> No
     }
     supervisor = (PROJECT / "deploy/supervisord.conf").read_text()
     commands = {}
-    for program in ("code-server", "webserver", "daemon"):
+    for program in ("code-server", "webserver", "webserver-readonly", "daemon"):
         section = supervisor.split(f"[program:{program}]", 1)[1].split("\n[", 1)[0]
         settings = dict(
             line.split("=", 1) for line in section.strip().splitlines() if "=" in line and not line.startswith(";")
@@ -272,16 +313,85 @@ def test_one_machine_processes_use_the_grpc_workspace_and_are_supervised() -> No
         commands[program] = shlex.split(settings["command"])
     assert commands["code-server"][1:6] == ["code-server", "start", "-m", "cron_pipelines.definitions", "-a"]
     assert "--location-name" in commands["code-server"]
-    assert commands["webserver"][1:3] == ["-w", "%(ENV_DAGSTER_WORKSPACE)s"]
-    assert commands["daemon"][1:4] == ["run", "-w", "%(ENV_DAGSTER_WORKSPACE)s"]
+    # Everything but the code server starts with the instance's environment only (no secrets).
+    wrapper = "%(ENV_CRON_PIPELINES_DEPLOY_DIR)s/instance-env.sh"
+    assert commands["code-server"][0] != wrapper
+    for program in ("webserver", "webserver-readonly", "daemon"):
+        assert commands[program][0] == wrapper, program
+    assert (
+        commands["webserver"][2:4] == ["-w", "%(ENV_DAGSTER_WORKSPACE)s"] and "--read-only" not in commands["webserver"]
+    )
+    assert commands["webserver-readonly"][2:5] == ["--read-only", "-w", "%(ENV_DAGSTER_WORKSPACE)s"]
+    assert commands["daemon"][2:5] == ["run", "-w", "%(ENV_DAGSTER_WORKSPACE)s"]
+    assert "\numask=077\n" in supervisor and "\numask 077\n" in (PROJECT / "deploy/start.sh").read_text()
     env = (PROJECT / "deploy/env.sh").read_text()
     assert "$project/deploy/workspace.yaml" in env
+    assert 'DAGSTER_WEBSERVER_HOST="${DAGSTER_WEBSERVER_HOST:-127.0.0.1}"' in env
     # Dagster's telemetry uploader empties $DAGSTER_HOME/logs: supervisord's logs live elsewhere.
     log_dir = re.search(r'CRON_PIPELINES_LOG_DIR="\$\{CRON_PIPELINES_LOG_DIR:-([^}]+)\}"', env)
     assert log_dir and log_dir.group(1) not in ("$DAGSTER_HOME/logs", "$DAGSTER_HOME/logs/")
 
 
+def test_the_proxy_configuration_is_valid_for_caddy(tmp_path: Path) -> None:
+    tls = self_signed_localhost(tmp_path)
+    environment = {
+        "PATH": os.environ["PATH"], "HOME": str(tmp_path), "PROXY_BIND": "0.0.0.0", "PROXY_HOST": "dagster.example.com",
+        "PROXY_TLS_CERT": str(tls.certificate), "PROXY_TLS_KEY": str(tls.private_key),
+        "PROXY_OPERATOR_PORT": "8443", "PROXY_AUDITOR_PORT": "8444",
+        "PROXY_OPERATOR_USER": "operator", "PROXY_AUDITOR_USER": "auditor",
+        # bcrypt hashes as `caddy hash-password` prints them
+        "PROXY_OPERATOR_PASSWORD_HASH": "$2a$14$SNECEVdKZtlf62M8fzcv/usf5RymTEZgVE/6.704k.Fxp1c.Ugwx2",
+        "PROXY_AUDITOR_PASSWORD_HASH": "$2a$14$SNECEVdKZtlf62M8fzcv/usf5RymTEZgVE/6.704k.Fxp1c.Ugwx2",
+        "DAGSTER_WEBSERVER_UPSTREAM": "127.0.0.1:3000", "DAGSTER_READONLY_WEBSERVER_UPSTREAM": "127.0.0.1:3001",
+    }  # fmt: skip
+    caddy = shutil.which("caddy")
+    assert caddy, "caddy is not installed: run scripts/ensure-caddy.sh (make test does)"
+    config = str(PROJECT / "deploy/proxy/Caddyfile")
+    validated = subprocess.run(
+        [caddy, "validate", "--config", config, "--adapter", "caddyfile"],
+        env=environment,
+        capture_output=True,
+        text=True,
+    )
+    assert validated.returncode == 0 and "Valid configuration" in validated.stdout + validated.stderr, validated.stderr
+    # Every site asks for a password and speaks TLS only, to loopback upstreams on one machine.
+    adapted = subprocess.run(
+        [caddy, "adapt", "--config", config, "--adapter", "caddyfile"], env=environment, capture_output=True, text=True
+    )
+    servers = json.loads(adapted.stdout)["apps"]["http"]["servers"]
+    assert len(servers) == 2
+    for server in servers.values():
+        (port,) = server["listen"]
+        assert port in ("0.0.0.0:8443", "0.0.0.0:8444")
+        assert "authentication" in json.dumps(server["routes"]) and "http_basic" in json.dumps(server["routes"])
+    # supervisord runs it through the same environment filter as the webservers.
+    program = (PROJECT / "deploy/proxy/supervisord.conf").read_text()
+    assert "command=%(ENV_CRON_PIPELINES_DEPLOY_DIR)s/instance-env.sh %(ENV_CRON_PIPELINES_CADDY)s run" in program
+
+
+def test_helm_values_secure_the_ui_and_keep_secrets_by_reference() -> None:
+    values = _yaml("deploy/helm/values.yaml")
+    assert values["dagsterWebserver"]["enableReadOnly"] is True
+    assert values["dagsterWebserver"]["envSecrets"] == []  # the webservers get no code-location secret
+    ingress = values["ingress"]
+    assert ingress["enabled"] is True
+    assert ingress["annotations"]["nginx.ingress.kubernetes.io/auth-url"] == "https://$host/oauth2/auth"
+    proxies = set()
+    for host in ("dagsterWebserver", "readOnlyDagsterWebserver"):
+        assert ingress[host]["tls"]["enabled"] is True and ingress[host]["tls"]["secretName"]
+        (oauth2,) = ingress[host]["precedingPaths"]
+        assert oauth2["path"] == "/oauth2"
+        proxies.add(oauth2["serviceName"])
+    assert len(proxies) == 2  # one oauth2-proxy, hence one admitted group, per host
+    (deployment,) = values["dagster-user-deployments"]["deployments"]
+    urls = {entry["name"]: entry["value"] for entry in deployment["env"] if entry["name"].endswith("_URL")}
+    assert urls["SQL_SERVICE_URL"].startswith("https://") and urls["MONGO_SERVICE_URL"].startswith("https://")
+    assert not {entry["name"] for entry in deployment["env"]} & SECRET_NAMES  # secrets only from the Secret
+    assert deployment["envSecrets"] == [{"name": "cron-pipelines-secrets"}]
+    assert values["runLauncher"]["config"]["k8sRunLauncher"]["envSecrets"] == [{"name": "cron-pipelines-secrets"}]
+
+
 def test_deploy_scripts_are_executable() -> None:
-    for script in ("deploy/start.sh", "deploy/ctl.sh"):
+    for script in ("deploy/start.sh", "deploy/ctl.sh", "deploy/instance-env.sh", "deploy/container-entrypoint.sh"):
         assert (PROJECT / script).stat().st_mode & 0o111, script
     assert Path(PROJECT / "deploy/env.sh").exists()

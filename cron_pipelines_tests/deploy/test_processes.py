@@ -61,7 +61,7 @@ def test_supervisord_runs_the_deployment_on_postgres(stack: Stack, smtp: SmtpSin
         status = stack.supervisorctl("status")
         return all("RUNNING" in status.split(program, 1)[1].splitlines()[0] for program in PROGRAMS)
 
-    wait_until(all_running, 30, "supervisord to report all three programs RUNNING")
+    wait_until(all_running, 30, "supervisord to report every program RUNNING")
 
     # Two launches of one job and day through the webserver: both are queued (the webserver
     # never starts a run itself), the daemon starts them one after the other.

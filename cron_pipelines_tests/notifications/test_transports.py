@@ -64,6 +64,22 @@ def test_outbox_writes_one_parseable_eml_per_message_in_time_order(tmp_path: Pat
     assert [message["Message-ID"] for message in parsed] == [message.message_id for message in messages]
 
 
+def test_outbox_messages_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    (tmp_path / "shared").mkdir(mode=0o755)
+    previous = os.umask(0o022)
+    try:
+        transport = OutboxTransport(tmp_path / "shared")  # an existing folder is narrowed too
+        assert [result.outcome for result in transport.send_batch(_messages(2))] == ["sent", "sent"]
+        fresh = OutboxTransport(tmp_path / "new" / "outbox")
+        assert [result.outcome for result in fresh.send_batch(_messages(1))] == ["sent"]
+    finally:
+        os.umask(previous)
+    for folder in (tmp_path / "shared", tmp_path / "new" / "outbox"):
+        assert folder.stat().st_mode & 0o777 == 0o700
+        files = list(folder.iterdir())
+        assert files and all(path.stat().st_mode & 0o777 == 0o600 for path in files)
+
+
 def test_outbox_that_cannot_be_written_reports_every_message_unavailable(tmp_path: Path) -> None:
     transport = OutboxTransport(tmp_path / "outbox")
     (tmp_path / "outbox").chmod(0o500)

@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from cron_pipelines.clients.tokens import TokenIssuer
+from cron_pipelines.notifications.unsubscribe import UnsubscribeTokens
 from demo_services.auth import TokenVerifier
 from demo_services.faults import FaultInjector, RequestLog
 from demo_services.mongo_app import SERVICE as MONGO_SERVICE
@@ -15,6 +16,10 @@ from demo_services.server import ServiceServer, serving
 from demo_services.sql_app import SERVICE as SQL_SERVICE
 from demo_services.sql_app import create_sql_app
 from demo_services.store import DemoStore
+
+# The key the stand-ins' /unsubscribe endpoint verifies with; runs that should link to it set
+# UNSUBSCRIBE_SIGNING_KEY to this and UNSUBSCRIBE_BASE_URL to `unsubscribe_url`.
+UNSUBSCRIBE_TEST_KEY = "unsubscribe-test-key-Hq7Lm2Xv9Rt4Bz6"
 
 
 @dataclass
@@ -29,6 +34,7 @@ class ServiceWorld:
     sql_requests: RequestLog
     mongo_requests: RequestLog
     issuer: TokenIssuer
+    unsubscribe_url: str  # the one-click endpoint, accepting tokens signed with UNSUBSCRIBE_TEST_KEY
 
     def auth_headers(self, service: str) -> dict[str, str]:
         """Headers carrying a valid token for `service` ("sql-service" or "mongo-service")."""
@@ -44,7 +50,11 @@ def start_service_world(store: DemoStore, issuer: TokenIssuer, *, host: str = "1
         store, TokenVerifier.for_issuer(issuer, SQL_SERVICE), faults=sql_faults, request_log=sql_requests
     )
     mongo_app = create_mongo_app(
-        store, TokenVerifier.for_issuer(issuer, MONGO_SERVICE), faults=mongo_faults, request_log=mongo_requests
+        store,
+        TokenVerifier.for_issuer(issuer, MONGO_SERVICE),
+        faults=mongo_faults,
+        request_log=mongo_requests,
+        unsubscribe=UnsubscribeTokens(UNSUBSCRIBE_TEST_KEY, issuer.issuer),
     )
     with serving(ServiceServer(sql_app, host), ServiceServer(mongo_app, host)) as (sql, mongo):
         yield ServiceWorld(
@@ -56,4 +66,5 @@ def start_service_world(store: DemoStore, issuer: TokenIssuer, *, host: str = "1
             sql_requests=sql_requests,
             mongo_requests=mongo_requests,
             issuer=issuer,
+            unsubscribe_url=f"{mongo.url}/unsubscribe/",
         )

@@ -1,0 +1,234 @@
+"""Recipients' preferences (docs/services.md, "Recipients"): opt-outs honoured for optional kinds
+only, looked up once per batch, a v1.0 service without the endpoint, and one-click unsubscribe
+from the email's own header through to the next run."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import jwt
+import pytest
+
+from cron_pipelines.models.payloads import OptOut, PreferenceQuery
+from cron_pipelines.notifications.unsubscribe import UnsubscribeTokens
+from cron_pipelines_tests.demo_services.helpers import attempt, due, user, verification
+from cron_pipelines_tests.support.job_world import JobWorld, check_result, metadata
+from cron_pipelines_tests.support.services import UNSUBSCRIBE_TEST_KEY
+
+D = "2026-11-28"
+LOOKUP = "/v1/notification-preferences/lookup"
+
+
+def _opt_out(world: JobWorld, user_id: str, kind: str) -> None:
+    (result,) = world.services.store.add_opt_outs(
+        [OptOut(user_id=user_id, kind=kind, source="support", at=f"{D}T00:00:00Z")]
+    )
+    assert result["outcome"] == "added"
+
+
+def _seed_reminders(world: JobWorld, users: int = 6) -> None:
+    world.services.store.add_users([user(f"usr_{n}") for n in range(1, users + 1)])
+    world.services.store.add_dues(
+        [due(f"due_{n}", user_id=f"usr_{n}", due_date="2026-12-01") for n in range(1, users + 1)]
+    )
+
+
+def test_opted_out_users_get_nothing_and_are_recorded_opted_out(world: JobWorld) -> None:
+    _seed_reminders(world)
+    _opt_out(world, "usr_2", "payment_reminder")
+    _opt_out(world, "usr_3", "overdue_notice")  # another kind: still reminded
+    world.services.mongo_requests.clear()
+
+    result = world.run("send_payment_reminders", D)
+
+    assert result.success
+    opted_out_key = "payment_reminder:due_2:2026-12-01:3"
+    assert opted_out_key not in world.sent_keys() and len(world.sent_keys()) == 5
+    record = world.ledger()[opted_out_key]
+    assert record["status"] == "skipped" and record["error"] == "opted_out" and record["message_id"] is None
+    summary = metadata(result, "payment_reminders")
+    assert (summary["claimed"], summary["sent"], summary["skipped"], summary["opted_out"]) == (6, 5, 1, 1)
+    assert summary["skip_reasons"] == {"opted_out": 1}
+    # A user's own choice is not a delivery problem: the check passes without a warning.
+    check = check_result(result, "payment_reminders", "delivery_within_thresholds")
+    assert check.passed and check.metadata["skipped_ratio"].value == 0 and check.metadata["opted_out"].value == 1
+    # One lookup for the batch's six users, not one per record.
+    assert world.services.mongo_requests.count("POST", LOOKUP) == 1
+
+
+def test_a_rerun_looks_nothing_up_and_sends_nothing(world: JobWorld) -> None:
+    _seed_reminders(world)
+    _opt_out(world, "usr_1", "payment_reminder")
+    world.run("send_payment_reminders", D)
+    world.services.mongo_requests.clear()
+
+    again = world.run("send_payment_reminders", D)
+
+    assert metadata(again, "payment_reminders")["duplicate"] == 6
+    assert len(world.sent_keys()) == 5
+    assert world.services.mongo_requests.count("POST", LOOKUP) == 0  # nothing owned, nothing to ask
+
+
+def test_mandatory_kinds_ignore_opt_outs_and_are_never_looked_up(world: JobWorld) -> None:
+    store = world.services.store
+    store.add_users([user("emp_v_ok"), user("emp_v_remind")])
+    store.add_verifications(
+        [
+            verification("v_ok", employee_id="emp_v_ok", requested_at="2026-11-25T09:00:00Z"),
+            verification("v_remind", employee_id="emp_v_remind", requested_at="2026-11-21T09:00:00Z"),
+        ]
+    )
+    store.add_attempts(
+        [attempt("a_ok", verification_id="v_ok", outcome="success", attempted_at="2026-11-26T10:00:00Z")]
+    )
+    for employee in ("emp_v_ok", "emp_v_remind"):
+        for kind in ("verification_result", "verification_reminder"):
+            _opt_out(world, employee, kind)
+    world.services.mongo_requests.clear()
+
+    result = world.run("verify_employees", D)
+
+    assert result.success
+    assert world.sent_keys() == ["verification_result:v_ok:verified"]  # mandatory: sent all the same
+    assert world.ledger()["verification_reminder:v_remind:7"]["error"] == "opted_out"
+    # Only the reminder (optional) was looked up: one request, for its one user.
+    (lookup,) = [entry for entry in world.services.mongo_requests.entries if entry.path == LOOKUP]
+    assert lookup.method == "POST"
+    assert metadata(result, "verification_reminders")["opted_out"] == 1
+
+
+def test_a_v1_0_service_without_preferences_gets_everything_sent_and_is_asked_once(world: JobWorld) -> None:
+    _seed_reminders(world, users=3)
+    _opt_out(world, "usr_1", "payment_reminder")  # stored, but the "service" below predates v1.1
+    world.services.mongo_faults.add(method="POST", path=LOOKUP, status=404, code="not_found", times=100)
+    world.configure(DELIVERY_BATCH_SIZE="1")  # three batches: the 404 is remembered after the first
+    world.services.mongo_requests.clear()
+
+    result = world.run("send_payment_reminders", D)
+
+    assert result.success
+    assert len(world.sent_keys()) == 3
+    assert metadata(result, "payment_reminders")["opted_out"] == 0
+    assert world.services.mongo_requests.count("POST", LOOKUP) == 1
+
+
+def test_a_lookup_the_service_refuses_fails_the_batch_without_sending_it(world: JobWorld) -> None:
+    _seed_reminders(world, users=2)
+    world.services.mongo_faults.add(method="POST", path=LOOKUP, status=400, code="invalid_request", times=10)
+
+    result = world.run("send_payment_reminders", D)
+
+    assert not result.success
+    assert world.sent_keys() == []  # not knowing the preferences, nothing is sent
+    assert {record["status"] for record in world.ledger().values()} == {"failed"}  # and retried by a later run
+
+
+# -- one-click unsubscribe ---------------------------------------------------------------------
+
+
+def _with_unsubscribe(world: JobWorld) -> None:
+    world.configure(UNSUBSCRIBE_BASE_URL=world.services.unsubscribe_url, UNSUBSCRIBE_SIGNING_KEY=UNSUBSCRIBE_TEST_KEY)
+
+
+def test_one_click_unsubscribe_from_the_email_stops_the_next_runs_optional_mail(world: JobWorld) -> None:
+    _seed_reminders(world, users=2)
+    world.services.store.add_dues([due("due_1_later", user_id="usr_1", due_date="2026-11-30")])
+    _with_unsubscribe(world)
+    world.run("send_payment_reminders", D)
+    mail = {m.notification_id: m for m in world.mails()}["payment_reminder:due_1:2026-12-01:3"]
+
+    # RFC 8058: a mail client POSTs `List-Unsubscribe=One-Click` to the header's URL.
+    assert mail.message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    url = mail.message["List-Unsubscribe"].strip("<>")
+    assert url.startswith(world.services.unsubscribe_url + "?token=")
+    html = mail.message.get_body(("html",)).get_content()
+    assert f'href="{url.replace("&", "&amp;")}"' in html and "Unsubscribe" in html  # visible in the footer too
+    assert url in mail.message.get_body(("plain",)).get_content()
+
+    answer = httpx.post(url, content=b"List-Unsubscribe=One-Click",
+                        headers={"Content-Type": "application/x-www-form-urlencoded"})  # fmt: skip
+    assert answer.status_code == 200 and "unsubscribed" in answer.text
+    (preference,) = world.services.store.lookup_preferences([_query("usr_1")])
+    assert preference["opted_out"] == ["payment_reminder"]
+
+    next_run = world.run("send_payment_reminders", "2026-11-29")  # due_1_later is then 1 day ahead
+    assert next_run.success
+    record = world.ledger()["payment_reminder:due_1_later:2026-11-30:1"]
+    assert record["status"] == "skipped" and record["error"] == "opted_out"
+    assert "payment_reminder:due_1_later:2026-11-30:1" not in world.sent_keys()
+
+
+def _query(user_id: str) -> PreferenceQuery:
+    return PreferenceQuery(user_id=user_id)
+
+
+def test_mandatory_mail_carries_no_unsubscribe_header(world: JobWorld) -> None:
+    store = world.services.store
+    store.add_verifications([verification("v_ok", employee_id="emp_1", requested_at="2026-11-25T09:00:00Z")])
+    store.add_attempts(
+        [attempt("a_ok", verification_id="v_ok", outcome="success", attempted_at="2026-11-26T10:00:00Z")]
+    )
+    _with_unsubscribe(world)
+
+    world.run("verify_employees", D)
+
+    (mail,) = world.mails()
+    assert mail.notification_id == "verification_result:v_ok:verified"
+    assert mail.message["List-Unsubscribe"] is None and mail.message["List-Unsubscribe-Post"] is None
+    assert "Unsubscribe" not in mail.message.get_body(("html",)).get_content()
+
+
+def _token(claims_update: dict, key: str = UNSUBSCRIBE_TEST_KEY) -> str:
+    now = datetime.now(UTC)
+    claims = {
+        "sub": "usr_1",
+        "kind": "payment_reminder",
+        "iss": "cron-pipelines",
+        "aud": "unsubscribe",
+        "iat": int(now.timestamp()),
+        "exp": int((now + timedelta(days=30)).timestamp()),
+        **claims_update,
+    }
+    return jwt.encode({k: v for k, v in claims.items() if v is not None}, key, algorithm="HS256")
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        pytest.param(_token({}, key="another-key-of-sufficient-length-123"), id="tampered signature"),
+        pytest.param(_token({}) + "x", id="tampered token"),
+        pytest.param(_token({"exp": int((datetime.now(UTC) - timedelta(seconds=60)).timestamp())}), id="expired"),
+        pytest.param(_token({"aud": "mongo-service"}), id="wrong audience"),
+        pytest.param(_token({"iss": "someone-else"}), id="wrong issuer"),
+        pytest.param(_token({"exp": int((datetime.now(UTC) + timedelta(days=200)).timestamp())}), id="over 90 days"),
+        pytest.param(_token({"kind": "account_deactivated"}), id="mandatory kind"),
+        pytest.param(_token({"kind": None}), id="no kind"),
+        pytest.param("", id="no token"),
+        pytest.param("a" * 5000, id="oversized"),
+    ],
+)
+def test_the_endpoint_refuses_bad_tokens_and_records_nothing(world: JobWorld, token: str) -> None:
+    world.services.store.add_users([user("usr_1")])
+    for request in (httpx.post, httpx.get):
+        answer = request(world.services.unsubscribe_url, params={"token": token})
+        assert answer.status_code == 400 and "not valid" in answer.text
+    assert world.services.store.lookup_preferences([_query("usr_1")])[0]["opted_out"] == []
+
+
+def test_get_shows_a_confirmation_page_and_changes_nothing_until_posted(world: JobWorld) -> None:
+    world.services.store.add_users([user("usr_1")])
+    token = UnsubscribeTokens(UNSUBSCRIBE_TEST_KEY, "cron-pipelines").mint("usr_1", "inactivity_warning")
+
+    page = httpx.get(world.services.unsubscribe_url, params={"token": token})
+    assert page.status_code == 200 and '<form method="post">' in page.text and token in page.text
+    assert world.services.store.lookup_preferences([_query("usr_1")])[0]["opted_out"] == []
+
+    # The page's button posts the token as a form field.
+    posted = httpx.post(world.services.unsubscribe_url, data={"token": token})
+    assert posted.status_code == 200
+    again = httpx.post(world.services.unsubscribe_url, data={"token": token})  # idempotent
+    assert again.status_code == 200
+    assert world.services.store.lookup_preferences([_query("usr_1")])[0]["opted_out"] == ["inactivity_warning"]
+    unknown = UnsubscribeTokens(UNSUBSCRIBE_TEST_KEY, "cron-pipelines").mint("usr_gone", "payment_reminder")
+    assert httpx.post(world.services.unsubscribe_url, params={"token": unknown}).status_code == 404
