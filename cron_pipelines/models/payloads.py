@@ -6,6 +6,7 @@ services (which serialise what they answer) and the tests.
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from datetime import UTC, date, datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
@@ -85,8 +86,8 @@ class KeyedModel(ServiceModel):
     """An item of a batch write or its result: the service answers items in order, by this key."""
 
     @property
-    def key(self) -> str:
-        raise NotImplementedError
+    @abstractmethod
+    def key(self) -> str: ...
 
 
 T = TypeVar("T")
