@@ -7,7 +7,7 @@ export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test bench install lock openapi clean
+.PHONY: dev test bench install lock openapi preview clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ test: install
 N ?= 100000
 bench: install
 	$(BIN)/python -m benchmarks.run --size $(N)
+
+# Every kind of email rendered from sample data to ./preview (.eml and .html), for review.
+preview: install
+	$(BIN)/cron-pipelines preview all --out preview
 
 # Rewrite docs/openapi/ from the stand-ins' FastAPI apps (a test fails while they differ).
 openapi: install

@@ -9,11 +9,15 @@ health [--json]                        instance, daemon, services, mail: exit 0 
 demo-services [--sql-port P] [--mongo-port P]
                                        serve the stand-in services for curl
 demo-seed [--reset]                    (re)fill the embedded demo data for today
+preview KIND|all [--out DIR]           render sample emails to .eml and .html, as the mailer would send them
 """
 
 from __future__ import annotations
 
 import argparse
+import email
+import email.message
+import email.policy
 import json
 import logging
 import os
@@ -25,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from cron_pipelines.log_format import REQUEST_LOGGER
+from cron_pipelines.models.notification import NotificationKind
 from cron_pipelines.settings import Settings, SettingsError, load_settings
 
 if TYPE_CHECKING:  # imported where used: the CLI starts fast
@@ -352,6 +357,36 @@ def command_demo_seed(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+# --- preview ---------------------------------------------------------------------------------
+
+
+def command_preview(settings: Settings, args: argparse.Namespace) -> int:
+    """Render sample notifications as the mailer would send them: one .eml and one .html each."""
+    from cron_pipelines.notifications.composition import MessageComposer, preview_text
+    from cron_pipelines.notifications.samples import sample_notifications
+    from cron_pipelines.notifications.unsubscribe import UnsubscribeLinks, UnsubscribeTokens
+
+    # Optional kinds show their unsubscribe header and footer, with the configured URL if any.
+    links = UnsubscribeLinks(
+        settings.unsubscribe_base_url or "https://unsubscribe.example.com/",
+        UnsubscribeTokens(os.urandom(32).hex(), settings.internal_jwt_issuer),
+    )
+    composer = MessageComposer(settings.mail_from, links)
+    samples = sample_notifications(datetime.now(ZoneInfo(settings.cron_timezone)).date(), settings.cron_timezone)
+    kinds = [NotificationKind(args.kind)] if args.kind != "all" else list(samples)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for kind in kinds:
+        message = composer.compose(samples[kind])
+        (args.out / f"{kind.value}.eml").write_bytes(message.data)
+        parsed = email.message_from_bytes(message.data, policy=email.policy.default)
+        html = parsed.get_body(("html",))
+        assert isinstance(html, email.message.EmailMessage)  # the composer always writes both parts
+        (args.out / f"{kind.value}.html").write_text(html.get_content(), encoding="utf-8")
+        subject = preview_text(message).split("Subject: ", 1)[1].split("\n", 1)[0]
+        print(f"{kind.value:<22} {subject}  ({len(message.data):,} bytes) -> {args.out / kind.value}.eml/.html")
+    return 0
+
+
 # --- entry point -----------------------------------------------------------------------------
 
 
@@ -402,6 +437,11 @@ def _parser() -> argparse.ArgumentParser:
     health = commands.add_parser("health", help="check instance, daemon, services and mail; exit 1 if any fails")
     health.add_argument("--json", action="store_true")
     health.set_defaults(handler=command_health)
+
+    preview = commands.add_parser("preview", help="render sample emails of a kind (or all) to .eml and .html")
+    preview.add_argument("kind", choices=["all", *(kind.value for kind in NotificationKind)])
+    preview.add_argument("--out", type=Path, default=Path("preview"), help="folder to write to (default ./preview)")
+    preview.set_defaults(handler=command_preview)
 
     serve = commands.add_parser("demo-services", help="serve the stand-in services on loopback")
     serve.add_argument("--sql-port", type=int, default=8101)

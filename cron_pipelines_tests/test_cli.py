@@ -3,6 +3,8 @@ the embedded demo, a real Dagster instance in DAGSTER_HOME."""
 
 from __future__ import annotations
 
+import email
+import email.policy
 import json
 import os
 import subprocess
@@ -13,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from cron_pipelines.cli import mask_recipient
+from cron_pipelines.models.notification import NotificationKind
 
 
 def _cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -128,3 +131,22 @@ def test_run_over_a_date_range_runs_each_day_once(home: Path, reminder_run: str)
     assert days == [(today - timedelta(days=offset)).isoformat() for offset in (2, 1, 0)]
     today_counts = json.loads(result.stdout.splitlines()[-2].split(" ", 4)[4])
     assert today_counts["payment_reminders"]["sent"] == 0  # today's reminders went out in the first run
+
+
+def test_preview_renders_every_kind_to_messages_the_strict_parser_accepts(home: Path, tmp_path: Path) -> None:
+    out = tmp_path / "preview"
+    result = _cli(home, "preview", "all", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    kinds = [kind.value for kind in NotificationKind]
+    assert sorted(path.name for path in out.iterdir()) == sorted(f"{k}.{ext}" for k in kinds for ext in ("eml", "html"))
+    for kind in kinds:
+        message = email.message_from_bytes((out / f"{kind}.eml").read_bytes(), policy=email.policy.strict)
+        assert not message.defects and message["X-Notification-Kind"] == kind
+        text = message.get_body(("plain",)).get_content()
+        html = message.get_body(("html",)).get_content()
+        assert html == (out / f"{kind}.html").read_text(encoding="utf-8")
+        assert "{{" not in text + html and "{%" not in text + html  # every placeholder rendered
+        assert f"{kind:<22} {message['Subject']}" in result.stdout
+        optional = kind not in ("account_deactivated", "verification_result", "ops_alert")
+        assert (message["List-Unsubscribe"] is not None) is optional, kind
+        assert ("Unsubscribe</a>" in html) is optional, kind

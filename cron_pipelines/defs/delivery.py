@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 from cron_pipelines.clients.errors import ServiceAuthError, ServiceProtocolError, ServiceRequestError
 from cron_pipelines.models.notification import NotificationKind
 from cron_pipelines.models.records import InvalidRecord
-from cron_pipelines.notifications.pipeline import Gate, Journal, NotificationPipeline, RunInfo
+from cron_pipelines.notifications.pipeline import SAMPLE_EMAIL, Gate, Journal, NotificationPipeline, RunInfo
 from cron_pipelines.notifications.transports import MailTransport
 from cron_pipelines.resources import MailerResource, MetricsResource, MongoServiceResource
 from cron_pipelines.rules.calendar import BusinessDay
@@ -286,7 +286,8 @@ def summary_metadata(business_day: BusinessDay, stopwatch: Stopwatch, **extra: A
         "business_date": business_day.day.isoformat(),
         "timezone": str(business_day.timezone),
         "duration_seconds": stopwatch.seconds,
-        **extra,
+        # The UI renders it as Markdown: what a recipient of this run read.
+        **{name: dg.MetadataValue.md(value) if name == SAMPLE_EMAIL else value for name, value in extra.items()},
     }
 
 

@@ -11,6 +11,9 @@ result with the stdlib's strict `policy.default` parser.
 from __future__ import annotations
 
 import base64
+import email
+import email.message
+import email.policy
 import re
 import secrets
 from collections.abc import Mapping
@@ -22,6 +25,7 @@ from typing import Any
 from email_validator import EmailNotValidError, validate_email
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
+from cron_pipelines.log_format import mask_emails
 from cron_pipelines.models.notification import Notification, NotificationKind, is_optional
 from cron_pipelines.models.payloads import MAX_NAME_CHARACTERS
 from cron_pipelines.notifications.unsubscribe import UnsubscribeLinks
@@ -118,6 +122,26 @@ def serialize_message(headers: list[tuple[str, str]], text: str, html: str, *, s
         'Content-Type: text/html; charset="utf-8"\r\nContent-Transfer-Encoding: base64\r\n\r\n'
         f"{_base64_lines(html)}--{boundary}--\r\n"
     ).encode("utf-8" if smtputf8 else "ascii")
+
+
+def preview_text(message: OutgoingMessage) -> str:
+    """What the reader sees of `message` (headers that matter and the text part), addresses masked:
+    for the UI and for operators, never the raw message."""
+    parsed = email.message_from_bytes(message.data, policy=email.policy.default)
+    body = parsed.get_body(("plain",))
+    text = body.get_content() if isinstance(body, email.message.EmailMessage) else ""
+    headers = "\n".join(
+        f"{name}: {mask_emails(str(parsed[name]))}"
+        for name in ("From", "To", "Subject", "Date", "X-Notification-Id", "List-Unsubscribe")
+        if parsed[name] is not None
+    )
+    return f"{headers}\n\n{mask_emails(text)}"
+
+
+def as_markdown_block(text: str) -> str:
+    """`text` in a fenced block longer than any run of backticks in it: shown, never interpreted."""
+    fence = "`" * max(3, max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    return f"{fence}text\n{text}\n{fence}"
 
 
 class MessageComposer:

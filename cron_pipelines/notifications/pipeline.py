@@ -50,7 +50,13 @@ from cron_pipelines.models.payloads import (
     format_instant,
 )
 from cron_pipelines.models.records import InvalidRecord, InvalidTally, describe_validation_error
-from cron_pipelines.notifications.composition import MessageComposer, OutgoingMessage, UnsendableNotification
+from cron_pipelines.notifications.composition import (
+    MessageComposer,
+    OutgoingMessage,
+    UnsendableNotification,
+    as_markdown_block,
+    preview_text,
+)
 from cron_pipelines.notifications.transports import MailServerUnavailable, MailTransport, SendResult
 from cron_pipelines.safe_text import printable
 
@@ -58,6 +64,8 @@ logger = logging.getLogger("cron_pipelines.notifications")
 
 # The counts every notification asset reports (README, "Auditing"): claim outcomes, then ledger statuses.
 COUNTS = ("claimed", "duplicate", "sent", "failed", "skipped", "opted_out", "invalid", "repeated_in_source")
+# Markdown of one email the run sent, as its reader saw it (addresses masked).
+SAMPLE_EMAIL = "sample_email"
 # The skip reason of an optional notification whose user opted out of its kind.
 OPTED_OUT = "opted_out"
 PROGRESS_LOG_INTERVAL_SECONDS = 10.0
@@ -235,6 +243,8 @@ class NotificationPipeline:
         self._last_unavailable_error: str | None = None
         self._unavailable = 0
         self._stopped_sending = 0
+        # The first message sent, shown (masked) with the run's metadata.
+        self.sample_message: OutgoingMessage | None = None
 
     # -- public ----------------------------------------------------------------------
 
@@ -367,6 +377,8 @@ class NotificationPipeline:
             metadata["skip_reasons"] = dict(self.stats.skip_reasons.most_common(10))
         if self.stats.invalid.sample:
             metadata["invalid_records_sample"] = list(self.stats.invalid.sample)
+        if self.sample_message is not None:
+            metadata[SAMPLE_EMAIL] = as_markdown_block(preview_text(self.sample_message))
         return metadata
 
     # -- a batch's life: claim and compose, start (send), finish (record) -----------------
@@ -590,6 +602,7 @@ class NotificationPipeline:
         self, notification: Notification, message: OutgoingMessage, result: SendResult
     ) -> NotificationOutcome:
         if result.outcome == "sent":
+            self.sample_message = self.sample_message or message
             self.stats.count("sent", notification.kind, notification.key)
             return self._outcome(notification, "sent", message_id=message.message_id)
         if result.outcome == "bounced":  # refused for good: no run tries it again

@@ -164,3 +164,25 @@ def test_mark_overdue_marks_past_due_dues_then_sends_notices(world: JobWorld) ->
     assert again.success and len(world.mails()) == 4
     assert metadata(again, "overdue_marks")["write.marked"] == 0
     assert metadata(again, "overdue_notices")["duplicate"] == 4
+
+
+def test_the_materialization_shows_one_email_as_its_reader_saw_it_with_the_address_masked(world: JobWorld) -> None:
+    _seed_reminders(world)
+    result = world.run("send_payment_reminders", D)
+
+    event = next(
+        event
+        for event in result.get_asset_materialization_events()
+        if event.asset_key.to_user_string() == "payment_reminders"
+    )
+    sample = event.materialization.metadata["sample_email"]
+    assert type(sample).__name__ == "MarkdownMetadataValue"
+    text = sample.value
+    shown_key = text.split("X-Notification-Id: ", 1)[1].split("\n", 1)[0]
+    first = {mail.notification_id: mail for mail in world.mails()}[shown_key]
+    assert text.startswith("```text\n") and text.endswith("\n```")
+    assert f"Subject: {first.message['Subject']}" in text
+    assert f"X-Notification-Id: {first.notification_id}" in text
+    assert "Hello " in text and "Reference: " + first.notification_id in text  # the text part
+    recipient = first.rcpt_tos[0]
+    assert recipient not in text and f"{recipient[0]}***@example.com" in text

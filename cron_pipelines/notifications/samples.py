@@ -1,0 +1,79 @@
+"""One realistic notification of every kind, made by the business rules themselves from sample
+records, so a preview shows exactly what a run would send (`cron-pipelines preview`)."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+from zoneinfo import ZoneInfo
+
+from cron_pipelines.models.notification import Notification, NotificationKind
+from cron_pipelines.models.payloads import Due, DueUser, InactiveUser, Verification, format_instant
+from cron_pipelines.rules.calendar import BusinessDay
+from cron_pipelines.rules.inactivity import InactivityPolicy, account_deactivated, inactivity_warning
+from cron_pipelines.rules.payments import OverduePolicy, PaymentReminderPolicy, overdue_notice, payment_reminder
+from cron_pipelines.rules.verifications import (
+    Decision,
+    Reminder,
+    VerificationPolicy,
+    verification_reminder,
+    verification_result,
+)
+
+
+def sample_notifications(day: date, timezone: str = "UTC") -> dict[NotificationKind, Notification]:
+    business_day = BusinessDay(day, ZoneInfo(timezone))
+    reader = DueUser(id="usr_9", email="asha.rao@example.com", full_name="Asha Rao")
+
+    def due(days_from_today: int, status: str) -> Due:
+        return Due.model_validate(
+            {
+                "id": "due_1042",
+                "user_id": reader.id,
+                "amount_cents": 125_000_00,
+                "currency": "INR",
+                "due_date": day + timedelta(days=days_from_today),
+                "status": status,
+                "description": "Annual membership fee",
+                "user": reader,
+            }
+        )
+
+    def instant(days_ago: int) -> str:
+        return format_instant(business_day.start_of(day - timedelta(days=days_ago)) + timedelta(hours=9))
+
+    inactive = InactiveUser(
+        id="usr_9", email=reader.email, full_name=reader.full_name, status="active",
+        last_login_at=instant(95), created_at=instant(900),
+    )  # fmt: skip
+    verification = Verification(
+        id="ver_77", employee_id="emp_77", email="jonas.weber@example.com", full_name="Jonas Weber",
+        status="pending", requested_at=instant(7),
+    )  # fmt: skip
+    reminder = payment_reminder(due(3, "pending"), day, PaymentReminderPolicy())
+    notice = overdue_notice(due(-7, "overdue"), day, OverduePolicy())
+    assert reminder is not None and notice is not None  # 3 days ahead and 7 late are default offsets
+    samples = [
+        reminder,
+        notice,
+        inactivity_warning(inactive, business_day, InactivityPolicy()),
+        account_deactivated(inactive, business_day),
+        verification_result(verification, Decision("verified", "a successful attempt"), business_day),
+        verification_reminder(verification, Reminder(7), business_day, VerificationPolicy()),
+        Notification(
+            key="ops_alert:sample-run",
+            kind=NotificationKind.OPS_ALERT,
+            user_id=None,
+            email="ops@example.com",
+            name=None,
+            context={
+                "headline": "run failed",
+                "summary": "Run sample-run of send_payment_reminders failed.",
+                "job_name": "send_payment_reminders",
+                "partition_key": day.isoformat(),
+                "run_id": "sample-run",
+                "run_url": "http://localhost:3000/runs/sample-run",
+                "error": "mongo-service: POST /v1/notifications/claims status=503: service unavailable",
+            },
+        ),
+    ]
+    return {NotificationKind(notification.kind): notification for notification in samples}
