@@ -128,9 +128,23 @@ def main() -> None:
                     ]
                 },
             ).json()["results"]
+            owned = [item for item, result in zip(batch, claims, strict=True) if result["outcome"] == "claimed"]
+            # Preferences (v1.1), as the project looks them up: one request for the batch's users.
+            preferences = (
+                http.post(
+                    f"{args.mongo_url}/v1/notification-preferences/lookup",
+                    headers=headers("mongo-service"),
+                    json={
+                        "items": [{"user_id": user_id} for user_id in sorted({due["user_id"] for due, _, _ in owned})]
+                    },
+                ).json()["results"]
+                if owned
+                else []
+            )
+            opted_out = {p["user_id"] for p in preferences if "payment_reminder" in p["opted_out"]}
             messages = []
-            for (due, days_before, key), result in zip(batch, claims, strict=True):
-                if result["outcome"] == "claimed":
+            for due, days_before, key in owned:
+                if due["user_id"] not in opted_out:
                     message_id = make_msgid(domain="example.com")
                     data = build_message(due, days_before, key, message_id)
                     messages.append((key, due["user"]["email"], data, message_id))

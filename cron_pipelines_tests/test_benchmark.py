@@ -25,12 +25,13 @@ def test_benchmark_runs_both_sides_end_to_end_and_counts_correctly() -> None:
     for side in (project, baseline):
         assert side["emails_received"] == 2000 and side["duplicate_emails"] == 0
         assert side["seconds"] > 0 and side["peak_rss_mb"] > 0
-    # Two pages of 1,000 and batches: no per-record requests. Both claim 100 at a time
+    # Two pages of 1,000 and batches: no per-record requests. Both claim (and look preferences up) 100 at a time
     # (DELIVERY_BATCH_SIZE); the project also records every second when a batch is slow.
     for side in (project, baseline):
         requests = side["http_requests"]
         assert requests["sql-service GET /v1/dues"] == 2
         assert requests["mongo-service POST /v1/notifications/claims"] == 20
+        assert requests["mongo-service POST /v1/notification-preferences/lookup"] == 20  # one per batch
         assert 20 <= requests["mongo-service POST /v1/notifications/outcomes"] <= 20 + side["seconds"]
     assert project["connections"] == baseline["connections"] == 4
     assert 40 < project["peak_rss_mb"] < 400 and 20 < baseline["peak_rss_mb"] < project["peak_rss_mb"]
