@@ -96,7 +96,8 @@ def _environment(pid: int) -> dict[str, str]:
 def test_the_ui_is_private_the_proxy_authenticates_and_auditors_cannot_act(stack: Stack, tls: TlsFiles) -> None:
     for url in (stack.url, stack.readonly_url):
         wait_until(lambda url=url: httpx.get(f"{url}/server_info", timeout=2).status_code == 200, 120, url)
-    wait_until(lambda: "send_payment_reminders" in str(graphql(stack.readonly_url, JOB_NAMES)), 120, "the location")
+    for url in (stack.url, stack.readonly_url):  # each webserver loads the code location on its own
+        wait_until(lambda url=url: "send_payment_reminders" in str(graphql(url, JOB_NAMES)), 120, f"{url}'s location")
 
     # Loopback only: 127.0.0.1 in /proc/net/tcp's little-endian hex.
     for port in (stack.port, stack.readonly_port):
