@@ -38,9 +38,17 @@ class Notification:
     user_id: str | None
     email: str | None
     name: str | None
+    # What the template shows: typed values (dates, amounts in minor units), formatted
+    # for the reader's `locale` when the email is composed.
     context: Mapping[str, Any] = field(default_factory=dict)
     # Why it is sent (ids, dates, offsets): stored with the ledger record for auditors.
     metadata: Mapping[str, Any] = field(default_factory=dict)
     # Set when the source record is unusable: the notification is claimed and recorded
     # `skipped` with this reason, and never composed or sent.
     skip_reason: str | None = None
+    # The reader's language (Babel identifier, e.g. `de_DE`); None: `en`.
+    locale: str | None = None
+
+
+# Kinds a user may take as one email per run listing all of that day's notifications.
+DIGEST_KINDS = frozenset({NotificationKind.PAYMENT_REMINDER, NotificationKind.OVERDUE_NOTICE})

@@ -12,6 +12,8 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
 
+from cron_pipelines.models.reader import LocaleTag, TimezoneName
+
 # Caps on what the services send (docs/services.md, "Limits"). A record over a cap fails
 # validation: it is recorded `skipped` with the reason (or counted invalid when not even
 # its key can be formed), so one absurd value never reaches an email or blocks a batch.
@@ -118,6 +120,8 @@ class DueUser(ServiceModel):
     # a recorded skip of that notification rather than an unreadable record.
     email: EmailText | None = None
     full_name: NameText | None = None
+    locale: LocaleTag = None
+    timezone: TimezoneName = None
 
 
 class Due(ServiceModel):
@@ -158,6 +162,8 @@ class Verification(ServiceModel):
     full_name: NameText | None = None
     status: VerificationStatus
     requested_at: InstantStr
+    locale: LocaleTag = None
+    timezone: TimezoneName = None
 
     @property
     def requested_at_dt(self) -> datetime:
@@ -195,6 +201,8 @@ class InactiveUser(ServiceModel):
     status: UserStatus
     last_login_at: InstantStr | None = None
     created_at: InstantStr
+    locale: LocaleTag = None
+    timezone: TimezoneName = None
 
     @property
     def last_active_at(self) -> str:

@@ -16,25 +16,26 @@ import email.message
 import email.policy
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from email.header import Header
 from email.utils import formataddr, formatdate, make_msgid, parseaddr, quote
 from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
-from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from jinja2 import Environment, PackageLoader, StrictUndefined, Template, select_autoescape
 
 from cron_pipelines.log_format import mask_emails
 from cron_pipelines.models.notification import Notification, NotificationKind, is_optional
 from cron_pipelines.models.payloads import MAX_NAME_CHARACTERS
+from cron_pipelines.notifications.formatting import DEFAULT_LOCALE, JINJA_FILTERS
 from cron_pipelines.notifications.unsubscribe import UnsubscribeLinks
 from cron_pipelines.safe_text import without_bidi_controls
 
 
 @dataclass(frozen=True)
 class OutgoingMessage:
-    key: str
+    key: str  # the (first) notification it carries
     kind: str
     sender: str
     recipient: str
@@ -131,9 +132,9 @@ def preview_text(message: OutgoingMessage) -> str:
     body = parsed.get_body(("plain",))
     text = body.get_content() if isinstance(body, email.message.EmailMessage) else ""
     headers = "\n".join(
-        f"{name}: {mask_emails(str(parsed[name]))}"
+        f"{name}: {mask_emails(str(value))}"
         for name in ("From", "To", "Subject", "Date", "X-Notification-Id", "List-Unsubscribe")
-        if parsed[name] is not None
+        for value in parsed.get_all(name, [])
     )
     return f"{headers}\n\n{mask_emails(text)}"
 
@@ -145,7 +146,11 @@ def as_markdown_block(text: str) -> str:
 
 
 class MessageComposer:
-    """Renders notifications into complete MIME messages from the Jinja2 templates."""
+    """Renders notifications into complete MIME messages from the Jinja2 templates, in the reader's language.
+
+    Templates live under `templates/<language>/<kind>/`; a reader's locale picks the most
+    specific one there is (`de_DE` → `de` → `en`), and Babel formats their figures.
+    """
 
     def __init__(self, mail_from: str, unsubscribe: UnsubscribeLinks | None = None) -> None:
         self._unsubscribe = unsubscribe
@@ -160,41 +165,67 @@ class MessageComposer:
             keep_trailing_newline=True,
             auto_reload=False,
         )
+        self._templates.filters.update(JINJA_FILTERS)
+        # (locale, kind, part) → template: the fallback is resolved once per locale, not per message.
+        self._resolved: dict[tuple[str, str, str], Template] = {}
 
     def new_message_id(self) -> str:
         """A fresh Message-ID, planned before the claim so the ledger holds it even if the run dies."""
         return make_msgid(domain=self._msgid_domain)
 
     def compose(self, notification: Notification, message_id: str | None = None) -> OutgoingMessage:
-        if not _KEY_PATTERN.fullmatch(notification.key):
-            raise UnsendableNotification("idempotency key is not printable ASCII without spaces")
-        recipient = check_recipient(notification.email, notification.name)
+        context = {**_reader_values(notification.context), "notification_id": notification.key}
+        return self._compose([notification], context, "", message_id)
+
+    def compose_digest(self, notifications: Sequence[Notification], message_id: str | None = None) -> OutgoingMessage:
+        """One email listing `notifications` (one user, one kind), in due-date order, with a total per currency.
+
+        It carries one `X-Notification-Id` header per notification (docs/services.md, "Recipients").
+        """
+        ordered = sorted(notifications, key=lambda notification: (notification.context["due_date"], notification.key))
+        items = [
+            {**_reader_values(notification.context), "notification_id": notification.key} for notification in ordered
+        ]
+        totals: dict[str, int] = {}
+        for item in items:
+            totals[item["currency"]] = totals.get(item["currency"], 0) + item["amount_cents"]
+        context = {
+            "items": items,
+            "totals": [{"currency": currency, "amount_cents": totals[currency]} for currency in sorted(totals)],
+        }
+        return self._compose(ordered, context, "digest_", message_id)
+
+    def _compose(
+        self,
+        notifications: Sequence[Notification],
+        values: Mapping[str, Any],
+        template_prefix: str,
+        message_id: str | None,
+    ) -> OutgoingMessage:
+        first = notifications[0]
+        for notification in notifications:
+            if not _KEY_PATTERN.fullmatch(notification.key):
+                raise UnsendableNotification("idempotency key is not printable ASCII without spaces")
+        recipient = check_recipient(first.email, first.name)
         unsubscribe_url = (
-            self._unsubscribe.url(notification.user_id, notification.kind)
-            if self._unsubscribe is not None and notification.user_id is not None and is_optional(notification.kind)
+            self._unsubscribe.url(first.user_id, first.kind)
+            if self._unsubscribe is not None and first.user_id is not None and is_optional(first.kind)
             else None
         )
-        context = {
-            **{
-                name: without_bidi_controls(value) if isinstance(value, str) else value
-                for name, value in notification.context.items()
-            },
-            "name": recipient.name or "there",
-            "notification_id": notification.key,
-            "unsubscribe_url": unsubscribe_url,
-        }
-        kind = NotificationKind(notification.kind)
+        locale = first.locale or DEFAULT_LOCALE
+        context = {**values, "name": recipient.name, "unsubscribe_url": unsubscribe_url, "locale": locale}
+        kind = NotificationKind(first.kind)
         # Data can end up in the subject: collapse every run of whitespace/control characters.
-        subject = " ".join(self._render(kind, "subject.txt", context).split())[:MAX_SUBJECT_CHARACTERS]
+        subject = " ".join(self._render(locale, kind, f"{template_prefix}subject.txt", context).split())
         message_id = message_id or self.new_message_id()
         headers = [
             ("From", self._from_header),
             ("To", _address_header(recipient)),
-            ("Subject", _header_text(subject)),
+            ("Subject", _header_text(subject[:MAX_SUBJECT_CHARACTERS])),
             ("Date", formatdate(usegmt=True)),
             ("Message-ID", message_id),
             ("X-Notification-Kind", kind.value),
-            ("X-Notification-Id", notification.key),
+            *(("X-Notification-Id", notification.key) for notification in notifications),
         ]
         if unsubscribe_url is not None:
             # RFC 8058: the URL takes a POST with this body and unsubscribes at once.
@@ -202,12 +233,12 @@ class MessageComposer:
             headers.append(("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"))
         data = serialize_message(
             headers,
-            self._render(kind, "body.txt", context),
-            self._render(kind, "body.html", context),
+            self._render(locale, kind, f"{template_prefix}body.txt", context),
+            self._render(locale, kind, f"{template_prefix}body.html", context),
             smtputf8=recipient.smtputf8,
         )
         return OutgoingMessage(
-            key=notification.key,
+            key=first.key,
             kind=kind.value,
             sender=self.sender,
             recipient=recipient.address,
@@ -216,5 +247,17 @@ class MessageComposer:
             smtputf8=recipient.smtputf8,
         )
 
-    def _render(self, kind: NotificationKind, part: str, context: Mapping[str, Any]) -> str:
-        return self._templates.get_template(f"{kind.value}/{part}").render(context)
+    def _render(self, locale: str, kind: NotificationKind, part: str, context: Mapping[str, Any]) -> str:
+        template = self._resolved.get((locale, kind.value, part))
+        if template is None:
+            language = locale.partition("_")[0]
+            template = self._templates.select_template(
+                [f"{name}/{kind.value}/{part}" for name in dict.fromkeys((locale, language, DEFAULT_LOCALE))]
+            )
+            self._resolved[(locale, kind.value, part)] = template
+        return template.render(context)
+
+
+def _reader_values(context: Mapping[str, Any]) -> dict[str, Any]:
+    # Bidirectional overrides in service text could make a line read as something else.
+    return {name: without_bidi_controls(value) if isinstance(value, str) else value for name, value in context.items()}

@@ -13,6 +13,13 @@ Nothing twice, whatever the source sends: a key repeated inside a batch is sent 
 `duplicate` is owned only when this very claim request was retried after its answer
 was lost, or it carries the token of an earlier attempt's unanswered claim.
 
+Preferences (docs/services.md, "Recipients"): before a batch is claimed, one lookup
+asks for the preferences of its optional notifications' users. An opted-out one is
+claimed and recorded `skipped` (`opted_out`). One whose user reads digests is not
+claimed yet: it waits in a `DigestSpill` until the stream is done, then each reader's
+waiting notifications of a kind are claimed together and, what is owned of them, sent
+as one email whose Message-ID every one of them is recorded with.
+
 Nothing lost silently: a refused message is `failed` (4xx, retried by later runs up
 to `max_attempts`) or `skipped` (a 5xx bounce: never again). When the run stops, by
 an interrupt or an error, sending stops at once, and every claimed notification is
@@ -40,7 +47,7 @@ from pydantic import ValidationError
 
 from cron_pipelines.clients.http import chunked
 from cron_pipelines.clients.mongo_service import MongoServiceClient
-from cron_pipelines.models.notification import Notification, is_optional
+from cron_pipelines.models.notification import DIGEST_KINDS, Notification, is_optional
 from cron_pipelines.models.payloads import (
     CLAIM_TOKEN,
     PLANNED_MESSAGE_ID,
@@ -57,13 +64,16 @@ from cron_pipelines.notifications.composition import (
     as_markdown_block,
     preview_text,
 )
+from cron_pipelines.notifications.digests import MAX_DIGEST_ITEMS, DigestSpill
 from cron_pipelines.notifications.transports import MailServerUnavailable, MailTransport, SendResult
 from cron_pipelines.safe_text import printable
 
 logger = logging.getLogger("cron_pipelines.notifications")
 
 # The counts every notification asset reports (README, "Auditing"): claim outcomes, then ledger statuses.
-COUNTS = ("claimed", "duplicate", "sent", "failed", "skipped", "opted_out", "invalid", "repeated_in_source")
+COUNTS = (
+    "claimed", "duplicate", "sent", "failed", "skipped", "opted_out", "invalid", "repeated_in_source", "digest_emails",
+)  # fmt: skip
 # Markdown of one email the run sent, as its reader saw it (addresses masked).
 SAMPLE_EMAIL = "sample_email"
 # The skip reason of an optional notification whose user opted out of its kind.
@@ -167,7 +177,9 @@ class _Batch:
     pending_claims: dict[str, str] = field(default_factory=dict)  # key → token, answer not processed yet
     owned: list[tuple[Notification, ClaimResult]] = field(default_factory=list)
     claim_results: dict[str, ClaimResult] = field(default_factory=dict)
-    messages: list[tuple[Notification, OutgoingMessage]] = field(default_factory=list)
+    # Each email with the notifications it carries (several for a digest).
+    messages: list[tuple[tuple[Notification, ...], OutgoingMessage]] = field(default_factory=list)
+    digest_of: dict[str, int] = field(default_factory=dict)  # key → its digest in this batch
     # Outcomes in the order they became known. The sender thread appends the sending's own;
     # the main thread only reads, and records them from `recorded` on.
     outcomes: list[NotificationOutcome] = field(default_factory=list)
@@ -245,6 +257,8 @@ class NotificationPipeline:
         self._stopped_sending = 0
         # The first message sent, shown (masked) with the run's metadata.
         self.sample_message: OutgoingMessage | None = None
+        # Digest notifications waiting for the end of the stream (opened at the first one).
+        self._spill: DigestSpill | None = None
 
     # -- public ----------------------------------------------------------------------
 
@@ -279,7 +293,7 @@ class NotificationPipeline:
         prepared: _Batch | None = None
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="notification-send") as sender:
             try:
-                for chunk in chunked(items, self._batch_size):
+                for chunk in self._chunks(items):
                     prepared = _Batch()
                     self._claim_and_compose(chunk, gate, prepared)
                     if claims is not None:
@@ -305,9 +319,41 @@ class NotificationPipeline:
                     interrupted = not isinstance(exc, Exception)
                     because = "the run was stopped" if interrupted else printable(f"{type(exc).__name__}: {exc}", 300)
                     self._stop([recording, sending, prepared], interrupted=interrupted, because=because)
+                    if self._spill is not None and self._spill.size:
+                        self._log.warning(
+                            "%d digest notification(s) were waiting for their digest and were never claimed: "
+                            "none of them was sent, and a later run sends them",
+                            self._spill.size,
+                        )
                 raise
+            finally:
+                self._close_spill()
         if self._unavailable:
             raise self._server_unavailable()
+
+    def _chunks(
+        self, items: Iterable[Notification | InvalidRecord]
+    ) -> Iterator[Sequence[Notification | InvalidRecord | tuple[Notification, ...]]]:
+        """The stream in batches, then the digests that waited for it, packed to at most `batch_size` keys."""
+        yield from chunked(items, self._batch_size)
+        if self._spill is None:
+            return
+        chunk: list[tuple[Notification, ...]] = []
+        keys = 0
+        for digest in self._spill.digests(min(MAX_DIGEST_ITEMS, self._batch_size)):
+            if keys + len(digest) > self._batch_size:
+                yield chunk
+                chunk, keys = [], 0
+            chunk.append(digest)
+            keys += len(digest)
+        if chunk:
+            yield chunk
+
+    def _close_spill(self) -> None:
+        if self._spill is None:
+            return
+        spill, self._spill = self._spill, None
+        spill.close()
 
     def release_inherited(self) -> None:
         """Settle the unanswered claims of an earlier attempt that this attempt did not meet again.
@@ -384,47 +430,107 @@ class NotificationPipeline:
     # -- a batch's life: claim and compose, start (send), finish (record) -----------------
 
     def _claim_and_compose(
-        self, items: Sequence[Notification | InvalidRecord], gate: Gate | None, batch: _Batch
+        self,
+        items: Sequence[Notification | InvalidRecord | tuple[Notification, ...]],
+        gate: Gate | None,
+        batch: _Batch,
     ) -> None:
-        claimable = self._claimable(items)
+        claimable = self._claimable(items, batch)
+        claimable, opted_out = self._apply_preferences(claimable, batch)
         if not claimable:
             return
         self._claim(claimable, batch)
         # If the gate's service write fails, nothing of this batch is sent: its claims are recorded
         # `failed` as the step stops, and a retry or later run claims them and writes again.
-        reasons = self._skip_reasons(batch.owned, gate)
+        reasons = self._skip_reasons(batch.owned, gate, opted_out)
+        digests: dict[int, list[tuple[Notification, ClaimResult]]] = {}
         for (notification, claim), reason in zip(batch.owned, reasons, strict=True):
-            self._compose(notification, claim, reason, batch)
+            if reason is not None:
+                self._skip(notification, reason, batch)
+            elif (digest := batch.digest_of.get(notification.key)) is not None:
+                digests.setdefault(digest, []).append((notification, claim))
+            else:
+                self._compose([(notification, claim)], batch, digest=False)
+        for owed in digests.values():  # a digest lists only what this run owns and owes
+            self._compose(owed, batch, digest=True)
 
-    def _claimable(self, items: Sequence[Notification | InvalidRecord]) -> list[tuple[Notification, NotificationClaim]]:
-        """The batch's notifications with their claims, each key once; the rest counted."""
+    def _claimable(
+        self, items: Sequence[Notification | InvalidRecord | tuple[Notification, ...]], batch: _Batch
+    ) -> list[tuple[Notification, NotificationClaim]]:
+        """The batch's notifications with their claims, each key once; the rest counted.
+
+        Every email gets a Message-ID planned now; a digest's notifications share theirs.
+        """
         seen: set[str] = set()
         claimable = []
-        for item in items:
+        for index, item in enumerate(items):
             if isinstance(item, InvalidRecord):
                 self.stats.count_invalid(item)
                 continue
-            if item.key in seen:
-                self.stats.count("repeated_in_source", item.kind, item.key)
-                continue
-            seen.add(item.key)
-            try:
-                claim = NotificationClaim(
-                    idempotency_key=item.key,
-                    kind=item.kind,
-                    user_id=item.user_id,
-                    recipient=item.email,
-                    run_id=self._run.run_id,
-                    job_name=self._run.job_name,
-                    partition_key=self._run.partition_key,
-                    metadata={**item.metadata, PLANNED_MESSAGE_ID: self._composer.new_message_id()},
-                )
-            except ValidationError as exc:
-                # Not even a ledger record can be made of it (e.g. an absurd id in the key).
-                self.stats.count_invalid(InvalidRecord(printable(item.key, 80), describe_validation_error(exc), None))
-                continue
-            claimable.append((item, claim))
+            planned_message_id = self._composer.new_message_id()
+            for notification in item if isinstance(item, tuple) else (item,):
+                if notification.key in seen:
+                    self.stats.count("repeated_in_source", notification.kind, notification.key)
+                    continue
+                seen.add(notification.key)
+                try:
+                    claim = NotificationClaim(
+                        idempotency_key=notification.key,
+                        kind=notification.kind,
+                        user_id=notification.user_id,
+                        recipient=notification.email,
+                        run_id=self._run.run_id,
+                        job_name=self._run.job_name,
+                        partition_key=self._run.partition_key,
+                        metadata={**notification.metadata, PLANNED_MESSAGE_ID: planned_message_id},
+                    )
+                except ValidationError as exc:
+                    # Not even a ledger record can be made of it (e.g. an absurd id in the key).
+                    self.stats.count_invalid(
+                        InvalidRecord(printable(notification.key, 80), describe_validation_error(exc), None)
+                    )
+                    continue
+                if isinstance(item, tuple):
+                    batch.digest_of[notification.key] = index
+                claimable.append((notification, claim))
         return claimable
+
+    def _apply_preferences(
+        self, claimable: list[tuple[Notification, NotificationClaim]], batch: _Batch
+    ) -> tuple[list[tuple[Notification, NotificationClaim]], set[str]]:
+        """One lookup for the users of the batch's optional notifications (≤ 500, never for mandatory
+        kinds): the keys to record `opted_out`, and the claimable rest once digest ones are set aside."""
+        asked = [
+            notification
+            for notification, _ in claimable
+            if notification.user_id is not None
+            and notification.skip_reason is None
+            and is_optional(notification.kind)
+            and notification.key not in batch.digest_of  # read back from the spill: already decided
+        ]
+        if not asked:
+            return claimable, set()
+        preferences = self._ledger.lookup_preferences(sorted({str(notification.user_id) for notification in asked}))
+        opted_out: set[str] = set()
+        waiting: list[Notification] = []
+        for notification in asked:
+            preference = preferences.get(str(notification.user_id))
+            if preference is None:
+                continue
+            if notification.kind in preference.opted_out:
+                opted_out.add(notification.key)
+            elif preference.digest and notification.kind in DIGEST_KINDS:
+                waiting.append(notification)
+        if not waiting:
+            return claimable, opted_out
+        if self._spill is None:
+            self._spill = DigestSpill()
+        for repeated in self._spill.add(waiting):
+            self.stats.count("repeated_in_source", repeated.kind, repeated.key)
+        waiting_keys = {notification.key for notification in waiting}
+        return [(notification, claim) for notification, claim in claimable if notification.key not in waiting_keys], (
+            opted_out
+        )
 
     def _claim(self, claimable: list[tuple[Notification, NotificationClaim]], batch: _Batch) -> None:
         # A token per batch, reused when the HTTP request is retried: a `duplicate` that
@@ -456,7 +562,9 @@ class NotificationPipeline:
         token = record.metadata.get(CLAIM_TOKEN)
         return token is not None and token in (retried_token, inherited_token)
 
-    def _skip_reasons(self, owned: Sequence[tuple[Notification, ClaimResult]], gate: Gate | None) -> list[str | None]:
+    def _skip_reasons(
+        self, owned: Sequence[tuple[Notification, ClaimResult]], gate: Gate | None, opted_out: set[str]
+    ) -> list[str | None]:
         reasons: list[str | None] = []
         for notification, claim in owned:
             if notification.skip_reason is not None:
@@ -466,9 +574,11 @@ class NotificationPipeline:
                     f"not sent: gave up after {claim.record.attempts - 1} failed attempts "
                     f"(MAIL_MAX_ATTEMPTS={self._max_attempts})"
                 )
+            elif notification.key in opted_out:
+                reasons.append(OPTED_OUT)
+                self.stats.count(OPTED_OUT, notification.kind, notification.key)
             else:
                 reasons.append(None)
-        self._skip_opted_out(owned, reasons)
         gated = [index for index, reason in enumerate(reasons) if reason is None]
         if gate is not None and gated:
             verdicts = gate([owned[index] for index in gated])
@@ -476,42 +586,31 @@ class NotificationPipeline:
                 reasons[index] = verdict
         return reasons
 
-    def _skip_opted_out(self, owned: Sequence[tuple[Notification, ClaimResult]], reasons: list[str | None]) -> None:
-        """Mark `opted_out` the optional notifications whose user opted out of their kind: one
-        lookup for the batch's users (≤ 500), never for mandatory kinds."""
-        asked = {
-            index: notification.user_id
-            for index, (notification, _) in enumerate(owned)
-            if reasons[index] is None and notification.user_id is not None and is_optional(notification.kind)
-        }
-        if not asked:
-            return
-        preferences = self._ledger.lookup_preferences(sorted(set(asked.values())))
-        for index, user_id in asked.items():
-            notification = owned[index][0]
-            preference = preferences.get(user_id)
-            if preference is not None and notification.kind in preference.opted_out:
-                reasons[index] = OPTED_OUT
-                self.stats.count(OPTED_OUT, notification.kind, notification.key)
+    def _skip(self, notification: Notification, reason: str, batch: _Batch) -> None:
+        batch.decide(self._outcome(notification, "skipped", error=reason))
+        self.stats.count_skip(notification.kind, notification.key, reason)
 
-    def _compose(self, notification: Notification, claim: ClaimResult, skip_reason: str | None, batch: _Batch) -> None:
-        if skip_reason is not None:
-            batch.decide(self._outcome(notification, "skipped", error=skip_reason))
-            self.stats.count_skip(notification.kind, notification.key, skip_reason)
-            return
-        planned = claim.record.metadata.get(PLANNED_MESSAGE_ID)
+    def _compose(self, owned: Sequence[tuple[Notification, ClaimResult]], batch: _Batch, *, digest: bool) -> None:
+        """The email for one notification, or the digest of several; a refusal decides every one of them."""
+        notifications = tuple(notification for notification, _ in owned)
+        planned = owned[0][1].record.metadata.get(PLANNED_MESSAGE_ID)
+        message_id = planned if isinstance(planned, str) else None
         try:
-            message = self._composer.compose(notification, planned if isinstance(planned, str) else None)
+            if digest:
+                message = self._composer.compose_digest(notifications, message_id)
+            else:
+                message = self._composer.compose(notifications[0], message_id)
         except UnsendableNotification as exc:
-            batch.decide(self._outcome(notification, "skipped", error=str(exc)))
-            self.stats.count_skip(notification.kind, notification.key, str(exc))
-        except Exception as exc:  # a template bug must not strand the claim: `failed`, tried again up to the cap
+            for notification in notifications:
+                self._skip(notification, str(exc), batch)
+        except Exception as exc:  # a template bug must not strand the claims: `failed`, tried again up to the cap
             error = printable(f"could not render: {type(exc).__name__}: {exc}", 500)
-            batch.decide(self._outcome(notification, "failed", error=error))
-            self.stats.count("failed", notification.kind, notification.key)
-            self._log.error("%s %s", notification.key, error)
+            for notification in notifications:
+                batch.decide(self._outcome(notification, "failed", error=error))
+                self.stats.count("failed", notification.kind, notification.key)
+            self._log.error("%s %s", notifications[0].key, error)
         else:
-            batch.messages.append((notification, message))
+            batch.messages.append((notifications, message))
 
     def _start(self, batch: _Batch, sender: ThreadPoolExecutor) -> None:
         """Hand the batch's messages to the transport in the background; it records each result on the batch."""
@@ -519,10 +618,13 @@ class NotificationPipeline:
 
         def send() -> None:
             try:
-                for (notification, message), result in zip(
+                for (notifications, message), result in zip(
                     batch.messages, self._transport.send_batch(messages), strict=True
                 ):
-                    batch.decide(self._outcome_of_sending(notification, message, result))
+                    if result.outcome == "sent" and len(notifications) > 1:
+                        self.stats.count("digest_emails", message.kind, message.key)
+                    for notification in notifications:
+                        batch.decide(self._outcome_of_sending(notification, message, result))
                     batch.sent_by_sender += 1
             finally:
                 batch.finished.set()

@@ -39,5 +39,9 @@ class BusinessDay:
     def local_date(self, instant: datetime) -> date:
         return instant.astimezone(self.timezone).date()
 
+    def readers_date(self, instant: datetime, timezone: str | None) -> date:
+        """The date of `instant` where the reader lives (their `timezone`, else the business one)."""
+        return instant.astimezone(ZoneInfo(timezone) if timezone else self.timezone).date()
+
     def plus_days(self, days: int) -> date:
         return self.day + timedelta(days=days)

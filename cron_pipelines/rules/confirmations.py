@@ -7,7 +7,7 @@ maintenance job reports it. After the write, this decides whether to send it.
 Once the write is done its subject leaves the service's lists (a deactivated user is
 no longer `active`, a decided verification no longer `pending`), so a confirmation
 whose send failed can only be found again in the ledger. Its record therefore carries
-everything needed to send it again: the name and the template context.
+everything needed to send it again: the name, the template context and the locale.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from dataclasses import replace
 
 from cron_pipelines.models.notification import Notification, NotificationKind
 from cron_pipelines.models.payloads import DELIVERY_METADATA, NotificationRecord
+from cron_pipelines.models.reader import known_locale
 
 # What the write of each confirmation kind is repeated from, besides the template context.
 WRITE_FIELDS = {
@@ -43,7 +44,12 @@ def resendable(notification: Notification) -> Notification:
     """The confirmation with its name and template context in the ledger metadata."""
     return replace(
         notification,
-        metadata={**notification.metadata, "name": notification.name, "context": dict(notification.context)},
+        metadata={
+            **notification.metadata,
+            "name": notification.name,
+            "context": dict(notification.context),
+            "locale": notification.locale,
+        },
     )
 
 
@@ -55,7 +61,7 @@ def confirmation_from_record(record: NotificationRecord) -> Notification:
     """
     kind = NotificationKind(record.kind)
     metadata = {name: value for name, value in record.metadata.items() if name not in DELIVERY_METADATA}
-    name, context = metadata.get("name"), metadata.get("context")
+    name, context, locale = metadata.get("name"), metadata.get("context"), metadata.get("locale")
     missing = [field for field in WRITE_FIELDS.get(kind, ()) if not isinstance(metadata.get(field), str)]
     if not isinstance(context, dict):
         missing.append("context")
@@ -70,4 +76,5 @@ def confirmation_from_record(record: NotificationRecord) -> Notification:
         context=context if isinstance(context, dict) else {},
         metadata=metadata,
         skip_reason=f"ledger record lacks {', '.join(missing)}: cannot resend" if missing else None,
+        locale=known_locale(locale) if isinstance(locale, str) else None,
     )

@@ -68,7 +68,6 @@ def deactivation_date(user: InactiveUser, business_day: BusinessDay, policy: Ina
 
 
 def inactivity_warning(user: InactiveUser, business_day: BusinessDay, policy: InactivityPolicy) -> Notification:
-    last_active_day = business_day.local_date(user.last_active_at_dt)
     deactivation_day = deactivation_date(user, business_day, policy)
     return Notification(
         key=inactivity_warning_key(user.id, user.last_active_at),
@@ -76,7 +75,12 @@ def inactivity_warning(user: InactiveUser, business_day: BusinessDay, policy: In
         user_id=user.id,
         email=user.email,
         name=user.full_name,
-        context={"last_active_date": last_active_day.isoformat(), "deactivation_date": deactivation_day.isoformat()},
+        context={
+            "last_active_date": business_day.readers_date(user.last_active_at_dt, user.timezone),
+            # The first instant the account may go, start(deactivation day), on the reader's calendar.
+            "deactivation_date": business_day.readers_date(business_day.start_of(deactivation_day), user.timezone),
+        },
+        locale=user.locale,
         metadata={
             "last_active_at": user.last_active_at,
             "never_logged_in": user.last_login_at is None,
@@ -159,7 +163,8 @@ def account_deactivated(user: InactiveUser, business_day: BusinessDay) -> Notifi
             user_id=user.id,
             email=user.email,
             name=user.full_name,
-            context={"last_active_date": business_day.local_date(user.last_active_at_dt).isoformat()},
+            context={"last_active_date": business_day.readers_date(user.last_active_at_dt, user.timezone)},
             metadata={"last_active_at": user.last_active_at},
+            locale=user.locale,
         )
     )

@@ -15,20 +15,6 @@ from cron_pipelines.models.notification import Notification, NotificationKind
 from cron_pipelines.models.payloads import Due, Id, usable_email, usable_id
 from cron_pipelines.models.records import InvalidRecord
 
-# ISO 4217 currencies without minor units; every other one is shown with two decimals.
-_ZERO_DECIMAL_CURRENCIES = frozenset(
-    {"BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG", "RWF", "UGX", "VND", "VUV", "XAF", "XOF", "XPF"}
-)
-
-
-def format_amount(amount_cents: int, currency: str) -> str:
-    """`INR 1,250.00` from 125000 and `INR`."""
-    if currency.upper() in _ZERO_DECIMAL_CURRENCIES:
-        return f"{currency.upper()} {amount_cents:,}"
-    sign = "-" if amount_cents < 0 else ""
-    whole, cents = divmod(abs(amount_cents), 100)
-    return f"{currency.upper()} {sign}{whole:,}.{cents:02d}"
-
 
 def _non_negative_days(days: list[int]) -> list[int]:
     if not days or any(value < 0 for value in days):
@@ -61,10 +47,12 @@ class OverduePolicy(BaseModel):
 
 
 def _due_context(due: Due) -> dict[str, Any]:
+    # Raw values: the composer formats them for the reader's locale (Babel).
     return {
-        "amount": format_amount(due.amount_cents, due.currency),
-        "description": due.description or "your dues",
-        "due_date": due.due_date.isoformat(),
+        "amount_cents": due.amount_cents,
+        "currency": due.currency,
+        "description": due.description,
+        "due_date": due.due_date,
     }
 
 
@@ -88,6 +76,7 @@ def payment_reminder(due: Due, day: date, policy: PaymentReminderPolicy) -> Noti
         name=due.user.full_name,
         context={**_due_context(due), "days_before": days_before},
         metadata={"due_id": due.id, "due_date": due.due_date.isoformat(), "days_before": days_before},
+        locale=due.user.locale,
     )
 
 
@@ -103,6 +92,7 @@ def overdue_notice(due: Due, day: date, policy: OverduePolicy) -> Notification |
         name=due.user.full_name,
         context={**_due_context(due), "days_past_due": days_past_due},
         metadata={"due_id": due.id, "due_date": due.due_date.isoformat(), "days_past_due": days_past_due},
+        locale=due.user.locale,
     )
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator
@@ -81,8 +81,8 @@ def assess_verification(
     return Reminder(days_since_request)
 
 
-def _requested_date(verification: Verification, business_day: BusinessDay) -> str:
-    return business_day.local_date(verification.requested_at_dt).isoformat()
+def _requested_date(verification: Verification, business_day: BusinessDay) -> date:
+    return business_day.readers_date(verification.requested_at_dt, verification.timezone)
 
 
 def verification_result(verification: Verification, decision: Decision, business_day: BusinessDay) -> Notification:
@@ -95,6 +95,7 @@ def verification_result(verification: Verification, decision: Decision, business
             name=verification.full_name,
             context={"status": decision.status, "requested_date": _requested_date(verification, business_day)},
             metadata={"verification_id": verification.id, "status": decision.status, "reason": decision.reason},
+            locale=verification.locale,
         )
     )
 
@@ -113,8 +114,10 @@ def verification_reminder(
         name=verification.full_name,
         context={
             "days_since_request": reminder.days_since_request,
-            "requested_date": requested.isoformat(),
-            "expiry_date": expiry.isoformat(),
+            "requested_date": _requested_date(verification, business_day),
+            # Expiry is start(expiry) in the business time zone, shown on the reader's calendar.
+            "expiry_date": business_day.readers_date(business_day.start_of(expiry), verification.timezone),
         },
         metadata={"verification_id": verification.id, "days_since_request": reminder.days_since_request},
+        locale=verification.locale,
     )

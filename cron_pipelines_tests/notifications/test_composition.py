@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email
+from datetime import date
 from email import policy
 
 import pytest
@@ -17,24 +18,29 @@ from cron_pipelines.notifications.composition import (
 
 KIND_CONTEXTS = {
     NotificationKind.PAYMENT_REMINDER: {
-        "amount": "INR 1,250.00",
+        "amount_cents": 125000,
+        "currency": "INR",
         "description": "Membership fee",
-        "due_date": "2026-12-05",
+        "due_date": date(2026, 12, 5),
         "days_before": 7,
     },
     NotificationKind.OVERDUE_NOTICE: {
-        "amount": "INR 1,250.00",
+        "amount_cents": 125000,
+        "currency": "INR",
         "description": "Membership fee",
-        "due_date": "2026-11-21",
+        "due_date": date(2026, 11, 21),
         "days_past_due": 7,
     },
-    NotificationKind.INACTIVITY_WARNING: {"last_active_date": "2026-10-29", "deactivation_date": "2027-01-27"},
-    NotificationKind.ACCOUNT_DEACTIVATED: {"last_active_date": "2026-08-30"},
-    NotificationKind.VERIFICATION_RESULT: {"status": "verified", "requested_date": "2026-11-20"},
+    NotificationKind.INACTIVITY_WARNING: {
+        "last_active_date": date(2026, 10, 29),
+        "deactivation_date": date(2027, 1, 27),
+    },
+    NotificationKind.ACCOUNT_DEACTIVATED: {"last_active_date": date(2026, 8, 30)},
+    NotificationKind.VERIFICATION_RESULT: {"status": "verified", "requested_date": date(2026, 11, 20)},
     NotificationKind.VERIFICATION_REMINDER: {
         "days_since_request": 3,
-        "requested_date": "2026-11-25",
-        "expiry_date": "2026-12-09",
+        "requested_date": date(2026, 11, 25),
+        "expiry_date": date(2026, 12, 9),
     },
     NotificationKind.OPS_ALERT: {
         "headline": "run failed",
@@ -104,10 +110,10 @@ def test_payment_reminder_wording_depends_on_days_before(composer: MessageCompos
     today = _parse(composer.compose(_notification(NotificationKind.PAYMENT_REMINDER, days_before=0)).data)
     week = _parse(composer.compose(_notification(NotificationKind.PAYMENT_REMINDER, days_before=7)).data)
     one = _parse(composer.compose(_notification(NotificationKind.PAYMENT_REMINDER, days_before=1)).data)
-    assert today["Subject"] == "Payment due today: INR 1,250.00"
-    assert week["Subject"] == "Payment due in 7 days: INR 1,250.00"
-    assert one["Subject"] == "Payment due in 1 day: INR 1,250.00"
-    assert "due today (2026-12-05)" in today.get_body(("plain",)).get_content()
+    assert today["Subject"] == "Payment due today, December 5, 2026: ₹1,250.00"
+    assert week["Subject"] == "Payment due in 7 days, December 5, 2026: ₹1,250.00"
+    assert one["Subject"] == "Payment due in 1 day, December 5, 2026: ₹1,250.00"
+    assert "is due today, December 5, 2026." in today.get_body(("plain",)).get_content()
 
 
 def test_html_part_escapes_data_and_text_part_keeps_it(composer: MessageComposer) -> None:
@@ -126,22 +132,20 @@ def test_html_part_escapes_data_and_text_part_keeps_it(composer: MessageComposer
 
 def test_non_ascii_names_and_subjects_are_encoded(composer: MessageComposer) -> None:
     outgoing = composer.compose(
-        _notification(NotificationKind.PAYMENT_REMINDER, name="Åsa Öberg, Jr.", amount="€ 12,00")
+        _notification(NotificationKind.PAYMENT_REMINDER, name="Åsa Öberg, Jr.", amount_cents=1200, currency="EUR")
     )
     assert outgoing.data.isascii()
     message = _parse(outgoing.data)
     assert message["To"].addresses[0].display_name == "Åsa Öberg, Jr."
-    assert message["Subject"] == "Payment due in 7 days: € 12,00"
+    assert message["Subject"] == "Payment due in 7 days, December 5, 2026: €12.00"
     assert "Hello Åsa Öberg, Jr.," in message.get_body(("plain",)).get_content()
 
 
 def test_data_in_subject_cannot_inject_headers(composer: MessageComposer) -> None:
-    outgoing = composer.compose(
-        _notification(NotificationKind.PAYMENT_REMINDER, amount="10\r\nBcc: victim@example.com")
-    )
+    outgoing = composer.compose(_notification(NotificationKind.OPS_ALERT, headline="failed\r\nBcc: victim@example.com"))
     message = _parse(outgoing.data)
     assert message["Bcc"] is None
-    assert message["Subject"] == "Payment due in 7 days: 10 Bcc: victim@example.com"
+    assert message["Subject"] == "[cron_pipelines] failed Bcc: victim@example.com: send_payment_reminders (2026-11-28)"
 
 
 @pytest.mark.parametrize(

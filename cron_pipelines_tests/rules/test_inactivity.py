@@ -208,7 +208,7 @@ def test_warning_notification_fields() -> None:
     assert notification.kind is NotificationKind.INACTIVITY_WARNING
     assert (notification.user_id, notification.email, notification.name) == ("usr_9", "a@example.com", "Asha Rao")
     assert notification.skip_reason is None
-    assert notification.context == {"last_active_date": "2026-08-01", "deactivation_date": "2026-12-05"}
+    assert notification.context == {"last_active_date": date(2026, 8, 1), "deactivation_date": date(2026, 12, 5)}
     assert notification.metadata["deactivation_date"] == "2026-12-05"
 
 
@@ -216,7 +216,7 @@ def test_warning_names_the_local_last_active_date() -> None:
     # 20:00Z on 2026-08-01 is 01:30 on 2026-08-02 in Kolkata.
     notification = inactivity_warning(make_user("2026-08-01T20:00:00Z"), business_day(zone="Asia/Kolkata"), POLICY)
 
-    assert notification.context["last_active_date"] == "2026-08-02"
+    assert notification.context["last_active_date"] == date(2026, 8, 2)
 
 
 def test_warnings_stream_warns_only_users_past_the_warn_cutoff() -> None:
@@ -425,12 +425,13 @@ def test_account_deactivated_key_and_content() -> None:
     assert notification.key == "account_deactivated:usr_9:2026-08-01T20:00:00+05:30"
     assert notification.kind is NotificationKind.ACCOUNT_DEACTIVATED
     assert (notification.user_id, notification.email, notification.name) == ("usr_9", "a@example.com", "Asha Rao")
-    assert notification.context == {"last_active_date": "2026-08-01"}
+    assert notification.context == {"last_active_date": date(2026, 8, 1)}
     # With what a later run needs to send it again from the ledger alone.
     assert notification.metadata == {
         "last_active_at": "2026-08-01T20:00:00+05:30",
         "name": "Asha Rao",
-        "context": {"last_active_date": "2026-08-01"},
+        "context": {"last_active_date": date(2026, 8, 1)},
+        "locale": None,
     }
 
 

@@ -14,7 +14,6 @@ from cron_pipelines.models.records import InvalidRecord
 from cron_pipelines.rules.payments import (
     OverduePolicy,
     PaymentReminderPolicy,
-    format_amount,
     must_mark_overdue,
     overdue_notice,
     overdue_notices,
@@ -196,32 +195,35 @@ def test_policy_refuses_empty_or_negative_offsets(days: list[int]) -> None:
 # --- payment reminders: what the email says ---------------------------------------------
 
 
-def test_reminder_context_carries_formatted_amount_description_and_date() -> None:
+def test_reminder_context_carries_the_raw_values_the_template_formats_for_the_reader() -> None:
     notification = payment_reminder(make_due(due_date=days_from_d(7)), D, DEFAULT_REMINDERS)
 
     assert notification is not None
     assert notification.context == {
-        "amount": "INR 1,250.00",
+        "amount_cents": 125000,
+        "currency": "INR",
         "description": "Membership fee",
-        "due_date": "2026-12-05",
+        "due_date": date(2026, 12, 5),
         "days_before": 7,
     }
+    assert notification.locale is None  # a v1.0 user: the composer writes `en`
 
 
-def test_reminder_context_for_a_zero_decimal_currency() -> None:
-    due = make_due(due_date=days_from_d(1), amount_cents=1500, currency="JPY")
+def test_reminder_carries_the_readers_locale() -> None:
+    due = Due.model_validate(
+        {**make_due(due_date=D).model_dump(), "user": {"id": "usr_9", "email": "a@example.com", "locale": "de-DE"}}
+    )
 
     notification = payment_reminder(due, D, DEFAULT_REMINDERS)
 
-    assert notification is not None
-    assert notification.context["amount"] == "JPY 1,500"
+    assert notification is not None and notification.locale == "de_DE"
 
 
-def test_reminder_without_description_names_the_dues_generically() -> None:
+def test_reminder_without_description_leaves_the_wording_to_the_template() -> None:
     notification = payment_reminder(make_due(due_date=D, description=None), D, DEFAULT_REMINDERS)
 
     assert notification is not None
-    assert notification.context["description"] == "your dues"
+    assert notification.context["description"] is None
 
 
 def test_reminder_keeps_a_missing_recipient_for_the_mailer_to_skip() -> None:
@@ -231,35 +233,6 @@ def test_reminder_keeps_a_missing_recipient_for_the_mailer_to_skip() -> None:
     assert (notification.email, notification.name, notification.skip_reason) == (None, None, None)
 
 
-@pytest.mark.parametrize(
-    ("amount_cents", "currency", "expected"),
-    [
-        (125000, "INR", "INR 1,250.00"),
-        (0, "EUR", "EUR 0.00"),
-        (5, "usd", "USD 0.05"),
-        (99, "USD", "USD 0.99"),
-        (100, "USD", "USD 1.00"),
-        (123456789, "EUR", "EUR 1,234,567.89"),
-        (-125050, "INR", "INR -1,250.50"),
-        (-5, "EUR", "EUR -0.05"),
-        (1500, "JPY", "JPY 1,500"),
-        (0, "JPY", "JPY 0"),
-        (150000000, "JPY", "JPY 150,000,000"),
-        (1500, "jpy", "JPY 1,500"),
-        (50000, "KRW", "KRW 50,000"),
-    ],
-)
-def test_format_amount(amount_cents: int, currency: str, expected: str) -> None:
-    assert format_amount(amount_cents, currency) == expected
-
-
-def test_format_amount_negative_zero_decimal_currency_keeps_sign_and_no_decimals() -> None:
-    text = format_amount(-1500, "JPY")
-
-    assert text.count("-") == 1
-    assert "1,500" in text
-    assert "." not in text
-    assert text.replace("-", "").split() == ["JPY", "1,500"]
 
 
 # --- payment reminders: malformed dues ----------------------------------------------------
@@ -402,9 +375,10 @@ def test_overdue_due_gets_a_notice_on_each_policy_offset(days_past_due: int, exp
     assert (notification.user_id, notification.email, notification.name) == ("usr_9", "a@example.com", "Asha Rao")
     assert notification.skip_reason is None
     assert notification.context == {
-        "amount": "INR 1,250.00",
+        "amount_cents": 125000,
+        "currency": "INR",
         "description": "Membership fee",
-        "due_date": days_from_d(-days_past_due).isoformat(),
+        "due_date": days_from_d(-days_past_due),
         "days_past_due": days_past_due,
     }
     assert notification.metadata == {

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from itertools import count
 
 import pytest
@@ -273,13 +273,14 @@ def test_result_notification_key_and_content(status: str) -> None:
     assert notification.key == f"verification_result:ver_7:{status}"
     assert notification.kind is NotificationKind.VERIFICATION_RESULT
     assert (notification.user_id, notification.email, notification.name) == ("emp_3", "e@example.com", "Emp Three")
-    assert notification.context == {"status": status, "requested_date": "2026-11-21"}
+    assert notification.context == {"status": status, "requested_date": date(2026, 11, 21)}
     assert notification.metadata == {
         "verification_id": "ver_7",
         "status": status,
         "reason": "because",
         "name": "Emp Three",
-        "context": {"status": status, "requested_date": "2026-11-21"},
+        "context": {"status": status, "requested_date": date(2026, 11, 21)},
+        "locale": None,
     }
     assert notification.skip_reason is None
 
@@ -293,8 +294,8 @@ def test_reminder_notification_key_and_content(days: int) -> None:
     assert (notification.user_id, notification.email, notification.name) == ("emp_3", "e@example.com", "Emp Three")
     assert notification.context == {
         "days_since_request": days,
-        "requested_date": "2026-11-21",
-        "expiry_date": "2026-12-06",
+        "requested_date": date(2026, 11, 21),
+        "expiry_date": date(2026, 12, 6),
     }
     assert notification.metadata == {"verification_id": "ver_7", "days_since_request": days}
 
@@ -303,8 +304,8 @@ def test_reminder_expiry_date_is_the_first_day_the_request_is_expired() -> None:
     verification = make_verification()  # requested 2026-11-21
     expiry = verification_reminder(verification, Reminder(7), business_day(), POLICY).context["expiry_date"]
 
-    assert expiry == "2026-12-06"
-    on_expiry = assess(verification, day=business_day(expiry))
+    assert expiry == date(2026, 12, 6)
+    on_expiry = assess(verification, day=business_day(expiry.isoformat()))
     assert isinstance(on_expiry, Decision) and on_expiry.status == "expired"
     assert assess(verification, day=business_day("2026-12-05")) is None
 
@@ -314,8 +315,8 @@ def test_reminder_dates_are_local_dates() -> None:
 
     notification = verification_reminder(verification, Reminder(7), business_day(zone="Asia/Kolkata"), POLICY)
 
-    assert notification.context["requested_date"] == "2026-11-21"
-    assert notification.context["expiry_date"] == "2026-12-06"
+    assert notification.context["requested_date"] == date(2026, 11, 21)
+    assert notification.context["expiry_date"] == date(2026, 12, 6)
 
 
 def test_reminder_expiry_follows_a_custom_expiry() -> None:
@@ -323,7 +324,7 @@ def test_reminder_expiry_follows_a_custom_expiry() -> None:
 
     notification = verification_reminder(make_verification(), Reminder(3), business_day(), policy)
 
-    assert notification.context["expiry_date"] == "2026-12-02"
+    assert notification.context["expiry_date"] == date(2026, 12, 2)
 
 
 # --- policy ------------------------------------------------------------------------------------------------
