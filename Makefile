@@ -37,9 +37,11 @@ N ?= 100000
 bench: install
 	$(BIN)/python -m benchmarks.run --size $(N)
 
-# Every kind of email rendered from sample data to ./preview (.eml and .html), for review.
+# Every kind of email, in every preview locale, and each digest, rendered from sample data to
+# ./preview (.eml and .html) for review.
 preview: install
-	$(BIN)/cron-pipelines preview all --out preview
+	$(BIN)/cron-pipelines preview all --locale all --out preview
+	$(BIN)/cron-pipelines preview all --locale all --digest --out preview
 
 # Rewrite docs/openapi/ from the stand-ins' FastAPI apps (a test fails while they differ).
 openapi: install

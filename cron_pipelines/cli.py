@@ -9,7 +9,8 @@ health [--json]                        instance, daemon, services, mail: exit 0 
 demo-services [--sql-port P] [--mongo-port P]
                                        serve the stand-in services for curl
 demo-seed [--reset]                    (re)fill the embedded demo data for today
-preview KIND|all [--out DIR]           render sample emails to .eml and .html, as the mailer would send them
+preview KIND|all [--locale L|all] [--digest] [--out DIR]
+                                       render sample emails to .eml and .html, as the mailer would send them
 """
 
 from __future__ import annotations
@@ -360,30 +361,52 @@ def command_demo_seed(settings: Settings, args: argparse.Namespace) -> int:
 # --- preview ---------------------------------------------------------------------------------
 
 
+# The locales `make preview` renders: each shipped language, and the demo's readers.
+PREVIEW_LOCALES = ("en", "en-IN", "de-DE")
+
+
 def command_preview(settings: Settings, args: argparse.Namespace) -> int:
     """Render sample notifications as the mailer would send them: one .eml and one .html each."""
-    from cron_pipelines.notifications.composition import MessageComposer, preview_text
-    from cron_pipelines.notifications.samples import sample_notifications
+    from cron_pipelines.models.notification import DIGEST_KINDS
+    from cron_pipelines.models.reader import known_locale
+    from cron_pipelines.notifications.composition import MessageComposer
+    from cron_pipelines.notifications.samples import sample_digest, sample_notifications
     from cron_pipelines.notifications.unsubscribe import UnsubscribeLinks, UnsubscribeTokens
 
+    locales = PREVIEW_LOCALES if args.locale == "all" else (args.locale,)
+    unknown = [locale for locale in locales if known_locale(locale) is None]
+    if unknown:
+        print(f"unknown locale: {unknown[0]} (a BCP 47 tag such as en-IN or de-DE)", file=sys.stderr)
+        return 2
+    kinds = list(NotificationKind) if args.kind == "all" else [NotificationKind(args.kind)]
+    if args.digest:
+        if args.kind != "all" and kinds[0] not in DIGEST_KINDS:
+            print(f"{args.kind} has no digest (only {', '.join(sorted(DIGEST_KINDS))})", file=sys.stderr)
+            return 2
+        kinds = [kind for kind in kinds if kind in DIGEST_KINDS]
     # Optional kinds show their unsubscribe header and footer, with the configured URL if any.
     links = UnsubscribeLinks(
         settings.unsubscribe_base_url or "https://unsubscribe.example.com/",
         UnsubscribeTokens(os.urandom(32).hex(), settings.internal_jwt_issuer),
     )
     composer = MessageComposer(settings.mail_from, links)
-    samples = sample_notifications(datetime.now(ZoneInfo(settings.cron_timezone)).date(), settings.cron_timezone)
-    kinds = [NotificationKind(args.kind)] if args.kind != "all" else list(samples)
+    day = datetime.now(ZoneInfo(settings.cron_timezone)).date()
     args.out.mkdir(parents=True, exist_ok=True)
-    for kind in kinds:
-        message = composer.compose(samples[kind])
-        (args.out / f"{kind.value}.eml").write_bytes(message.data)
-        parsed = email.message_from_bytes(message.data, policy=email.policy.default)
-        html = parsed.get_body(("html",))
-        assert isinstance(html, email.message.EmailMessage)  # the composer always writes both parts
-        (args.out / f"{kind.value}.html").write_text(html.get_content(), encoding="utf-8")
-        subject = preview_text(message).split("Subject: ", 1)[1].split("\n", 1)[0]
-        print(f"{kind.value:<22} {subject}  ({len(message.data):,} bytes) -> {args.out / kind.value}.eml/.html")
+    for locale in locales:
+        samples = sample_notifications(day, settings.cron_timezone, known_locale(locale))
+        for kind in kinds:
+            if args.digest:
+                message = composer.compose_digest(sample_digest(day, kind, known_locale(locale)))
+                name = f"{kind.value}.digest.{locale}"
+            else:
+                message = composer.compose(samples[kind])
+                name = f"{kind.value}.{locale}"
+            (args.out / f"{name}.eml").write_bytes(message.data)
+            parsed = email.message_from_bytes(message.data, policy=email.policy.default)
+            html = parsed.get_body(("html",))
+            assert isinstance(html, email.message.EmailMessage)  # the composer always writes both parts
+            (args.out / f"{name}.html").write_text(html.get_content(), encoding="utf-8")
+            print(f"{name:<34} {parsed['Subject']}  ({len(message.data):,} bytes) -> {args.out / name}.eml/.html")
     return 0
 
 
@@ -441,6 +464,10 @@ def _parser() -> argparse.ArgumentParser:
     preview = commands.add_parser("preview", help="render sample emails of a kind (or all) to .eml and .html")
     preview.add_argument("kind", choices=["all", *(kind.value for kind in NotificationKind)])
     preview.add_argument("--out", type=Path, default=Path("preview"), help="folder to write to (default ./preview)")
+    preview.add_argument(
+        "--locale", default="en", help=f"the reader's locale, BCP 47 (default en); all: {', '.join(PREVIEW_LOCALES)}"
+    )
+    preview.add_argument("--digest", action="store_true", help="the digest of three dues (payment kinds only)")
     preview.set_defaults(handler=command_preview)
 
     serve = commands.add_parser("demo-services", help="serve the stand-in services on loopback")

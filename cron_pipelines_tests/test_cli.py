@@ -138,15 +138,48 @@ def test_preview_renders_every_kind_to_messages_the_strict_parser_accepts(home: 
     result = _cli(home, "preview", "all", "--out", str(out))
     assert result.returncode == 0, result.stderr
     kinds = [kind.value for kind in NotificationKind]
-    assert sorted(path.name for path in out.iterdir()) == sorted(f"{k}.{ext}" for k in kinds for ext in ("eml", "html"))
+    assert sorted(path.name for path in out.iterdir()) == sorted(
+        f"{k}.en.{ext}" for k in kinds for ext in ("eml", "html")
+    )
     for kind in kinds:
-        message = email.message_from_bytes((out / f"{kind}.eml").read_bytes(), policy=email.policy.strict)
+        message = email.message_from_bytes((out / f"{kind}.en.eml").read_bytes(), policy=email.policy.strict)
         assert not message.defects and message["X-Notification-Kind"] == kind
         text = message.get_body(("plain",)).get_content()
         html = message.get_body(("html",)).get_content()
-        assert html == (out / f"{kind}.html").read_text(encoding="utf-8")
+        assert html == (out / f"{kind}.en.html").read_text(encoding="utf-8")
         assert "{{" not in text + html and "{%" not in text + html  # every placeholder rendered
-        assert f"{kind:<22} {message['Subject']}" in result.stdout
+        assert f"{kind + '.en':<34} {message['Subject']}" in result.stdout
         optional = kind not in ("account_deactivated", "verification_result", "ops_alert")
         assert (message["List-Unsubscribe"] is not None) is optional, kind
         assert ("Unsubscribe</a>" in html) is optional, kind
+
+
+def test_preview_of_a_german_digest(home: Path, tmp_path: Path) -> None:
+    out = tmp_path / "preview"
+    result = _cli(home, "preview", "payment_reminder", "--locale", "de-DE", "--digest", "--out", str(out))
+
+    assert result.returncode == 0, result.stderr
+    message = email.message_from_bytes(
+        (out / "payment_reminder.digest.de-DE.eml").read_bytes(), policy=email.policy.strict
+    )
+    assert not message.defects
+    assert len(message.get_all("X-Notification-Id")) == 3
+    assert str(message["Subject"]).startswith("Anstehende Zahlungen: 3, insgesamt ")
+    assert "\u00a0€" in str(message["Subject"])  # Babel's euro figures for de-DE
+    assert 'lang="de"' in (out / "payment_reminder.digest.de-DE.html").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    ("arguments", "complaint"),
+    [
+        (("payment_reminder", "--locale", "xx-QQ"), "unknown locale: xx-QQ"),
+        (("ops_alert", "--digest"), "ops_alert has no digest"),
+    ],
+)
+def test_preview_refuses_an_unknown_locale_and_a_digest_of_a_kind_without_one(
+    home: Path, tmp_path: Path, arguments: tuple[str, ...], complaint: str
+) -> None:
+    result = _cli(home, "preview", *arguments, "--out", str(tmp_path / "preview"))
+
+    assert result.returncode == 2 and complaint in result.stderr
+    assert not (tmp_path / "preview").exists()

@@ -139,7 +139,7 @@ class _Builder:
         self.users.append(row)
         return row
 
-    def due(self, due_id: str, user_id: str, *, due_in_days: int, status: str) -> None:
+    def due(self, due_id: str, user_id: str, *, due_in_days: int, status: str, **overrides: Any) -> None:
         self.dues.append(
             {
                 "id": due_id,
@@ -149,6 +149,7 @@ class _Builder:
                 "due_date": self.day(due_in_days),
                 "status": status,
                 "description": self.rng.choice(_DESCRIPTIONS),
+                **overrides,
             }
         )
 
@@ -368,6 +369,31 @@ def _ordinary_members(b: _Builder, count: int) -> None:
             )
 
 
+# Readers in other languages and time zones (v1.1): every fifth ordinary member has one.
+_READER_SETTINGS = (
+    {"locale": "en-IN", "timezone": "Asia/Kolkata"},
+    {"locale": "de-DE", "timezone": "Europe/Berlin"},
+    {"locale": "de-DE", "timezone": "America/Los_Angeles"},  # a German reader abroad
+    {"locale": "en-IN"},  # no time zone: CRON_TIMEZONE
+)
+
+
+def _reader_scenarios(b: _Builder) -> None:
+    """Named readers in `en-IN` and `de-DE` with dues in their currencies, and ordinary members
+    spread over the settings above; everyone else carries no locale, as from a v1.0 service."""
+    for suffix, due_in_days, currency, amount_cents, settings in (
+        ("en_in_in_3d", 3, "INR", 125_000_00, _READER_SETTINGS[0]),
+        ("de_de_in_7d", 7, "EUR", 1_250_00, _READER_SETTINGS[1]),
+    ):
+        reader = b.user(f"usr_{suffix}", last_login_days_ago=2, **settings)
+        b.due(f"due_{suffix}", reader["id"], due_in_days=due_in_days, status="pending",
+              currency=currency, amount_cents=amount_cents)  # fmt: skip
+    for user in b.users:
+        suffix = user["id"].removeprefix("usr_")
+        if suffix.isdigit() and int(suffix) % 5 == 1:
+            user.update(_READER_SETTINGS[int(suffix) // 5 % len(_READER_SETTINGS)])
+
+
 def _preference_scenarios(b: _Builder) -> None:
     """v1.1 preferences: a member opted out of payment reminders, one who reads them as a
     digest; and among ordinary members every tenth opted out (every twentieth of inactivity
@@ -407,6 +433,7 @@ def seed_demo_data(
     _verification_scenarios(builder)
     _ordinary_members(builder, users)
     _preference_scenarios(builder)
+    _reader_scenarios(builder)
     counts = {
         "users": store.add_users(builder.users),
         "dues": store.add_dues(builder.dues),

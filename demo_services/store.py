@@ -42,7 +42,9 @@ _SCHEMA: tuple[str, ...] = (
         id NOT NULL PRIMARY KEY, email, full_name, status, last_login_at, created_at,
         -- last_login_at, or created_at for a user who never logged in, normalised (see sortable_instant)
         last_active_utc,
-        deactivated_at, deactivation_reason) WITHOUT ROWID""",
+        deactivated_at, deactivation_reason,
+        locale, timezone -- v1.1, optional: NULL is left out of the answers
+        ) WITHOUT ROWID""",
     "CREATE INDEX IF NOT EXISTS users_by_status_activity ON users (status, last_active_utc, id)",
     """CREATE TABLE IF NOT EXISTS dues (
         id NOT NULL PRIMARY KEY, user_id, amount_cents, currency, due_date, status, description) WITHOUT ROWID""",
@@ -50,7 +52,8 @@ _SCHEMA: tuple[str, ...] = (
     "CREATE INDEX IF NOT EXISTS dues_by_status_date ON dues (status, due_date, id)",
     """CREATE TABLE IF NOT EXISTS verifications (
         id NOT NULL PRIMARY KEY, employee_id, email, full_name, status, requested_at,
-        requested_at_utc, decision_reason, decided_at) WITHOUT ROWID""",
+        requested_at_utc, decision_reason, decided_at,
+        locale, timezone) WITHOUT ROWID""",
     "CREATE INDEX IF NOT EXISTS verifications_by_request ON verifications (requested_at_utc, id)",
     "CREATE INDEX IF NOT EXISTS verifications_by_status_request ON verifications (status, requested_at_utc, id)",
     """CREATE TABLE IF NOT EXISTS verification_attempts (
@@ -86,6 +89,8 @@ _INSERTABLE: dict[str, tuple[str, ...]] = {
         "created_at",
         "deactivated_at",
         "deactivation_reason",
+        "locale",
+        "timezone",
     ),
     "dues": ("id", "user_id", "amount_cents", "currency", "due_date", "status", "description"),
     "verifications": (
@@ -97,6 +102,8 @@ _INSERTABLE: dict[str, tuple[str, ...]] = {
         "requested_at",
         "decision_reason",
         "decided_at",
+        "locale",
+        "timezone",
     ),
     "verification_attempts": ("id", "verification_id", "employee_id", "outcome", "method", "attempted_at"),
     "notifications": (
@@ -178,8 +185,22 @@ def _record(row: Row) -> dict[str, Any]:
     return record
 
 
+def _without_absent_reader_fields(item: dict[str, Any]) -> dict[str, Any]:
+    """A v1.1 `locale`/`timezone` left out where the record has none, as a v1.0 service answers."""
+    for name in _READER_FIELDS:
+        if item.get(name) is None:
+            item.pop(name, None)
+    return item
+
+
 def _due_item(row: Row) -> dict[str, Any]:
-    user = None if row[7] is None else {"id": row[7], "email": row[8], "full_name": row[9]}
+    user = (
+        None
+        if row[7] is None
+        else _without_absent_reader_fields(
+            {"id": row[7], "email": row[8], "full_name": row[9], "locale": row[10], "timezone": row[11]}
+        )
+    )
     return {
         "id": row[0],
         "user_id": row[1],
@@ -193,11 +214,12 @@ def _due_item(row: Row) -> dict[str, Any]:
 
 
 def _columns_item(names: Sequence[str]) -> Callable[[Row], dict[str, Any]]:
-    return lambda row: dict(zip(names, row, strict=True))
+    return lambda row: _without_absent_reader_fields(dict(zip(names, row, strict=True)))
 
 
-_USER_FIELDS = ("id", "email", "full_name", "status", "last_login_at", "created_at")
-_VERIFICATION_FIELDS = ("id", "employee_id", "email", "full_name", "status", "requested_at")
+_READER_FIELDS = ("locale", "timezone")
+_USER_FIELDS = ("id", "email", "full_name", "status", "last_login_at", "created_at", *_READER_FIELDS)
+_VERIFICATION_FIELDS = ("id", "employee_id", "email", "full_name", "status", "requested_at", *_READER_FIELDS)
 _ATTEMPT_FIELDS = ("id", "verification_id", "employee_id", "outcome", "method", "attempted_at")
 _user_item = _columns_item(_USER_FIELDS)
 _verification_item = _columns_item(_VERIFICATION_FIELDS)
@@ -228,6 +250,12 @@ class DemoStore:
         with self._connection(write=True) as conn:
             for statement in _SCHEMA:
                 conn.execute(statement)
+            # A file made before v1.1 gains the reader columns (empty: its users behave as v1.0).
+            for table in ("users", "verifications"):
+                present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+                for column in _READER_FIELDS:
+                    if column not in present:
+                        conn.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
 
     # -- connections -----------------------------------------------------------
 
@@ -426,7 +454,7 @@ class DemoStore:
             params.append(due_to.isoformat())
         return self._page(
             columns="d.id, d.user_id, d.amount_cents, d.currency, d.due_date, d.status, d.description, "
-            "u.id, u.email, u.full_name",
+            "u.id, u.email, u.full_name, u.locale, u.timezone",
             source="dues AS d LEFT JOIN users AS u ON u.id = d.user_id",
             sort=("d.due_date", "d.id"),
             where=where,

@@ -28,7 +28,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, Template, select
 from cron_pipelines.log_format import mask_emails
 from cron_pipelines.models.notification import Notification, NotificationKind, is_optional
 from cron_pipelines.models.payloads import MAX_NAME_CHARACTERS
-from cron_pipelines.notifications.formatting import DEFAULT_LOCALE, JINJA_FILTERS
+from cron_pipelines.notifications.formatting import DEFAULT_LOCALE, JINJA_FILTERS, TEMPLATE_LANGUAGES
 from cron_pipelines.notifications.unsubscribe import UnsubscribeLinks
 from cron_pipelines.safe_text import without_bidi_controls
 
@@ -59,6 +59,7 @@ class UnsendableNotification(ValueError):
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f\u2028\u2029\x85]")
 _KEY_PATTERN = re.compile(r"[\x21-\x7e]{1,900}")  # printable ASCII, no spaces: safe as a header value
 MAX_SUBJECT_CHARACTERS = 200
+_SUBJECT_BREAKS = re.compile(r"[\x00-\x20\x7f\x85\u2028\u2029]+")
 
 
 def check_recipient(email: str | None, name: str | None) -> Recipient:
@@ -212,11 +213,12 @@ class MessageComposer:
             if self._unsubscribe is not None and first.user_id is not None and is_optional(first.kind)
             else None
         )
-        locale = first.locale or DEFAULT_LOCALE
+        locale = _writing_locale(first.locale)
         context = {**values, "name": recipient.name, "unsubscribe_url": unsubscribe_url, "locale": locale}
         kind = NotificationKind(first.kind)
-        # Data can end up in the subject: collapse every run of whitespace/control characters.
-        subject = " ".join(self._render(locale, kind, f"{template_prefix}subject.txt", context).split())
+        # Data can end up in the subject: every run of line breaks, controls and spaces becomes one
+        # space (no-break spaces stay: Babel puts them between an amount and its currency sign).
+        subject = _SUBJECT_BREAKS.sub(" ", self._render(locale, kind, f"{template_prefix}subject.txt", context)).strip()
         message_id = message_id or self.new_message_id()
         headers = [
             ("From", self._from_header),
@@ -256,6 +258,14 @@ class MessageComposer:
             )
             self._resolved[(locale, kind.value, part)] = template
         return template.render(context)
+
+
+def _writing_locale(reader_locale: str | None) -> str:
+    """The reader's locale where its language has templates (`en_IN`, `de_AT`); else `en`, so the
+    words and the figures of one email are in one language."""
+    if reader_locale is None or reader_locale.partition("_")[0] not in TEMPLATE_LANGUAGES:
+        return DEFAULT_LOCALE
+    return reader_locale
 
 
 def _reader_values(context: Mapping[str, Any]) -> dict[str, Any]:

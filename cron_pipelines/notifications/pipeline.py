@@ -334,14 +334,18 @@ class NotificationPipeline:
     def _chunks(
         self, items: Iterable[Notification | InvalidRecord]
     ) -> Iterator[Sequence[Notification | InvalidRecord | tuple[Notification, ...]]]:
-        """The stream in batches, then the digests that waited for it, packed to at most `batch_size` keys."""
+        """The stream in batches, then the digests that waited for it, packed to about `batch_size` keys.
+
+        A digest is never split over two claims: one larger than `batch_size` (at most
+        MAX_DIGEST_ITEMS, within the contract's 500) is a batch of its own.
+        """
         yield from chunked(items, self._batch_size)
         if self._spill is None:
             return
         chunk: list[tuple[Notification, ...]] = []
         keys = 0
-        for digest in self._spill.digests(min(MAX_DIGEST_ITEMS, self._batch_size)):
-            if keys + len(digest) > self._batch_size:
+        for digest in self._spill.digests(MAX_DIGEST_ITEMS):
+            if chunk and keys + len(digest) > self._batch_size:
                 yield chunk
                 chunk, keys = [], 0
             chunk.append(digest)

@@ -6,6 +6,9 @@ from __future__ import annotations
 from datetime import date, timedelta
 from zoneinfo import ZoneInfo
 
+from babel import Locale
+from babel.numbers import get_territory_currencies
+
 from cron_pipelines.models.notification import Notification, NotificationKind
 from cron_pipelines.models.payloads import Due, DueUser, InactiveUser, Verification, format_instant
 from cron_pipelines.rules.calendar import BusinessDay
@@ -20,34 +23,33 @@ from cron_pipelines.rules.verifications import (
 )
 
 
-def sample_notifications(day: date, timezone: str = "UTC") -> dict[NotificationKind, Notification]:
+def _currency_of(locale: str | None) -> str:
+    """The currency of the reader's country (`de_DE` → EUR), for realistic figures; INR without one."""
+    territory = Locale.parse(locale).territory if locale else None
+    currencies = get_territory_currencies(territory) if territory else []
+    return currencies[0] if currencies else "INR"
+
+
+def sample_notifications(
+    day: date, timezone: str = "UTC", locale: str | None = None
+) -> dict[NotificationKind, Notification]:
+    """One notification of every kind, for a reader in `locale` (None: a v1.0 reader, `en`)."""
     business_day = BusinessDay(day, ZoneInfo(timezone))
-    reader = DueUser(id="usr_9", email="asha.rao@example.com", full_name="Asha Rao")
+    reader = DueUser(id="usr_9", email="asha.rao@example.com", full_name="Asha Rao", locale=locale)
 
     def due(days_from_today: int, status: str) -> Due:
-        return Due.model_validate(
-            {
-                "id": "due_1042",
-                "user_id": reader.id,
-                "amount_cents": 125_000_00,
-                "currency": "INR",
-                "due_date": day + timedelta(days=days_from_today),
-                "status": status,
-                "description": "Annual membership fee",
-                "user": reader,
-            }
-        )
+        return sample_due(day, days_from_today, status, reader)
 
     def instant(days_ago: int) -> str:
         return format_instant(business_day.start_of(day - timedelta(days=days_ago)) + timedelta(hours=9))
 
     inactive = InactiveUser(
         id="usr_9", email=reader.email, full_name=reader.full_name, status="active",
-        last_login_at=instant(95), created_at=instant(900),
+        last_login_at=instant(95), created_at=instant(900), locale=locale,
     )  # fmt: skip
     verification = Verification(
         id="ver_77", employee_id="emp_77", email="jonas.weber@example.com", full_name="Jonas Weber",
-        status="pending", requested_at=instant(7),
+        status="pending", requested_at=instant(7), locale=locale,
     )  # fmt: skip
     reminder = payment_reminder(due(3, "pending"), day, PaymentReminderPolicy())
     notice = overdue_notice(due(-7, "overdue"), day, OverduePolicy())
@@ -77,3 +79,39 @@ def sample_notifications(day: date, timezone: str = "UTC") -> dict[NotificationK
         ),
     ]
     return {NotificationKind(notification.kind): notification for notification in samples}
+
+
+def sample_due(
+    day: date, days_from_today: int, status: str, reader: DueUser, *, number: int = 1042, cents: int = 125_000_00
+) -> Due:
+    return Due.model_validate(
+        {
+            "id": f"due_{number}",
+            "user_id": reader.id,
+            "amount_cents": cents,
+            "currency": _currency_of(reader.locale),
+            "due_date": day + timedelta(days=days_from_today),
+            "status": status,
+            "description": "Annual membership fee" if number % 2 == 0 else "Event ticket",
+            "user": reader,
+        }
+    )
+
+
+def sample_digest(day: date, kind: NotificationKind, locale: str | None = None) -> tuple[Notification, ...]:
+    """Three dues of one digest reader owed on `day` (reminders 7, 3 and 1 days ahead, or notices
+    1, 7 and 14 days late), made by the rules."""
+    reader = DueUser(id="usr_9", email="asha.rao@example.com", full_name="Asha Rao", locale=locale)
+    if kind is NotificationKind.PAYMENT_REMINDER:
+        reminders = (
+            payment_reminder(sample_due(day, days, "pending", reader, number=number, cents=cents), day, PaymentReminderPolicy())
+            for days, number, cents in ((7, 1042, 125_000_00), (3, 1043, 4_500_00), (1, 1044, 12_000_00))
+        )  # fmt: skip
+        return tuple(notification for notification in reminders if notification is not None)
+    if kind is NotificationKind.OVERDUE_NOTICE:
+        notices = (
+            overdue_notice(sample_due(day, -days, "overdue", reader, number=number, cents=cents), day, OverduePolicy())
+            for days, number, cents in ((1, 1042, 125_000_00), (7, 1043, 4_500_00), (14, 1044, 12_000_00))
+        )  # fmt: skip
+        return tuple(notification for notification in notices if notification is not None)
+    raise ValueError(f"{kind.value} has no digest")

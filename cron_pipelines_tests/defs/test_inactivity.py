@@ -59,12 +59,12 @@ def test_warnings_go_once_per_inactive_stretch_and_name_the_deactivation_day(wor
     # 31 days inactive: deactivation once 90 days have passed, on 2027-01-27.
     assert (
         by_key["inactivity_warning:u31:2026-10-28T10:00:00Z"]["Subject"]
-        == "Your account will be deactivated on 2027-01-27"
+        == "Your account will be deactivated on January 27, 2027"
     )
     # Already past 90 days: a week's grace from today.
     assert (
         by_key["inactivity_warning:u100_unwarned:2026-08-20T10:00:00Z"]["Subject"]
-        == "Your account will be deactivated on 2026-12-05"
+        == "Your account will be deactivated on December 5, 2026"
     )
     summary = metadata(result, "inactivity_warnings")
     assert (summary["sent"], summary["duplicate"]) == (3, 3)

@@ -43,7 +43,7 @@ def test_reminders_send_exactly_what_the_day_owes(world: JobWorld) -> None:
     assert by_key["payment_reminder:due_d7:2026-12-05:7"].rcpt_tos == ("usr_6@example.com",)
     message = by_key["payment_reminder:due_d7:2026-12-05:7"].message
     assert message["X-Notification-Kind"] == "payment_reminder"
-    assert message["Subject"] == "Payment due in 7 days: INR 1,250.00"
+    assert message["Subject"] == "Payment due in 7 days, December 5, 2026: ₹1,250.00"
 
     ledger = world.ledger()
     assert set(ledger) == set(EXPECTED_ON_D)

@@ -57,7 +57,7 @@ def test_opted_out_users_get_nothing_and_are_recorded_opted_out(world: JobWorld)
     assert world.services.mongo_requests.count("POST", LOOKUP) == 1
 
 
-def test_a_rerun_looks_nothing_up_and_sends_nothing(world: JobWorld) -> None:
+def test_a_rerun_asks_once_per_batch_and_sends_nothing(world: JobWorld) -> None:
     _seed_reminders(world)
     _opt_out(world, "usr_1", "payment_reminder")
     world.run("send_payment_reminders", D)
@@ -67,7 +67,8 @@ def test_a_rerun_looks_nothing_up_and_sends_nothing(world: JobWorld) -> None:
 
     assert metadata(again, "payment_reminders")["duplicate"] == 6
     assert len(world.sent_keys()) == 5
-    assert world.services.mongo_requests.count("POST", LOOKUP) == 0  # nothing owned, nothing to ask
+    # Preferences are asked before the claim (a digest's notifications wait unclaimed): once per batch.
+    assert world.services.mongo_requests.count("POST", LOOKUP) == 1
 
 
 def test_mandatory_kinds_ignore_opt_outs_and_are_never_looked_up(world: JobWorld) -> None:
@@ -121,7 +122,8 @@ def test_a_lookup_the_service_refuses_fails_the_batch_without_sending_it(world: 
 
     assert not result.success
     assert world.sent_keys() == []  # not knowing the preferences, nothing is sent
-    assert {record["status"] for record in world.ledger().values()} == {"failed"}  # and retried by a later run
+    # Asked before the claim: nothing is claimed either, so a retry or a later run takes all of it.
+    assert world.ledger() == {}
 
 
 # -- one-click unsubscribe ---------------------------------------------------------------------
@@ -232,3 +234,156 @@ def test_get_shows_a_confirmation_page_and_changes_nothing_until_posted(world: J
     assert world.services.store.lookup_preferences([_query("usr_1")])[0]["opted_out"] == ["inactivity_warning"]
     unknown = UnsubscribeTokens(UNSUBSCRIBE_TEST_KEY, "cron-pipelines").mint("usr_gone", "payment_reminder")
     assert httpx.post(world.services.unsubscribe_url, params={"token": unknown}).status_code == 404
+
+
+# --- digests ---------------------------------------------------------------------------
+
+DIGEST_DUES = {  # due id → (due date, amount in minor units, currency): reminded 7, 1 and 3 days ahead
+    "due_d_week": ("2026-12-05", 250000, "INR"),
+    "due_d_tomorrow": ("2026-11-29", 125000, "INR"),
+    "due_d_three": ("2026-12-01", 4000, "EUR"),
+}
+
+
+def _seed_digest_reader(world: JobWorld) -> None:
+    store = world.services.store
+    store.add_users([user("usr_digest"), user("usr_plain")])
+    store.add_dues(
+        [
+            due(due_id, user_id="usr_digest", due_date=due_date, amount_cents=amount, currency=currency)
+            for due_id, (due_date, amount, currency) in DIGEST_DUES.items()
+        ]
+        + [due("due_plain", user_id="usr_plain", due_date="2026-12-01")]
+    )
+    store.set_digest("usr_digest", True)
+    # Batches of one: the reader's dues pass in three different batches, with another user's between.
+    world.configure(DELIVERY_BATCH_SIZE="1")
+
+
+def _digest_keys() -> list[str]:
+    return sorted(
+        f"payment_reminder:{due_id}:{due_date}:{days}"
+        for (due_id, (due_date, _, _)), days in zip(DIGEST_DUES.items(), (7, 1, 3), strict=True)
+    )
+
+
+def test_a_digest_reader_gets_one_email_listing_every_due_in_date_order_with_a_total_per_currency(
+    world: JobWorld,
+) -> None:
+    _seed_digest_reader(world)
+
+    result = world.run("send_payment_reminders", D)
+
+    assert result.success
+    mails = {mail.rcpt_tos[0]: mail for mail in world.mails()}
+    assert sorted(mails) == ["usr_digest@example.com", "usr_plain@example.com"]
+    digest = mails["usr_digest@example.com"]
+    assert sorted(digest.notification_ids) == _digest_keys()
+    message = digest.message
+    text = message.get_body(("plain",)).get_content()
+    lines = [line for line in text.splitlines() if line.startswith("- ")]
+    assert lines == [
+        "- ₹1,250.00 for Membership fee, due on November 29, 2026, in 1 day",
+        "- €40.00 for Membership fee, due on December 1, 2026, in 3 days",
+        "- ₹2,500.00 for Membership fee, due on December 5, 2026, in 7 days",
+    ]
+    assert "In total: €40.00 and ₹3,750.00" in text
+    assert message["Subject"] == "Payments due soon: 3, in total €40.00 and ₹3,750.00"
+    # Every listed key is its own ledger record, sent with the digest's Message-ID.
+    ledger = world.ledger()
+    assert {ledger[key]["status"] for key in _digest_keys()} == {"sent"}
+    assert {ledger[key]["message_id"] for key in _digest_keys()} == {message["Message-ID"]}
+    summary = metadata(result, "payment_reminders")
+    assert (summary["claimed"], summary["sent"], summary["digest_emails"]) == (4, 4, 1)
+
+
+def test_a_rerun_sends_no_digest_again(world: JobWorld) -> None:
+    _seed_digest_reader(world)
+    world.run("send_payment_reminders", D)
+
+    again = world.run("send_payment_reminders", D)
+
+    assert again.success and len(world.mails()) == 2
+    summary = metadata(again, "payment_reminders")
+    assert (summary["duplicate"], summary["sent"], summary["digest_emails"]) == (4, 0, 0)
+
+
+def test_a_digest_whose_keys_partly_came_back_duplicate_lists_only_the_owed_ones(world: JobWorld) -> None:
+    _seed_digest_reader(world)
+    already_sent = "payment_reminder:due_d_tomorrow:2026-11-29:1"
+    world.services.store.add_notifications(
+        [{"idempotency_key": already_sent, "kind": "payment_reminder", "user_id": "usr_digest",
+          "recipient": "usr_digest@example.com", "status": "sent", "run_id": "earlier", "job_name": "earlier",
+          "partition_key": D, "attempts": 1, "claimed_at": f"{D}T00:00:00Z", "sent_at": f"{D}T00:00:01Z",
+          "message_id": "<earlier@example.com>", "metadata": {}}]
+    )  # fmt: skip
+
+    world.run("send_payment_reminders", D)
+
+    (digest,) = [mail for mail in world.mails() if mail.rcpt_tos == ("usr_digest@example.com",)]
+    assert sorted(digest.notification_ids) == [key for key in _digest_keys() if key != already_sent]
+    assert "November 29" not in digest.message.get_body(("plain",)).get_content()
+    assert world.ledger()[already_sent]["message_id"] == "<earlier@example.com>"
+
+
+def test_a_digest_readers_opt_out_wins_over_the_digest(world: JobWorld) -> None:
+    _seed_digest_reader(world)
+    _opt_out(world, "usr_digest", "payment_reminder")
+
+    result = world.run("send_payment_reminders", D)
+
+    assert [mail.rcpt_tos for mail in world.mails()] == [("usr_plain@example.com",)]
+    assert metadata(result, "payment_reminders")["opted_out"] == 3
+
+
+# --- the reader's language and time zone -----------------------------------------------
+
+
+def test_readers_get_their_language_and_their_figures(world: JobWorld) -> None:
+    store = world.services.store
+    store.add_users(
+        [user("usr_in", locale="en-IN", timezone="Asia/Kolkata"), user("usr_de", locale="de-DE"), user("usr_v10")]
+    )
+    store.add_dues(
+        [
+            due("due_in", user_id="usr_in", due_date="2026-12-01", amount_cents=125_000_00, currency="INR"),
+            due("due_de", user_id="usr_de", due_date="2026-12-01", amount_cents=1_250_00, currency="EUR"),
+            due("due_v10", user_id="usr_v10", due_date="2026-12-01", amount_cents=1_250_00, currency="USD"),
+        ]
+    )
+
+    world.run("send_payment_reminders", D)
+
+    subjects = {mail.rcpt_tos[0].split("@")[0]: str(mail.message["Subject"]) for mail in world.mails()}
+    assert subjects == {
+        "usr_in": "Payment due in 3 days, 1 December 2026: ₹1,25,000.00",
+        "usr_de": "Zahlung fällig am 1. Dezember 2026 (noch 3 Tage): 1.250,00\u00a0€",
+        "usr_v10": "Payment due in 3 days, December 1, 2026: $1,250.00",
+    }
+
+
+def test_the_inactivity_warning_names_the_deactivation_day_in_the_readers_time_zone(world: JobWorld) -> None:
+    # Last active 2026-10-01: warned on D, deactivated from start(2026-12-31) in CRON_TIMEZONE (UTC).
+    store = world.services.store
+    store.add_users(
+        [
+            user(f"usr_{name}", last_login_at="2026-10-01T12:00:00Z", **fields)
+            for name, fields in {
+                "utc": {},
+                "berlin": {"locale": "de-DE", "timezone": "Europe/Berlin"},
+                "la": {"timezone": "America/Los_Angeles"},
+                "bogus": {"timezone": "../../etc/passwd", "locale": "xx-QQ-bogus-tag"},
+            }.items()
+        ]
+    )
+
+    world.run("notify_inactive_users", D)
+
+    subjects = {mail.rcpt_tos[0].split("@")[0]: str(mail.message["Subject"]) for mail in world.mails()}
+    assert subjects == {
+        "usr_utc": "Your account will be deactivated on December 31, 2026",
+        "usr_berlin": "Ihr Konto wird am 31. Dezember 2026 deaktiviert",
+        # 00:00 UTC on 31 December is the afternoon of 30 December in Los Angeles.
+        "usr_la": "Your account will be deactivated on December 30, 2026",
+        "usr_bogus": "Your account will be deactivated on December 31, 2026",  # unknown values: en, CRON_TIMEZONE
+    }

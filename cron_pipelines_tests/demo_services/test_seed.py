@@ -70,9 +70,27 @@ def test_payment_reminders_fall_due_7_3_1_and_0_days_ahead(sql: httpx.Client) ->
         "due_opted_out_in_3d": 3,
         "due_digest_in_3d": 3,
         "due_digest_in_7d": 7,
+        "due_en_in_in_3d": 3,
+        "due_de_de_in_7d": 7,
     }
     reminded = {due_id for due_id, days in days_before.items() if days in (7, 3, 1, 0)}
     assert {"due_pending_in_0d", "due_pending_in_1d", "due_pending_in_3d", "due_pending_in_7d"} <= reminded
+
+
+@pytest.mark.usefixtures("seeded")
+def test_readers_in_en_in_and_de_de_carry_locale_and_timezone_and_others_carry_neither(
+    sql: httpx.Client, mongo: httpx.Client
+) -> None:
+    dues, _ = fetch_all(sql, "/v1/dues", {"status": "pending", "due_from": day(0), "due_to": day(7)})
+    users = {item["id"]: item["user"] for item in dues}
+    assert users["due_en_in_in_3d"] | {"email": None, "full_name": None} == {
+        "id": "usr_en_in_in_3d", "email": None, "full_name": None, "locale": "en-IN", "timezone": "Asia/Kolkata",
+    }  # fmt: skip
+    assert (users["due_de_de_in_7d"]["locale"], users["due_de_de_in_7d"]["timezone"]) == ("de-DE", "Europe/Berlin")
+    assert "locale" not in users["due_pending_in_3d"] and "timezone" not in users["due_pending_in_3d"]
+    inactive, _ = fetch_all(mongo, "/v1/users/inactive", {"last_active_before": "2030-01-01T00:00:00Z"})
+    locales = {user.get("locale") for user in inactive}
+    assert {"en-IN", "de-DE", None} <= locales
 
 
 @pytest.mark.usefixtures("seeded")

@@ -233,8 +233,6 @@ def test_reminder_keeps_a_missing_recipient_for_the_mailer_to_skip() -> None:
     assert (notification.email, notification.name, notification.skip_reason) == (None, None, None)
 
 
-
-
 # --- payment reminders: malformed dues ----------------------------------------------------
 
 

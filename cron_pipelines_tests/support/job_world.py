@@ -124,7 +124,7 @@ class JobWorld:
         return self.smtp.received
 
     def sent_keys(self) -> list[str]:
-        return sorted(mail.notification_id for mail in self.smtp.received)
+        return sorted(key for mail in self.smtp.received for key in mail.notification_ids)
 
     def ledger(self) -> dict[str, dict[str, Any]]:
         return {record["idempotency_key"]: record for record in self.services.store.list_notifications()}

@@ -38,6 +38,11 @@ class ReceivedMail:
     def notification_id(self) -> str:
         return str(self.message["X-Notification-Id"])
 
+    @property
+    def notification_ids(self) -> list[str]:
+        """Every key the email carries: one, or one per notification of a digest."""
+        return [str(value) for value in self.message.get_all("X-Notification-Id", [])]
+
 
 def _header_value(data: bytes, name: bytes) -> bytes:
     """A header's raw value, found without parsing the whole message."""
