@@ -37,3 +37,22 @@ def test_benchmark_runs_both_sides_end_to_end_and_counts_correctly() -> None:
     assert 40 < project["peak_rss_mb"] < 400 and 20 < baseline["peak_rss_mb"] < project["peak_rss_mb"]
     # A summary per asset, not an event per notification.
     assert project["dagster_events"] < 40
+
+
+def test_benchmark_with_preferences_sends_what_is_owed_once() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--size", "2000", "--preferences", "--no-baseline", "--json"],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    (project,) = json.loads(result.stdout)["measurements"]
+    # 200 users opted out; the 200 digest readers (one due each) get one digest each.
+    assert project["expected_emails"] == project["emails_received"] == 1800 and project["duplicate_emails"] == 0
+    requests = project["http_requests"]
+    # One claim per batch of the stream (its digest notifications set aside), then the 200 digests
+    # (one key each) packed into claims of 100.
+    assert requests["mongo-service POST /v1/notifications/claims"] == 20 + 2
+    assert requests["mongo-service POST /v1/notification-preferences/lookup"] == 20

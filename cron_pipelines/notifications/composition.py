@@ -103,7 +103,30 @@ def _header_text(value: str) -> str:
     """A header value safe on the wire: short ASCII as is, anything else as folded RFC 2047 words."""
     if value.isascii() and len(value) <= 900:
         return value
-    return Header(value, "utf-8").encode().replace("\n", "\r\n")
+    return _encoded_words(value)
+
+
+# UTF-8 bytes per encoded word: 45 bytes are 60 base64 characters, 72 with `=?utf-8?b?…?=`,
+# so each folded line stays within RFC 5322's 78.
+_ENCODED_WORD_BYTES = 45
+
+
+def _encoded_words(value: str) -> str:
+    """`value` as base64 RFC 2047 encoded words, one per folded line, never splitting a character.
+
+    The stdlib's `Header.encode` measures every candidate split in quoted-printable, about
+    half a millisecond per subject: this is the same result's shape at a fraction of it.
+    """
+    words = []
+    data = value.encode("utf-8")
+    start = 0
+    while start < len(data):
+        end = min(start + _ENCODED_WORD_BYTES, len(data))
+        while end < len(data) and (data[end] & 0xC0) == 0x80:  # a continuation byte: back to the character's start
+            end -= 1
+        words.append(f"=?utf-8?b?{base64.b64encode(data[start:end]).decode('ascii')}?=")
+        start = end
+    return "\r\n ".join(words)
 
 
 def _base64_lines(text: str) -> str:

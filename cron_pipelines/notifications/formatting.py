@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from datetime import date
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
 from babel.dates import format_date
@@ -24,6 +25,9 @@ DEFAULT_LOCALE = "en"
 TEMPLATE_LANGUAGES = ("en", "de")
 
 
+# Babel takes tens of microseconds per figure, and a run repeats few of them (fee amounts, a
+# handful of due dates and day counts): each is formatted once per locale and then looked up.
+@lru_cache(maxsize=65_536)
 def money(amount_cents: int, currency: str, locale: str) -> str:
     """An amount in minor units as the reader writes it: `₹1,25,000.00` (en_IN), `1.250,00 €` (de_DE)."""
     return format_currency(Decimal(amount_cents).scaleb(-get_currency_precision(currency)), currency, locale=locale)
@@ -34,9 +38,15 @@ def long_date(day: date | str, locale: str) -> str:
 
     Takes the ISO form too: a confirmation resent from its ledger record has its dates as JSON.
     """
-    return format_date(date.fromisoformat(day) if isinstance(day, str) else day, format="long", locale=locale)
+    return _long_date(date.fromisoformat(day) if isinstance(day, str) else day, locale)
 
 
+@lru_cache(maxsize=4096)
+def _long_date(day: date, locale: str) -> str:
+    return format_date(day, format="long", locale=locale)
+
+
+@lru_cache(maxsize=4096)
 def days(count: int, locale: str) -> str:
     """A number of days with its unit: `1 day`, `3 days`, `3 Tage`."""
     return format_unit(count, "duration-day", locale=locale)
