@@ -174,6 +174,9 @@ class _Batch:
     struck: `pending_claims` until the claim's answer is processed, then `owned`.
     """
 
+    # One claim token per batch, reused when the claim request is retried: a `duplicate` that
+    # carries it was claimed by this very request, whose first answer was lost.
+    token: str = field(default_factory=lambda: uuid.uuid4().hex)
     pending_claims: dict[str, str] = field(default_factory=dict)  # key → token, answer not processed yet
     owned: list[tuple[Notification, ClaimResult]] = field(default_factory=list)
     claim_results: dict[str, ClaimResult] = field(default_factory=dict)
@@ -486,7 +489,11 @@ class NotificationPipeline:
                         run_id=self._run.run_id,
                         job_name=self._run.job_name,
                         partition_key=self._run.partition_key,
-                        metadata={**notification.metadata, PLANNED_MESSAGE_ID: planned_message_id},
+                        metadata={
+                            **notification.metadata,
+                            PLANNED_MESSAGE_ID: planned_message_id,
+                            CLAIM_TOKEN: batch.token,
+                        },
                     )
                 except ValidationError as exc:
                     # Not even a ledger record can be made of it (e.g. an absurd id in the key).
@@ -537,12 +544,8 @@ class NotificationPipeline:
         )
 
     def _claim(self, claimable: list[tuple[Notification, NotificationClaim]], batch: _Batch) -> None:
-        # A token per batch, reused when the HTTP request is retried: a `duplicate` that
-        # carries it was claimed by this very request, whose first answer was lost.
-        token = uuid.uuid4().hex
-        claims = [
-            claim.model_copy(update={"metadata": {**claim.metadata, CLAIM_TOKEN: token}}) for _, claim in claimable
-        ]
+        token = batch.token
+        claims = [claim for _, claim in claimable]
         # Until the answer is processed these count as claimed, unknown which: a stop resolves them.
         batch.pending_claims.update((claim.idempotency_key, token) for claim in claims)
         reply = self._ledger.claim_notifications(claims)

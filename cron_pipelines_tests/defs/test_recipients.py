@@ -387,3 +387,24 @@ def test_the_inactivity_warning_names_the_deactivation_day_in_the_readers_time_z
         "usr_la": "Your account will be deactivated on December 30, 2026",
         "usr_bogus": "Your account will be deactivated on December 31, 2026",  # unknown values: en, CRON_TIMEZONE
     }
+
+
+def test_a_digest_the_mail_server_could_not_take_is_sent_whole_by_the_next_run(world: JobWorld) -> None:
+    _seed_digest_reader(world)
+    world.smtp.stop()
+
+    down = world.run("send_payment_reminders", D)
+
+    assert not down.success and world.mails() == []
+    # Whatever was claimed is `failed` (a later run takes it); what never was, waits for that run too.
+    assert {record["status"] for record in world.ledger().values()} <= {"failed"}
+    world.smtp.start()
+    back = world.run("send_payment_reminders", D)
+
+    assert back.success
+    (digest,) = [mail for mail in world.smtp.wait_for(2) if mail.rcpt_tos == ("usr_digest@example.com",)]
+    assert sorted(digest.notification_ids) == _digest_keys()
+    ledger = world.ledger()
+    assert {ledger[key]["message_id"] for key in _digest_keys()} == {digest.message["Message-ID"]}
+    assert {record["status"] for record in ledger.values()} == {"sent"}
+    assert world.run("send_payment_reminders", D).success and len(world.mails()) == 2

@@ -7,6 +7,7 @@ from datetime import date
 from email import policy
 
 import pytest
+from email_validator import EmailNotValidError, validate_email
 
 from cron_pipelines.models.notification import Notification, NotificationKind
 from cron_pipelines.notifications.composition import (
@@ -216,3 +217,27 @@ def test_a_display_name_over_the_cap_is_refused(composer: MessageComposer) -> No
 def test_message_ids_are_unique(composer: MessageComposer) -> None:
     ids = {composer.compose(_notification(NotificationKind.PAYMENT_REMINDER)).message_id for _ in range(200)}
     assert len(ids) == 200
+
+
+ADDRESS_CORPUS = [
+    "asha@example.com", "Asha.Rao+dues@Example.COM", "a!#$%&'*+/=?^_`{|}~-@example.com", "x@sub.domain.example.org",
+    ".asha@example.com", "asha.@example.com", "as..ha@example.com", "asha@", "@example.com", "asha@@example.com",
+    "asha@localhost", "asha@example", "asha@example.local", "asha@example.test", "asha@invalid", "asha@-example.com",
+    "asha@example-.com", "asha@exa_mple.com", "asha@123.123.123.123", "asha@[127.0.0.1]", '"asha rao"@example.com',
+    "asha rao@example.com", "a" * 64 + "@example.com", "a" * 65 + "@example.com",
+    "a@" + ".".join(["b" * 60] * 4) + ".com", "a" * 64 + "@" + ".".join(["b" * 61] * 3) + ".com",
+    "josé@example.com", "asha@exämple.com", "asha@xn--exmple-cua.com", "asha@EXAMPLE.com", "ASHA@example.com",
+    "asha@example.com.", "asha@.example.com", "asha@ex ample.com", "asha@example.c", "asha@example.123",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("address", ADDRESS_CORPUS)
+def test_the_recipient_check_gives_email_validators_verdict_and_normal_form(address: str) -> None:
+    """The fast path for plain addresses is exactly as strict as email_validator, and normalises alike."""
+    try:
+        validated = validate_email(address, check_deliverability=False)
+    except EmailNotValidError:
+        with pytest.raises(UnsendableNotification, match="invalid e-mail address"):
+            check_recipient(address, None)
+    else:
+        assert check_recipient(address, None).address == f"{validated.local_part}@{validated.ascii_domain}"
