@@ -18,7 +18,6 @@ import re
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from email.header import Header
 from email.utils import formataddr, formatdate, make_msgid, parseaddr, quote
 from functools import lru_cache
 from typing import Any
@@ -98,10 +97,17 @@ def _validated_address(address: str) -> tuple[str, str]:
     Its checks cost ~50 µs per address, most of them on the domain (IDNA, special-use names),
     which a run's addresses share. So the common shape, a plain ASCII local part, is checked
     here by the same rule email_validator applies to it, and each domain once by email_validator
-    itself; anything else (Unicode, quoting, odd lengths) goes to email_validator whole.
+    itself; anything else (Unicode, quoting, odd lengths, IDNA `xn--` labels, whose Unicode form
+    has length limits of its own) goes to email_validator whole.
     """
     local_part, at, domain = address.rpartition("@")
-    if at and len(local_part) <= MAX_LOCAL_PART_LENGTH and _DOT_ATOM_LOCAL_PART.fullmatch(local_part):
+    if (
+        at
+        and len(local_part) <= MAX_LOCAL_PART_LENGTH
+        and _DOT_ATOM_LOCAL_PART.fullmatch(local_part)
+        and domain.isascii()
+        and "xn--" not in domain.lower()
+    ):
         ascii_domain = _validated_domain(domain)
         if len(local_part) + 1 + len(ascii_domain) <= MAX_ADDRESS_LENGTH:
             return local_part, ascii_domain
@@ -117,17 +123,14 @@ def _validated_domain(domain: str) -> str:
 
 
 def _address_header(recipient: Recipient) -> str:
-    if not recipient.smtputf8:
-        return _header_text(formataddr((recipient.name or "", recipient.address), charset="utf-8"))
-    # RFC 6532: the address is written as UTF-8 (the message goes only over SMTPUTF8).
+    """`name <address>`: the name quoted (ASCII) or as encoded words, never re-encoded with the address."""
     if not recipient.name:
-        return f"<{recipient.address}>"
-    phrase = (
-        f'"{quote(recipient.name)}"'
-        if recipient.name.isascii()
-        else _header_text(str(Header(recipient.name, "utf-8").encode()))
-    )
-    return f"{phrase} <{recipient.address}>"
+        return f"<{recipient.address}>" if recipient.smtputf8 else recipient.address
+    if recipient.name.isascii() and not recipient.smtputf8:
+        return formataddr((recipient.name, recipient.address))  # quotes the name only where needed
+    phrase = f'"{quote(recipient.name)}"' if recipient.name.isascii() else _encoded_words(recipient.name)
+    # RFC 6532: with SMTPUTF8 the address itself is written as UTF-8.
+    return f"{phrase}\r\n <{recipient.address}>" if len(phrase) > 60 else f"{phrase} <{recipient.address}>"
 
 
 def _header_text(value: str) -> str:

@@ -41,7 +41,8 @@ class DigestSpill:
             );
             """
         )
-        self.size = 0
+        self.size = 0  # notifications kept
+        self.read = 0  # notifications handed out by `digests`
 
     def add(self, notifications: Sequence[Notification]) -> list[Notification]:
         """Keep `notifications` for their digests; those whose key was already kept (repeats) come back."""
@@ -72,12 +73,14 @@ class DigestSpill:
         rows = self._database.execute("SELECT user_id, kind, email, notification FROM waiting ORDER BY 1, 2, 3, key")
         for user_id, kind, email, data in rows:
             if group and ((user_id, kind, email) != group_of or len(group) >= max_items):
+                self.read += len(group)
                 yield tuple(group)
                 group = []
             group_of = (user_id, kind, email)
             # Only this process wrote the file, into its own 0700 directory.
             group.append(pickle.loads(data))
         if group:
+            self.read += len(group)
             yield tuple(group)
 
     def close(self) -> None:

@@ -181,7 +181,7 @@ class _Batch:
     owned: list[tuple[Notification, ClaimResult]] = field(default_factory=list)
     claim_results: dict[str, ClaimResult] = field(default_factory=dict)
     # Each email with the notifications it carries (several for a digest).
-    messages: list[tuple[tuple[Notification, ...], OutgoingMessage]] = field(default_factory=list)
+    messages: list[tuple[tuple[Notification, ...], OutgoingMessage, bool]] = field(default_factory=list)
     digest_of: dict[str, int] = field(default_factory=dict)  # key → its digest in this batch
     # Outcomes in the order they became known. The sender thread appends the sending's own;
     # the main thread only reads, and records them from `recorded` on.
@@ -322,11 +322,11 @@ class NotificationPipeline:
                     interrupted = not isinstance(exc, Exception)
                     because = "the run was stopped" if interrupted else printable(f"{type(exc).__name__}: {exc}", 300)
                     self._stop([recording, sending, prepared], interrupted=interrupted, because=because)
-                    if self._spill is not None and self._spill.size:
+                    if self._spill is not None and self._spill.size > self._spill.read:
                         self._log.warning(
                             "%d digest notification(s) were waiting for their digest and were never claimed: "
                             "none of them was sent, and a later run sends them",
-                            self._spill.size,
+                            self._spill.size - self._spill.read,
                         )
                 raise
             finally:
@@ -450,12 +450,16 @@ class NotificationPipeline:
         # If the gate's service write fails, nothing of this batch is sent: its claims are recorded
         # `failed` as the step stops, and a retry or later run claims them and writes again.
         reasons = self._skip_reasons(batch.owned, gate, opted_out)
-        digests: dict[int, list[tuple[Notification, ClaimResult]]] = {}
+        # A digest's keys share the Message-ID planned for them; a key owned through an earlier
+        # attempt's lost claim holds that attempt's. Each planned id is its own email, so every
+        # ledger record names the Message-ID of the email that carried it.
+        digests: dict[tuple[int, object], list[tuple[Notification, ClaimResult]]] = {}
         for (notification, claim), reason in zip(batch.owned, reasons, strict=True):
             if reason is not None:
                 self._skip(notification, reason, batch)
             elif (digest := batch.digest_of.get(notification.key)) is not None:
-                digests.setdefault(digest, []).append((notification, claim))
+                planned = claim.record.metadata.get(PLANNED_MESSAGE_ID)
+                digests.setdefault((digest, planned), []).append((notification, claim))
             else:
                 self._compose([(notification, claim)], batch, digest=False)
         for owed in digests.values():  # a digest lists only what this run owns and owes
@@ -617,18 +621,18 @@ class NotificationPipeline:
                 self.stats.count("failed", notification.kind, notification.key)
             self._log.error("%s %s", notifications[0].key, error)
         else:
-            batch.messages.append((notifications, message))
+            batch.messages.append((notifications, message, digest))
 
     def _start(self, batch: _Batch, sender: ThreadPoolExecutor) -> None:
         """Hand the batch's messages to the transport in the background; it records each result on the batch."""
-        messages = [message for _, message in batch.messages]
+        messages = [message for _, message, _ in batch.messages]
 
         def send() -> None:
             try:
-                for (notifications, message), result in zip(
+                for (notifications, message, digest), result in zip(
                     batch.messages, self._transport.send_batch(messages), strict=True
                 ):
-                    if result.outcome == "sent" and len(notifications) > 1:
+                    if result.outcome == "sent" and digest:
                         self.stats.count("digest_emails", message.kind, message.key)
                     for notification in notifications:
                         batch.decide(self._outcome_of_sending(notification, message, result))

@@ -297,6 +297,19 @@ def test_a_digest_reader_gets_one_email_listing_every_due_in_date_order_with_a_t
     assert (summary["claimed"], summary["sent"], summary["digest_emails"]) == (4, 4, 1)
 
 
+def test_a_digest_of_one_due_is_still_a_digest(world: JobWorld) -> None:
+    world.services.store.add_users([user("usr_one")])
+    world.services.store.add_dues([due("due_one", user_id="usr_one", due_date="2026-12-01")])
+    world.services.store.set_digest("usr_one", True)
+
+    result = world.run("send_payment_reminders", D)
+
+    (mail,) = world.mails()
+    assert mail.notification_ids == ["payment_reminder:due_one:2026-12-01:3"]
+    assert str(mail.message["Subject"]).startswith("Payments due soon: 1, in total ")
+    assert metadata(result, "payment_reminders")["digest_emails"] == 1
+
+
 def test_a_rerun_sends_no_digest_again(world: JobWorld) -> None:
     _seed_digest_reader(world)
     world.run("send_payment_reminders", D)

@@ -121,7 +121,7 @@ def _assert_stopped_cleanly(run_id: str, smtp: SmtpSink, services: ServicesProce
     assert len(after) <= CONNECTIONS, len(after)
     ledger = _ledger(services)
     assert [key for key, record in ledger.items() if record["status"] == "claimed"] == []
-    mailed = Counter(mail.notification_id for mail in _reminders(smtp))
+    mailed = Counter(key for mail in _reminders(smtp) for key in mail.notification_ids)
     assert set(mailed.values()) == {1}
     assert {key for key, record in ledger.items() if record["status"] == "sent"} == set(mailed), [
         ledger.get(key) for key in set(mailed) if ledger.get(key, {}).get("status") != "sent"
@@ -163,7 +163,7 @@ def test_terminate_and_sigterm_stop_sending_at_once_and_a_rerun_sends_the_rest_o
         _wait_for_status(third, (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE), 180)
         == dg.DagsterRunStatus.SUCCESS
     )
-    mailed = Counter(mail.notification_id for mail in _reminders(smtp))
+    mailed = Counter(key for mail in _reminders(smtp) for key in mail.notification_ids)
     assert len(mailed) == COUNT and set(mailed.values()) == {1}
     assert {record["status"] for record in _ledger(services).values()} == {"sent"}
 
@@ -191,7 +191,7 @@ def test_a_killed_run_worker_is_failed_at_once_and_its_bounded_window_is_settled
             return len(runs) > 1 and all(run.status not in ACTIVE for run in runs)
 
         wait_until(retries_done, 240, "the run retry to finish")
-    mailed = Counter(mail.notification_id for mail in _reminders(smtp))
+    mailed = Counter(key for mail in _reminders(smtp) for key in mail.notification_ids)
     assert set(mailed.values()) == {1}
 
     # The operator looks the planned Message-IDs up in the mail log, then settles.
@@ -209,7 +209,7 @@ def test_a_killed_run_worker_is_failed_at_once_and_its_bounded_window_is_settled
         _wait_for_status(last, (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE), 180)
         == dg.DagsterRunStatus.SUCCESS
     )
-    mailed = Counter(mail.notification_id for mail in _reminders(smtp))
+    mailed = Counter(key for mail in _reminders(smtp) for key in mail.notification_ids)
     assert len(mailed) == COUNT and set(mailed.values()) == {1}
     assert {record["status"] for record in _ledger(services).values()} == {"sent"}
 
@@ -227,7 +227,7 @@ def test_services_down_for_12_seconds_mid_run_lose_nothing(
     ledger = _ledger(services)
     assert [key for key, record in ledger.items() if record["status"] == "claimed"] == []
     assert status == dg.DagsterRunStatus.SUCCESS  # the step's retries recorded the journal, then finished
-    mailed = Counter(mail.notification_id for mail in _reminders(smtp))
+    mailed = Counter(key for mail in _reminders(smtp) for key in mail.notification_ids)
     assert len(mailed) == COUNT and set(mailed.values()) == {1}
     assert {record["status"] for record in ledger.values()} == {"sent"}
 
@@ -282,7 +282,7 @@ def test_a_code_server_restart_hands_the_run_off_and_terminate_still_stops_it(
         _wait_for_status(rerun, (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE), 180)
         == dg.DagsterRunStatus.SUCCESS
     )
-    mailed = Counter(mail.notification_id for mail in _reminders(smtp))
+    mailed = Counter(key for mail in _reminders(smtp) for key in mail.notification_ids)
     assert len(mailed) == COUNT and set(mailed.values()) == {1}
 
 

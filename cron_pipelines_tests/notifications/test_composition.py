@@ -228,6 +228,9 @@ ADDRESS_CORPUS = [
     "a@" + ".".join(["b" * 60] * 4) + ".com", "a" * 64 + "@" + ".".join(["b" * 61] * 3) + ".com",
     "josé@example.com", "asha@exämple.com", "asha@xn--exmple-cua.com", "asha@EXAMPLE.com", "ASHA@example.com",
     "asha@example.com.", "asha@.example.com", "asha@ex ample.com", "asha@example.c", "asha@example.123",
+    # Short as `xn--` labels, too long in UTF-8: email_validator refuses both spellings.
+    "a" * 7 + "@" + ".".join(["例" * 20] * 4) + ".com",
+    "a" * 7 + "@" + ".".join([("例" * 20).encode("idna").decode()] * 4) + ".com",
 ]  # fmt: skip
 
 
@@ -241,3 +244,21 @@ def test_the_recipient_check_gives_email_validators_verdict_and_normal_form(addr
             check_recipient(address, None)
     else:
         assert check_recipient(address, None).address == f"{validated.local_part}@{validated.ascii_domain}"
+
+
+@pytest.mark.parametrize("address", ["asha@example.com", "jösé@example.com"])
+def test_a_long_non_ascii_display_name_keeps_the_address_and_folds_the_header(
+    composer: MessageComposer, address: str
+) -> None:
+    name = "\U0001d49c" * 190  # 4 bytes each in UTF-8: over 900 characters once encoded
+    outgoing = composer.compose(_notification(NotificationKind.PAYMENT_REMINDER, email_address=address, name=name))
+
+    message = email.message_from_string(outgoing.data.decode("utf-8"), policy=policy.strict)  # UTF-8: RFC 6532
+    assert not message.defects
+    assert message["To"].addresses[0].addr_spec == address
+    # The stdlib's address parser keeps the folding space between encoded words, which RFC 2047
+    # says to drop (it does the same with email.header's own output): compare without spaces.
+    assert message["To"].addresses[0].display_name.replace(" ", "") == name
+    head = outgoing.data.split(b"\r\n\r\n", 1)[0]
+    assert b"\n" not in head.replace(b"\r\n", b"")  # no bare LF
+    assert max(len(line) for line in head.split(b"\r\n")) <= 998
