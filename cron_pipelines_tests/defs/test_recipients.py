@@ -4,6 +4,7 @@ from the email's own header through to the next run."""
 
 from __future__ import annotations
 
+import signal
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -421,3 +422,42 @@ def test_a_digest_the_mail_server_could_not_take_is_sent_whole_by_the_next_run(w
     assert {ledger[key]["message_id"] for key in _digest_keys()} == {digest.message["Message-ID"]}
     assert {record["status"] for record in ledger.values()} == {"sent"}
     assert world.run("send_payment_reminders", D).success and len(world.mails()) == 2
+
+
+def test_an_interrupt_during_the_digests_records_every_claimed_key_and_the_next_run_sends_the_rest_once(
+    world: JobWorld,
+) -> None:
+    readers = 150
+    store = world.services.store
+    store.add_users([user(f"usr_{n}") for n in range(readers)])
+    store.add_dues(
+        [
+            due(f"due_{n}_{days}", user_id=f"usr_{n}", due_date=due_date)
+            for n in range(readers)
+            for days, due_date in ((3, "2026-12-01"), (7, "2026-12-05"))
+        ]
+    )
+    for n in range(readers):
+        store.set_digest(f"usr_{n}", True)
+    world.smtp.latency = 0.03  # digests go out slowly (about 30 a second): the interrupt lands among them
+    process = world.run_in_subprocess("send_payment_reminders", D)
+    world.smtp.wait_for(20, timeout=120)
+    process.send_signal(signal.SIGINT)  # an operator's Ctrl-C on `cron-pipelines run`
+    process.wait(timeout=60)
+    world.smtp.latency = 0
+
+    first = list(world.mails())
+    ledger = world.ledger()
+    assert 20 <= len(first) < readers
+    assert [key for key, record in ledger.items() if record["status"] == "claimed"] == []
+    for mail in first:  # what went out is recorded `sent`, each key with its email's Message-ID
+        assert {ledger[key]["message_id"] for key in mail.notification_ids} == {mail.message["Message-ID"]}
+    mailed = {key for mail in first for key in mail.notification_ids}
+    assert {key for key, record in ledger.items() if record["status"] == "sent"} == mailed
+    assert {record["status"] for key, record in ledger.items() if key not in mailed} <= {"failed"}
+
+    assert world.run("send_payment_reminders", D).success
+    keys = [key for mail in world.smtp.wait_for(readers) for key in mail.notification_ids]
+    assert len(world.mails()) == readers  # one digest per reader over both runs
+    assert len(keys) == len(set(keys)) == 2 * readers  # every key exactly once
+    assert {record["status"] for record in world.ledger().values()} == {"sent"}
