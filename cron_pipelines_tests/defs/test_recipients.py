@@ -353,6 +353,10 @@ def test_a_digest_readers_opt_out_wins_over_the_digest(world: JobWorld) -> None:
 # --- the reader's language and time zone -----------------------------------------------
 
 
+def _subjects_by_user(world: JobWorld) -> dict[str, str]:
+    return {mail.rcpt_tos[0].split("@")[0]: str(mail.message["Subject"]) for mail in world.mails()}
+
+
 def test_readers_get_their_language_and_their_figures(world: JobWorld) -> None:
     store = world.services.store
     store.add_users(
@@ -368,7 +372,7 @@ def test_readers_get_their_language_and_their_figures(world: JobWorld) -> None:
 
     world.run("send_payment_reminders", D)
 
-    subjects = {mail.rcpt_tos[0].split("@")[0]: str(mail.message["Subject"]) for mail in world.mails()}
+    subjects = _subjects_by_user(world)
     assert subjects == {
         "usr_in": "Payment due in 3 days, 1 December 2026: ₹1,25,000.00",
         "usr_de": "Zahlung fällig am 1. Dezember 2026 (noch 3 Tage): 1.250,00\u00a0€",
@@ -393,7 +397,7 @@ def test_the_inactivity_warning_names_the_deactivation_day_in_the_readers_time_z
 
     world.run("notify_inactive_users", D)
 
-    subjects = {mail.rcpt_tos[0].split("@")[0]: str(mail.message["Subject"]) for mail in world.mails()}
+    subjects = _subjects_by_user(world)
     assert subjects == {
         "usr_utc": "Your account will be deactivated on December 31, 2026",
         "usr_berlin": "Ihr Konto wird am 31. Dezember 2026 deaktiviert",
