@@ -60,6 +60,10 @@ def _instance(settings: Settings) -> DagsterInstance:
 
 
 def command_run(settings: Settings, args: argparse.Namespace) -> int:
+    import dagster as dg
+    from dagster._core.definitions.reconstruct import ReconstructableRepository
+
+    from cron_pipelines import definitions as definitions_module
     from cron_pipelines.defs import build_definitions
 
     definitions = build_definitions(settings)
@@ -70,14 +74,28 @@ def command_run(settings: Settings, args: argparse.Namespace) -> int:
     failures = 0
     with _instance(settings) as instance:
         for day in _dates(args):
-            result = job.execute_in_process(
-                partition_key=day.isoformat(),
-                instance=instance,
-                tags={"cron_pipelines/trigger": "cli"},
-                # The console shows warnings and errors; the full log is in the run's page.
-                run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
-                raise_on_error=False,
-            )
+            # The console shows warnings and errors; the full log is in the run's page.
+            run_config = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+            tags = {"cron_pipelines/trigger": "cli"}
+            result: dg.ExecuteInProcessResult | dg.ExecuteJobResult
+            if job.executor_def is dg.in_process_executor:
+                result = job.execute_in_process(
+                    partition_key=day.isoformat(),
+                    instance=instance,
+                    tags=tags,
+                    run_config=run_config,
+                    raise_on_error=False,
+                )
+            else:  # a sharded job: its executor runs the shards' steps in processes, workers or pods
+                result = dg.execute_job(
+                    ReconstructableRepository.for_module(definitions_module.__name__, "defs").get_reconstructable_job(
+                        args.job
+                    ),
+                    instance,
+                    run_config=run_config,
+                    tags={**tags, "dagster/partition": day.isoformat()},
+                    raise_on_error=False,
+                )
             counts = {}
             for event in result.get_asset_materialization_events():
                 metadata = event.step_materialization_data.materialization.metadata

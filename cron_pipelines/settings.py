@@ -95,6 +95,8 @@ def check_mail_address(value: str, variable: str) -> str:
 
 
 MailerBackend = Literal["smtp", "outbox"]
+# Where the steps of a sharded delivery run (README, "Scaling out").
+DeliveryExecutor = Literal["in_process", "multiprocess", "celery", "k8s"]
 
 
 class Settings(BaseModel):
@@ -155,6 +157,12 @@ class Settings(BaseModel):
     unsubscribe_signing_key: SecretStr | None = None
 
     prometheus_pushgateway_url: str | None = None
+
+    # Sharded deliveries (README, "Scaling out"): S steps per notification job, run by this executor.
+    delivery_shards: int = Field(1, ge=1, le=64)
+    delivery_executor: DeliveryExecutor = "multiprocess"
+    celery_broker_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    celery_backend_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
 
     step_max_retries: int = Field(3, ge=0, le=10)
     step_retry_delay_seconds: float = Field(30.0, ge=0)
@@ -237,6 +245,11 @@ class Settings(BaseModel):
                 problems.append(f"UNSUBSCRIBE_SIGNING_KEY: must be at least {MIN_HS256_SECRET_BYTES} bytes")
             elif weakness := key_weakness(key):
                 problems.append(f"UNSUBSCRIBE_SIGNING_KEY: {weakness}")
+        if self.delivery_shards > self.mail_max_connections:
+            problems.append(
+                f"DELIVERY_SHARDS: {self.delivery_shards} shards need at least as many mail connections, "
+                f"and MAIL_MAX_CONNECTIONS (the total for a run) is {self.mail_max_connections}"
+            )
         if self.smtp_username is not None and self.smtp_password is None:
             problems.append("SMTP_PASSWORD: required when SMTP_USERNAME is set")
         if self.smtp_username is not None and self.smtp_security == "none" and not self.smtp_allow_plaintext_auth:
@@ -321,7 +334,15 @@ def _describe(error: ErrorDetails) -> list[str]:
 
 # Secrets may come from a file instead (`<NAME>_FILE`, the Docker and Kubernetes convention), so
 # they need not sit in a container's environment, where `docker inspect` shows them.
-SECRET_VARIABLES = ("INTERNAL_JWT_SECRET", "INTERNAL_JWT_PRIVATE_KEY", "SMTP_PASSWORD", "UNSUBSCRIBE_SIGNING_KEY")
+SECRET_VARIABLES = (
+    "INTERNAL_JWT_SECRET",
+    "INTERNAL_JWT_PRIVATE_KEY",
+    "SMTP_PASSWORD",
+    "UNSUBSCRIBE_SIGNING_KEY",
+    # A broker URL may hold its password.
+    "CELERY_BROKER_URL",
+    "CELERY_BACKEND_URL",
+)
 MAX_SECRET_FILE_BYTES = 64 * 1024
 
 

@@ -18,7 +18,11 @@ from zoneinfo import ZoneInfo
 
 import dagster as dg
 
+from cron_pipelines.deployment.executors import delivery_executor
 from cron_pipelines.settings import Settings
+
+# The number of shards a run's delivery fans out over (defs/sharding.py).
+SHARDS_TAG = "cron_pipelines/shards"
 
 if TYPE_CHECKING:  # the public API has no name for the type define_asset_job returns
     from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
@@ -96,6 +100,9 @@ class DailyOptions:
     retry_policy: dg.RetryPolicy
     catchup_days: int
     settings: Settings
+    # Sharded notification jobs (defs/sharding.py): the default S, and where their steps run.
+    delivery_shards: int = 1
+    delivery_executor: dg.ExecutorDefinition = dg.in_process_executor
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DailyOptions:
@@ -114,6 +121,8 @@ class DailyOptions:
             ),
             catchup_days=settings.schedule_catchup_days,
             settings=settings,
+            delivery_shards=settings.delivery_shards,
+            delivery_executor=delivery_executor(settings) if settings.delivery_shards > 1 else dg.in_process_executor,
         )
 
 
@@ -125,14 +134,20 @@ def daily_job(
     description: str,
     options: DailyOptions,
     sensors: Sequence[dg.SensorDefinition] = (),
+    sharded: bool = False,
 ) -> dg.Definitions:
-    """A job that materializes `assets` for one business day, with its daily schedule at local `at`."""
-    # One process per run: every job has one or two steps, and the multiprocess
+    """A job that materializes `assets` for one business day, with its daily schedule at local `at`.
+
+    A `sharded` job's delivery fans out over DELIVERY_SHARDS steps when that is above 1.
+    """
+    fanned_out = sharded and options.delivery_shards > 1
+    # Otherwise one process per run: every job has one or two steps, and the multiprocess
     # executor would spend seconds starting a process per step.
     job = dg.define_asset_job(
         name,
         selection=dg.AssetSelection.assets(*(key for asset in assets for key in asset.keys)),
-        executor_def=dg.in_process_executor,
+        executor_def=options.delivery_executor if fanned_out else dg.in_process_executor,
+        tags={SHARDS_TAG: str(options.delivery_shards)} if fanned_out else None,
         description=description,
     )
     return dg.Definitions(

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import itertools
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -17,6 +19,7 @@ from cron_pipelines.clients.errors import ServiceAuthError, ServiceProtocolError
 from cron_pipelines.models.notification import NotificationKind
 from cron_pipelines.models.records import InvalidRecord
 from cron_pipelines.notifications.pipeline import SAMPLE_EMAIL, Gate, Journal, NotificationPipeline, RunInfo
+from cron_pipelines.notifications.sharding import Shard
 from cron_pipelines.notifications.transports import MailTransport
 from cron_pipelines.resources import MailerResource, MetricsResource, MongoServiceResource
 from cron_pipelines.rules.calendar import BusinessDay
@@ -76,6 +79,8 @@ def run_info(context: dg.AssetExecutionContext) -> RunInfo:
 
 
 JOURNAL_METADATA_KEY = "delivery_journal"
+# Which shard's journal it is: each shard's step settles its own (notifications/sharding.py).
+JOURNAL_SHARD_KEY = "delivery_shard"
 INTERRUPTIONS = (KeyboardInterrupt, dg.DagsterExecutionInterruptedError)
 
 
@@ -97,7 +102,9 @@ class DeliveryStep:
         metrics: MetricsResource,
         transport: MailTransport,
         inherited: Journal,
+        shard: Shard,
     ) -> None:
+        self.shard = shard
         self._context = context
         self._mongo_service = mongo_service
         self._mailer = mailer
@@ -106,6 +113,14 @@ class DeliveryStep:
         self._inherited = inherited
         self._inherited_tokens = dict(inherited.unanswered_claims)
         self._pipelines: list[NotificationPipeline] = []
+        self._stop_requested = False
+
+    def request_stop(self) -> None:
+        """The run is being terminated: every pipeline of the step stops sending now (any thread)."""
+        self._transport.stop()
+        for pipeline in list(self._pipelines):
+            pipeline.request_stop()
+        self._stop_requested = True
 
     def pipeline(self) -> NotificationPipeline:
         pipeline = NotificationPipeline(
@@ -120,6 +135,8 @@ class DeliveryStep:
         )
         self._metrics.track(pipeline.stats)
         self._pipelines.append(pipeline)
+        if self._stop_requested:
+            pipeline.request_stop()
         return pipeline
 
     def settle_inherited(self) -> None:
@@ -157,8 +174,16 @@ def _journal_asset(context: dg.AssetExecutionContext) -> dg.AssetKey:
     return keys[0]
 
 
-def latest_journal(instance: dg.DagsterInstance, run_id: str, asset_key: dg.AssetKey) -> Journal | None:
-    """The latest delivery journal a step of this run wrote for `asset_key`, if any."""
+def step_shard(context: dg.AssetExecutionContext | dg.OpExecutionContext) -> Shard:
+    """The shard this step delivers: the whole day, unless it is one step of a fanned-out delivery."""
+    op_context = context.op_execution_context if isinstance(context, dg.AssetExecutionContext) else context
+    return Shard.from_mapping_key(op_context.get_mapping_key())
+
+
+def latest_journal(
+    instance: dg.DagsterInstance, run_id: str, asset_key: dg.AssetKey, shard: Shard = Shard()
+) -> Journal | None:
+    """The latest delivery journal the step of this run delivering `shard` of `asset_key` wrote, if any."""
     records = instance.get_records_for_run(
         run_id, of_type=dg.DagsterEventType.ASSET_OBSERVATION, ascending=False
     ).records
@@ -166,13 +191,16 @@ def latest_journal(instance: dg.DagsterInstance, run_id: str, asset_key: dg.Asse
         event = record.event_log_entry.dagster_event
         observation = event.asset_observation_data.asset_observation if event is not None else None
         if observation is not None and observation.asset_key == asset_key:
+            written_by = observation.metadata.get(JOURNAL_SHARD_KEY)
+            if (written_by.value if written_by is not None else Shard().mapping_key) != shard.mapping_key:
+                continue
             entry = observation.metadata.get(JOURNAL_METADATA_KEY)
             if isinstance(entry, dg.JsonMetadataValue) and isinstance(entry.data, Mapping):
                 return Journal.from_json(entry.data)
     return None
 
 
-def _write_journal(context: dg.AssetExecutionContext, journal: Journal) -> None:
+def _write_journal(context: dg.AssetExecutionContext, journal: Journal, shard: Shard) -> None:
     context.log_event(
         dg.AssetObservation(
             asset_key=_journal_asset(context),
@@ -182,9 +210,42 @@ def _write_journal(context: dg.AssetExecutionContext, journal: Journal) -> None:
                 JOURNAL_METADATA_KEY: dg.MetadataValue.json(journal.to_json()),
                 "unrecorded_outcomes": len(journal.outcomes),
                 "unanswered_claims": len(journal.unanswered_claims),
+                **({} if shard.is_whole else {JOURNAL_SHARD_KEY: shard.mapping_key}),
             },
         )
     )
+
+
+# How often a shard's step looks whether its run is being terminated.
+RUN_STATUS_POLL_SECONDS = 1.0
+STOPPING_STATUSES = (dg.DagsterRunStatus.CANCELING, dg.DagsterRunStatus.CANCELED)
+
+
+@contextmanager
+def _stopped_with_the_run(context: dg.AssetExecutionContext, step: DeliveryStep) -> Iterator[None]:
+    """Stop the step's sending when its run is terminated, even if no signal reaches this process.
+
+    A shard's step may run on a Celery worker: Terminate revokes the run's queued tasks, but
+    a step already running gets no signal. It watches the run's status instead.
+    """
+    done = threading.Event()
+    instance, run_id = context.instance, context.run.run_id
+
+    def watch() -> None:
+        while not done.wait(RUN_STATUS_POLL_SECONDS):
+            run = instance.get_run_by_id(run_id)
+            if run is not None and run.status in STOPPING_STATUSES:
+                context.log.warning("the run is being terminated: this shard stops sending now")
+                step.request_stop()
+                return
+
+    watcher = threading.Thread(target=watch, name="run-status-watch", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join()
 
 
 def _stopped(context: dg.AssetExecutionContext, journal: Journal, sent_before_stop: int) -> dg.Failure:
@@ -217,26 +278,30 @@ def delivery_step(
     """A step that sends notifications: settles an earlier attempt's journal first, and ends cleanly.
 
     If it fails, whatever the ledger could not record is journaled for the next attempt.
-    If it is interrupted (Terminate, SIGTERM, SIGINT), the pipelines have stopped sending
+    If it is interrupted (Terminate, SIGTERM, SIGINT; for a shard's step, also its run's
+    status turning CANCELING), the pipelines have stopped sending
     and recorded every claim; the step then fails without retries and the run is canceled.
     """
-    inherited = latest_journal(context.instance, context.run.run_id, _journal_asset(context)) or Journal()
-    transport = mailer.open_transport()
-    step = DeliveryStep(context, mongo_service, mailer, metrics, transport, inherited)
+    shard = step_shard(context)
+    metrics.label_shard(shard)
+    inherited = latest_journal(context.instance, context.run.run_id, _journal_asset(context), shard) or Journal()
+    transport = mailer.open_transport(shard)
+    step = DeliveryStep(context, mongo_service, mailer, metrics, transport, inherited, shard)
     try:
-        step.settle_inherited()
-        yield step
-        step.release_inherited()
+        with contextlib.nullcontext() if shard.is_whole else _stopped_with_the_run(context, step):
+            step.settle_inherited()
+            yield step
+            step.release_inherited()
     except BaseException as exc:
         journal = step.journal()
         if journal or inherited:
-            _write_journal(context, journal)
+            _write_journal(context, journal, shard)
         if isinstance(exc, INTERRUPTIONS):
             raise _stopped(context, journal, step.sent) from None
         raise
     else:
         if inherited:
-            _write_journal(context, Journal())  # settled: a later attempt must not replay it
+            _write_journal(context, Journal(), shard)  # settled: a later attempt must not replay it
     finally:
         transport.close()
 
@@ -303,15 +368,15 @@ def delivery_check_spec(asset_key: dg.AssetKey | str) -> dg.AssetCheckSpec:
 
 
 def delivery_check_result(
-    asset_key: dg.AssetKey | str, pipeline: NotificationPipeline, thresholds: DeliveryThresholds
+    asset_key: dg.AssetKey | str, counts: Mapping[str, Any], thresholds: DeliveryThresholds
 ) -> dg.AssetCheckResult:
-    counts = pipeline.stats.counts
+    """The check of a delivery from its counts (a pipeline's `metadata()`, or the sum over shards)."""
     failed, skipped, claimed = counts.get("failed", 0), counts.get("skipped", 0), counts.get("claimed", 0)
-    invalid = counts.get("invalid", 0)
+    invalid, left_claimed = counts.get("invalid", 0), counts.get("left_claimed", 0)
     # A user's own opt-out is not a delivery problem.
     skipped_ratio = (skipped - counts.get("opted_out", 0) + invalid) / max(claimed + invalid, 1)
     # Claimed with no outcome recorded: each is an email nobody knows the fate of.
-    too_many_failed = failed > thresholds.max_failed or pipeline.left_claimed > 0
+    too_many_failed = failed > thresholds.max_failed or left_claimed > 0
     too_many_skipped = skipped_ratio > thresholds.max_skipped_ratio
     return dg.AssetCheckResult(
         asset_key=dg.AssetKey.from_coercible(asset_key),
@@ -320,7 +385,7 @@ def delivery_check_result(
         severity=dg.AssetCheckSeverity.ERROR if too_many_failed else dg.AssetCheckSeverity.WARN,
         metadata={
             "failed": failed,
-            "left_claimed": pipeline.left_claimed,
+            "left_claimed": left_claimed,
             "skipped": skipped,
             "opted_out": counts.get("opted_out", 0),
             "invalid": invalid,

@@ -90,6 +90,13 @@ DEFAULT_MAX_ATTEMPTS = 5
 Gate = Callable[[Sequence[tuple[Notification, ClaimResult]]], Sequence[str | None]]
 
 
+class StopRequested(KeyboardInterrupt):
+    """The run is being terminated, and no signal told this process: a step on a Celery worker.
+
+    An interrupt like SIGINT, raised where the pipeline waits: every delivery stops the same way.
+    """
+
+
 @dataclass(frozen=True)
 class RunInfo:
     """Where notifications come from, written into every ledger record for the audit trail."""
@@ -262,6 +269,7 @@ class NotificationPipeline:
         self.sample_message: OutgoingMessage | None = None
         # Digest notifications waiting for the end of the stream (opened at the first one).
         self._spill: DigestSpill | None = None
+        self._stop_requested = threading.Event()
 
     # -- public ----------------------------------------------------------------------
 
@@ -269,6 +277,15 @@ class NotificationPipeline:
         """Record outcomes an earlier attempt could not; raises, keeping them in the journal, if the ledger still cannot."""
         self.journal.outcomes.extend(outcomes)
         self._flush_journal()
+
+    def request_stop(self) -> None:
+        """From any thread: hand nothing more to the mail server, and stop as an interrupt would."""
+        self._transport.stop()
+        self._stop_requested.set()
+
+    def _raise_if_stop_requested(self) -> None:
+        if self._stop_requested.is_set():
+            raise StopRequested("the run is being terminated")
 
     def deliver(self, items: Iterable[Notification | InvalidRecord], *, gate: Gate | None = None) -> None:
         """Deliver a stream of notifications batch by batch; RejectedRecords are counted, not sent.
@@ -297,6 +314,7 @@ class NotificationPipeline:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="notification-send") as sender:
             try:
                 for chunk in self._chunks(items):
+                    self._raise_if_stop_requested()
                     prepared = _Batch()
                     self._claim_and_compose(chunk, gate, prepared)
                     if claims is not None:
@@ -316,6 +334,7 @@ class NotificationPipeline:
                     self._await(sending)
                     self._record_rest(sending)
                     sending = None
+                self._raise_if_stop_requested()
             except BaseException as exc:
                 with _interrupts_deferred(redeliver=False):
                     # An interrupt stops sending at once; after an error the batch on its way may finish.
@@ -647,6 +666,7 @@ class NotificationPipeline:
         """Wait for the batch's results, recording what has arrived every `record_interval`."""
         while not batch.finished.wait(self._record_interval):
             self._record_rest(batch)
+            self._raise_if_stop_requested()
         if batch.sent_by_sender < len(batch.messages):
             raise RuntimeError("the sender thread failed before every message had a result")
 

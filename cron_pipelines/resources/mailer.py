@@ -9,6 +9,7 @@ from dagster import ConfigurableResource
 from pydantic import Field
 
 from cron_pipelines.notifications.composition import MessageComposer
+from cron_pipelines.notifications.sharding import Shard
 from cron_pipelines.notifications.transports import (
     MailTransport,
     OutboxTransport,
@@ -60,8 +61,8 @@ class MailerResource(ConfigurableResource):
         tokens = UnsubscribeTokens(self.unsubscribe_signing_key, self.unsubscribe_issuer)
         return UnsubscribeLinks(self.unsubscribe_base_url, tokens)
 
-    def open_transport(self) -> MailTransport:
-        """A transport for one run or step; the caller closes it."""
+    def open_transport(self, shard: Shard = Shard()) -> MailTransport:
+        """A transport for one run or step, with `shard`'s share of the connections and rate; the caller closes it."""
         if self.backend == "outbox":
             return OutboxTransport(Path(self.outbox_dir))
         if self.backend == "smtp":
@@ -74,6 +75,8 @@ class MailerResource(ConfigurableResource):
                 timeout=self.smtp_timeout_seconds,
             )
             return SmtpTransport(
-                settings, max_connections=self.max_connections, rate_limit_per_second=self.rate_limit_per_second
+                settings,
+                max_connections=shard.connections(self.max_connections),
+                rate_limit_per_second=shard.rate(self.rate_limit_per_second),
             )
         raise ValueError(f"unknown mailer backend {self.backend!r}")

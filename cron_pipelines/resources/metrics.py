@@ -1,7 +1,8 @@
 """Prometheus metrics of one run, pushed to a Pushgateway when the run ends.
 
 Runs are batch jobs, so their metrics are pushed rather than scraped: each run
-collects into a registry of its own and pushes it, grouped by Dagster job, when
+collects into a registry of its own and pushes it, grouped by Dagster job (and
+shard, for one step of a fanned-out delivery), when
 PROMETHEUS_PUSHGATEWAY_URL is set. A push that fails is logged, never fatal.
 """
 
@@ -17,6 +18,7 @@ from pydantic import Field, PrivateAttr
 
 from cron_pipelines.clients.http import ServiceClient
 from cron_pipelines.notifications.pipeline import DeliveryStats
+from cron_pipelines.notifications.sharding import Shard
 
 logger = logging.getLogger("cron_pipelines.metrics")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -28,6 +30,7 @@ class RunMetrics:
 
     def __init__(self, job: str) -> None:
         self.job = job
+        self.shard: str | None = None  # a shard's step pushes its own group, or shards would overwrite each other
         self.registry = CollectorRegistry()
         self.notifications = Counter(
             "cron_pipelines_notifications",
@@ -82,7 +85,7 @@ class RunMetrics:
         push_to_gateway(
             gateway_url,
             job="cron_pipelines",
-            grouping_key={"dagster_job": self.job},
+            grouping_key={"dagster_job": self.job, **({"shard": self.shard} if self.shard else {})},
             registry=self.registry,
             timeout=10,
         )
@@ -111,6 +114,11 @@ class MetricsResource(ConfigurableResource):
         """Count these clients' requests, latencies and retries in this run's metrics."""
         for client in clients:
             client.observer = self.run
+
+    def label_shard(self, shard: Shard) -> None:
+        """This step delivers one shard of a fanned-out delivery: its metrics are pushed as that shard's."""
+        if not shard.is_whole:
+            self.run.shard = shard.mapping_key
 
     def track(self, stats: DeliveryStats) -> None:
         """Count these notifications when the run ends, whether it succeeds or fails."""

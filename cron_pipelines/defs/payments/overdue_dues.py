@@ -11,13 +11,13 @@ from cron_pipelines.defs.delivery import (
     DeliveryThresholds,
     Stopwatch,
     business_day_of,
-    delivery_check_spec,
     no_retry_on_permanent_errors,
     prefixed,
     summary_metadata,
 )
 from cron_pipelines.defs.payments.dues import notify_about_dues
 from cron_pipelines.defs.services_data import DUES, NOTIFICATION_LEDGER
+from cron_pipelines.defs.sharding import delivery_asset
 from cron_pipelines.models.records import InvalidRecord, InvalidTally
 from cron_pipelines.resources import MailerResource, MetricsResource, MongoServiceResource, SqlServiceResource
 from cron_pipelines.rules import payments as rules
@@ -78,7 +78,6 @@ def overdue_notices(
     """Tells users their due is overdue, on the configured days past due (notice_days_past_due)."""
     return notify_about_dues(
         context,
-        config,
         "overdue",
         config.notice_window,
         lambda dues, day: rules.overdue_notices(dues, day, config),
@@ -99,17 +98,19 @@ def definitions(options: DailyOptions) -> dg.Definitions:
     marks = dg.asset(key=OVERDUE_MARKS, deps=[DUES], kinds={"python", "sql"}, **common)(
         no_retry_on_permanent_errors(overdue_marks)
     )
-    notices = dg.asset(
+    notices = delivery_asset(
+        overdue_notices,
         key=OVERDUE_NOTICES,
+        shards=options.delivery_shards,
         deps=[OVERDUE_MARKS, NOTIFICATION_LEDGER],
         kinds={"python", "email"},
-        check_specs=[delivery_check_spec(OVERDUE_NOTICES)],
         **common,
-    )(no_retry_on_permanent_errors(overdue_notices))
+    )
     return daily_job(
         JOB,
         [marks, notices],
         at=(6, 0),
         options=options,
+        sharded=True,
         description="Mark past-due dues overdue, then send notices on the configured days past due.",
     )

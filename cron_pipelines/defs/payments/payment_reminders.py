@@ -3,9 +3,10 @@
 import dagster as dg
 
 from cron_pipelines.defs.daily import DailyOptions, daily_job
-from cron_pipelines.defs.delivery import DeliveryThresholds, delivery_check_spec, no_retry_on_permanent_errors
+from cron_pipelines.defs.delivery import DeliveryThresholds
 from cron_pipelines.defs.payments.dues import notify_about_dues
 from cron_pipelines.defs.services_data import DUES, NOTIFICATION_LEDGER
+from cron_pipelines.defs.sharding import delivery_asset
 from cron_pipelines.resources import MailerResource, MetricsResource, MongoServiceResource, SqlServiceResource
 from cron_pipelines.rules import payments as rules
 
@@ -28,7 +29,6 @@ def payment_reminders(
     """Reminds users of pending dues due a configured number of days ahead (reminder_days_before)."""
     return notify_about_dues(
         context,
-        config,
         "pending",
         config.window,
         lambda dues, day: rules.payment_reminders(dues, day, config),
@@ -40,20 +40,22 @@ def payment_reminders(
 
 
 def definitions(options: DailyOptions) -> dg.Definitions:
-    asset = dg.asset(
+    asset = delivery_asset(
+        payment_reminders,
         key=PAYMENT_REMINDERS,
+        shards=options.delivery_shards,
+        retry_policy=options.retry_policy,
         deps=[DUES, NOTIFICATION_LEDGER],
         kinds={"python", "email"},
-        check_specs=[delivery_check_spec(PAYMENT_REMINDERS)],
         partitions_def=options.partitions_def,
-        retry_policy=options.retry_policy,
         group_name="payments",
         owners=["team:payments"],
-    )(no_retry_on_permanent_errors(payment_reminders))
+    )
     return daily_job(
         JOB,
         [asset],
         at=(9, 0),
         options=options,
+        sharded=True,
         description="Remind users of pending dues due in the configured number of days.",
     )

@@ -87,7 +87,7 @@ def inactive_user_deactivations(
             failed_confirmations_retried=resent,
             **pipeline.metadata(),
         ),
-        check_results=[delivery_check_result(context.asset_key, pipeline, config)],
+        check_results=[delivery_check_result(context.asset_key, pipeline.metadata(), config)],
     )
 
 

@@ -43,7 +43,7 @@ def inactivity_warnings(
         pipeline.deliver(rules.inactivity_warnings(users, business_day, config))
     return dg.MaterializeResult(
         metadata=summary_metadata(business_day, stopwatch, inactive_before=cutoff.isoformat(), **pipeline.metadata()),
-        check_results=[delivery_check_result(context.asset_key, pipeline, config)],
+        check_results=[delivery_check_result(context.asset_key, pipeline.metadata(), config)],
     )
 
 

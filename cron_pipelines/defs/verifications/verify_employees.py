@@ -121,12 +121,12 @@ def verify_employees(
             **decisions.metadata(),
             **common,
         ),
-        check_results=[delivery_check_result(DECISIONS, decisions, config)],
+        check_results=[delivery_check_result(DECISIONS, decisions.metadata(), config)],
     )
     yield dg.MaterializeResult(
         asset_key=REMINDERS,
         metadata=summary_metadata(business_day, stopwatch, **reminders.metadata(), **common),
-        check_results=[delivery_check_result(REMINDERS, reminders, config)],
+        check_results=[delivery_check_result(REMINDERS, reminders.metadata(), config)],
     )
 
 

@@ -1,0 +1,45 @@
+"""Where the steps of a sharded delivery run: DELIVERY_EXECUTOR (README, "Scaling out").
+
+- `multiprocess`: one process per step on the run worker's machine (the default).
+- `celery`: each step is a task on Redis (CELERY_BROKER_URL), run by whichever Celery worker
+  takes it; workers on several machines share the Dagster instance's PostgreSQL storage.
+- `k8s`: one Kubernetes Job (pod) per step, launched by the run's pod.
+- `in_process`: every shard one after the other in the run worker (for tests and debugging).
+
+Only the sharded jobs use it: a job of one step gains nothing from a step executor.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from cron_pipelines.settings import Settings
+
+
+def delivery_executor(settings: Settings) -> dg.ExecutorDefinition:
+    shards = settings.delivery_shards
+    if settings.delivery_executor == "in_process":
+        return dg.in_process_executor
+    if settings.delivery_executor == "multiprocess":
+        return dg.multiprocess_executor.configured({"max_concurrent": shards}, name="shard_processes")
+    if settings.delivery_executor == "celery":
+        from dagster_celery import celery_executor  # the `deploy` extra
+
+        return celery_executor.configured(
+            {
+                "broker": _string_source(settings, "CELERY_BROKER_URL", settings.celery_broker_url.get_secret_value()),
+                "backend": _string_source(
+                    settings, "CELERY_BACKEND_URL", settings.celery_backend_url.get_secret_value()
+                ),
+            },
+            name="shard_celery",
+        )
+    from dagster_k8s import k8s_job_executor  # the `deploy` extra
+
+    return k8s_job_executor.configured({"max_concurrent": shards}, name="shard_pods")
+
+
+def _string_source(settings: Settings, variable: str, value: str) -> str | dict[str, str]:
+    """A secret read from the environment goes into the executor config by name, not by value."""
+    secret = settings.secret(variable, value)
+    return value if isinstance(secret, str) or secret is None else {"env": variable}
