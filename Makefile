@@ -30,6 +30,7 @@ test: install
 	$(BIN)/mypy
 	scripts/ensure-postgres.sh
 	scripts/ensure-caddy.sh
+	scripts/ensure-redis.sh
 	$(BIN)/python -m pytest
 
 # Performance figures (README, "Performance"): N=100000 by default; see benchmarks/run.py for modes.

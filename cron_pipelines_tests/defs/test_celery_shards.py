@@ -1,0 +1,166 @@
+"""Shards on Celery: real Redis, two real Celery workers, PostgreSQL run storage, aiosmtpd.
+
+The run worker is `cron-pipelines run` (the daemon's run worker does the same); its
+celery executor puts each step on Redis, and the workers run them against the
+instance in PostgreSQL, as workers on other machines would.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import redis
+
+from cron_pipelines_tests.defs.test_sharding import DELIVER_STEP, JOB, D, _seed
+from cron_pipelines_tests.support.job_world import JobWorld, job_environment
+from cron_pipelines_tests.support.postgres import fresh_database
+from cron_pipelines_tests.support.services import ServiceWorld
+from cron_pipelines_tests.support.smtp_sink import SmtpSink
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+REDIS_PORT = int(os.environ.get("CRON_PIPELINES_TEST_REDIS_PORT", "6379"))
+REDIS_DB = 11  # the tests' own database on the shared server, emptied before each test
+
+
+class CeleryWorkers:
+    """Celery worker processes of cron_pipelines.deployment.celery_app, each one step at a time."""
+
+    def __init__(self, environment: dict[str, str], log_dir: Path) -> None:
+        self._environment = environment
+        self._log_dir = log_dir
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str) -> subprocess.Popen[bytes]:
+        log = open(self._log_dir / f"{name}.log", "wb")  # noqa: SIM115 - the worker holds it until it exits
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "cron_pipelines.deployment.celery_app",
+                "worker",
+                "-Q",
+                "dagster",
+                "-n",
+                f"{name}@%h",
+                "--concurrency",
+                "1",
+                "--prefetch-multiplier",
+                "1",
+                "--without-gossip",
+                "--without-mingle",
+                "--loglevel",
+                "INFO",
+            ],
+            env=self._environment,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.processes[name] = process
+        return process
+
+    def log(self, name: str) -> str:
+        return (self._log_dir / f"{name}.log").read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        for name in self.processes:
+            while "ready." not in self.log(name):
+                assert time.monotonic() < deadline, self.log(name)[-3000:]
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+@pytest.fixture
+def celery_world(
+    services: ServiceWorld, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[JobWorld, CeleryWorkers]]:
+    broker = f"redis://127.0.0.1:{REDIS_PORT}/{REDIS_DB}"
+    redis.Redis(port=REDIS_PORT, db=REDIS_DB).flushdb()
+    dagster_home = tmp_path / "dagster_home"
+    dagster_home.mkdir()
+    shutil.copy(REPOSITORY / "deploy" / "dagster.yaml", dagster_home / "dagster.yaml")
+    # Counts and ids only: ten thousand messages' bytes are not kept.
+    with SmtpSink(keep_messages=False) as smtp, fresh_database() as database:
+        for name, value in database.items():
+            monkeypatch.setenv(name, value)
+        environment = job_environment(
+            services,
+            smtp,
+            str(dagster_home),
+            DELIVERY_SHARDS="3",
+            DELIVERY_EXECUTOR="celery",
+            MAIL_MAX_CONNECTIONS="3",
+            CELERY_BROKER_URL=broker,
+            CELERY_BACKEND_URL=broker,
+            **database,
+        )
+        workers = CeleryWorkers({**os.environ, **environment}, tmp_path)
+        with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+            try:
+                yield JobWorld(services, smtp, environment, instance), workers
+            finally:
+                workers.stop()
+
+
+def _shard_step_workers(instance: dg.DagsterInstance, run_id: str) -> dict[str, int]:
+    """Which process ran each shard's (last) step attempt."""
+    records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.STEP_START).records
+    return {
+        record.event_log_entry.step_key: record.event_log_entry.dagster_event.pid
+        for record in records
+        if record.event_log_entry.step_key.startswith(DELIVER_STEP) and record.event_log_entry.dagster_event
+    }
+
+
+def test_ten_thousand_reminders_in_three_shards_over_two_celery_workers_each_once(
+    celery_world: tuple[JobWorld, CeleryWorkers],
+) -> None:
+    world, workers = celery_world
+    expected = _seed(world, users=5_000, dues_per_user=2)
+    workers.start("w1")
+    workers.start("w2")
+    workers.wait_ready()
+
+    process = world.run_in_subprocess(JOB, D)
+    output, _ = process.communicate(timeout=600)
+
+    assert process.returncode == 0, output
+    assert world.smtp.count == len(expected) == 10_000 and world.smtp.duplicate_ids == 0
+    assert sorted(key.decode() for key in world.smtp.notification_ids) == expected
+    assert {record["status"] for record in world.ledger().values()} == {"sent"}
+    run = world.instance.get_runs(dg.RunsFilter(job_name=JOB))[0]
+    pids = _shard_step_workers(world.instance, run.run_id)
+    assert sorted(pids) == [f"{DELIVER_STEP}[{n}_of_3]" for n in range(3)]
+    worker_children = {int(pid) for name in workers.processes for pid in _children(workers.processes[name].pid)}
+    assert set(pids.values()) <= worker_children and len(set(pids.values())) == 2  # both workers took shards
+    materializations = world.instance.fetch_materializations(dg.AssetKey("payment_reminders"), limit=10).records
+    assert len(materializations) == 1
+    summary = {name: value.value for name, value in materializations[0].asset_materialization.metadata.items()}
+    assert (summary["claimed"], summary["sent"], summary["failed"], summary["left_claimed"]) == (10_000,) * 2 + (0, 0)
+    assert sum(shard["sent"] for shard in summary["shards"]) == 10_000
+
+
+def _children(pid: int) -> list[str]:
+    return subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
