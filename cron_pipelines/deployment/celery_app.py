@@ -12,6 +12,7 @@ from dagster_celery.config import DEFAULT_CONFIG, dict_wrapper
 from dagster_celery.make_app import make_app
 from dagster_celery.tasks import create_task
 
+from cron_pipelines.deployment.executors import CELERY_SETTINGS
 from cron_pipelines.settings import load_settings
 
 _settings = load_settings()
@@ -19,7 +20,7 @@ app = make_app(
     {
         "broker": _settings.celery_broker_url.get_secret_value(),
         "backend": _settings.celery_backend_url.get_secret_value(),
-        "config_source": dict_wrapper(dict(DEFAULT_CONFIG)),
+        "config_source": dict_wrapper({**DEFAULT_CONFIG, **CELERY_SETTINGS}),
     }
 )
 execute_plan = create_task(app)

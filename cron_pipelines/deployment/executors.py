@@ -15,6 +15,12 @@ import dagster as dg
 
 from cron_pipelines.settings import Settings
 
+# Celery settings of both ends, on top of dagster-celery's defaults. A step's task is acknowledged
+# when it ends, not when a worker takes it, and requeued if the process running it dies (an OOM
+# kill, a lost pod): another worker runs the step again, and the ledger gives it only what the
+# lost attempt had not claimed (README, "Scaling out").
+CELERY_SETTINGS = {"task_acks_late": True, "task_reject_on_worker_lost": True, "worker_prefetch_multiplier": 1}
+
 
 def delivery_executor(settings: Settings) -> dg.ExecutorDefinition:
     shards = settings.delivery_shards
@@ -31,6 +37,7 @@ def delivery_executor(settings: Settings) -> dg.ExecutorDefinition:
                 "backend": _string_source(
                     settings, "CELERY_BACKEND_URL", settings.celery_backend_url.get_secret_value()
                 ),
+                "config_source": CELERY_SETTINGS,
             },
             name="shard_celery",
         )

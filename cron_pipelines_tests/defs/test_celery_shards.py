@@ -164,3 +164,101 @@ def test_ten_thousand_reminders_in_three_shards_over_two_celery_workers_each_onc
 
 def _children(pid: int) -> list[str]:
     return subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+
+
+def _running_shard_steps(instance: dg.DagsterInstance, run_id: str) -> dict[str, int]:
+    """Shard steps started and not finished: step key → pid of the process running it."""
+    started = _shard_step_workers(instance, run_id)
+    finished = {
+        record.event_log_entry.step_key
+        for record in instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.STEP_SUCCESS).records
+    }
+    return {step: pid for step, pid in started.items() if step not in finished}
+
+
+def test_a_worker_process_killed_mid_shard_is_rerun_by_celery_and_no_key_goes_twice(
+    celery_world: tuple[JobWorld, CeleryWorkers],
+) -> None:
+    world, workers = celery_world
+    expected = _seed(world, users=900)
+    world.smtp.latency = 0.005  # each shard takes seconds: the kill lands mid-delivery
+    workers.start("w1")
+    workers.start("w2")
+    workers.wait_ready()
+
+    process = world.run_in_subprocess(JOB, D)
+    _wait_for_count(world.smtp, 60)
+    run = world.instance.get_runs(dg.RunsFilter(job_name=JOB))[0]
+    running = _running_shard_steps(world.instance, run.run_id)
+    assert running, "no shard step was running"
+    killed_step, pid = sorted(running.items())[0]
+    os.kill(pid, signal.SIGKILL)  # the process running the step dies: no cleanup, as an OOM kill
+    output, _ = process.communicate(timeout=300)
+
+    assert process.returncode == 0, output
+    starts = [
+        record.event_log_entry.step_key
+        for record in world.instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.STEP_START).records
+    ]
+    assert starts.count(killed_step) == 2  # Celery gave the step to a worker again
+    assert world.smtp.duplicate_ids == 0  # no key twice
+    mailed = {key.decode() for key in world.smtp.notification_ids}
+    ledger = world.ledger()
+    claimed = {key for key, record in ledger.items() if record["status"] == "claimed"}
+    sent = {key for key, record in ledger.items() if record["status"] == "sent"}
+    # The crash rules: only what the killed process had claimed is left `claimed` (at most three
+    # batches, for stuck_claims_sensor and `settle`); everything else was sent exactly once.
+    assert 0 < len(claimed) <= 300
+    assert sent | claimed == set(expected) and sent <= mailed <= sent | claimed
+    summary = {
+        name: value.value
+        for name, value in world.instance.fetch_materializations(dg.AssetKey("payment_reminders"), limit=1)
+        .records[0]
+        .asset_materialization.metadata.items()
+    }
+    # The shards that finished own every key but those the killed attempt claimed: those are `duplicate`.
+    assert summary["sent"] + summary["duplicate"] == len(expected) and summary["duplicate"] >= len(claimed)
+
+
+def _wait_for_count(smtp: SmtpSink, count: int, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while smtp.count < count:
+        assert time.monotonic() < deadline, f"only {smtp.count} messages arrived"
+        time.sleep(0.05)
+
+
+def test_terminate_stops_the_shards_running_on_celery_workers(celery_world: tuple[JobWorld, CeleryWorkers]) -> None:
+    world, workers = celery_world
+    expected = _seed(world, users=900)
+    world.smtp.latency = 0.005
+    workers.start("w1")
+    workers.start("w2")
+    workers.wait_ready()
+
+    process = world.run_in_subprocess(JOB, D)
+    _wait_for_count(world.smtp, 60)
+    run = world.instance.get_runs(dg.RunsFilter(job_name=JOB))[0]
+    assert _running_shard_steps(world.instance, run.run_id)
+    # Terminate: the run is marked CANCELING and its run worker signalled; the steps on the
+    # workers get no signal, and stop because they watch their run's status.
+    world.instance.report_run_canceling(run)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=120)
+    stopped_at = world.smtp.count
+    time.sleep(2)
+
+    assert world.smtp.count == stopped_at < len(expected), output
+    assert "this shard stops sending now" in "".join(workers.log(name) for name in workers.processes) or any(
+        "this shard stops sending now" in (record.event_log_entry.user_message or "")
+        for record in world.instance.get_records_for_run(run.run_id).records
+    )
+    ledger = world.ledger()
+    assert [key for key, record in ledger.items() if record["status"] == "claimed"] == []
+    mailed = {key.decode() for key in world.smtp.notification_ids}
+    assert {key for key, record in ledger.items() if record["status"] == "sent"} == mailed
+    assert {record["status"] for key, record in ledger.items() if key not in mailed} <= {"failed"}
+
+    world.smtp.latency = 0
+    world.configure(DELIVERY_EXECUTOR="in_process")
+    assert world.run(JOB, D).success
+    assert world.smtp.duplicate_ids == 0 and world.smtp.count == len(expected)  # the rest, each once
