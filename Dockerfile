@@ -1,6 +1,6 @@
 # The code location image: the same pinned install as `make test` (constraints.txt, extra
-# `deploy`, which brings dagster-docker and dagster-k8s for the run launchers), run as a
-# non-root user. Its default command serves the code location over gRPC; the webserver and
+# `deploy`, which brings dagster-docker and dagster-k8s for the run launchers and the k8s step
+# executor, and dagster-celery for the Celery workers), run as a non-root user. Its default command serves the code location over gRPC; the webserver and
 # daemon services of docker-compose.yaml reuse it with another command, and the Docker and
 # Kubernetes run launchers start each run in it.
 FROM python:3.11-slim

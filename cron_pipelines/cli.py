@@ -63,7 +63,6 @@ def command_run(settings: Settings, args: argparse.Namespace) -> int:
     import dagster as dg
     from dagster._core.definitions.reconstruct import ReconstructableRepository
 
-    from cron_pipelines import definitions as definitions_module
     from cron_pipelines.defs import build_definitions
 
     definitions = build_definitions(settings)
@@ -88,7 +87,7 @@ def command_run(settings: Settings, args: argparse.Namespace) -> int:
                 )
             else:  # a sharded job: its executor runs the shards' steps in processes, workers or pods
                 result = dg.execute_job(
-                    ReconstructableRepository.for_module(definitions_module.__name__, "defs").get_reconstructable_job(
+                    ReconstructableRepository.for_module("cron_pipelines.definitions", "defs").get_reconstructable_job(
                         args.job
                     ),
                     instance,

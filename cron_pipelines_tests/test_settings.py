@@ -81,6 +81,12 @@ def test_values_are_read_and_normalised() -> None:
         ({"OPS_ALERT_EMAIL": "not-an-address"}, "OPS_ALERT_EMAIL='not-an-address'"),
         ({"SMTP_USERNAME": "mailer"}, "SMTP_PASSWORD: required when SMTP_USERNAME is set"),
         ({"MAIL_MAX_CONNECTIONS": "0"}, "MAIL_MAX_CONNECTIONS='0'"),
+        (
+            {"DELIVERY_SHARDS": "5", "MAIL_MAX_CONNECTIONS": "4"},
+            "DELIVERY_SHARDS: 5 shards need at least as many mail connections, and MAIL_MAX_CONNECTIONS",
+        ),
+        ({"DELIVERY_SHARDS": "0"}, "DELIVERY_SHARDS='0'"),
+        ({"DELIVERY_EXECUTOR": "bullmq"}, "DELIVERY_EXECUTOR='bullmq'"),
     ],
 )
 def test_invalid_values_fail_naming_the_variable(environment: dict[str, str], expected: str) -> None:

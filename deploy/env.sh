@@ -23,6 +23,8 @@ export DAGSTER_READONLY_WEBSERVER_UPSTREAM="$DAGSTER_WEBSERVER_HOST:$DAGSTER_REA
 export CRON_PIPELINES_CADDY="${CRON_PIPELINES_CADDY:-caddy}"
 export DAGSTER_WORKSPACE="${DAGSTER_WORKSPACE:-$project/deploy/workspace.yaml}"
 export CRON_PIPELINES_BIN="${CRON_PIPELINES_BIN:-$project/.venv/bin}"
+# Steps one Celery worker runs at once (DELIVERY_EXECUTOR=celery): about one per core.
+export CELERY_WORKER_CONCURRENCY="${CELERY_WORKER_CONCURRENCY:-2}"
 # supervisord's pid file and control socket (a Unix socket path must stay under ~100 characters).
 export CRON_PIPELINES_RUN_DIR="${CRON_PIPELINES_RUN_DIR:-$DAGSTER_HOME/supervisor}"
 # One rotated log per program. Not $DAGSTER_HOME/logs: Dagster's telemetry uploader owns that

@@ -22,6 +22,12 @@ from cron_pipelines.settings import Settings
 CELERY_SETTINGS = {"task_acks_late": True, "task_reject_on_worker_lost": True, "worker_prefetch_multiplier": 1}
 
 
+# Each shard's pod gets what a run's pod gets (deploy/helm/values.yaml): memory per shard stays flat.
+K8S_STEP_POD = {
+    "container_config": {"resources": {"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"memory": "1Gi"}}}
+}
+
+
 def delivery_executor(settings: Settings) -> dg.ExecutorDefinition:
     shards = settings.delivery_shards
     if settings.delivery_executor == "in_process":
@@ -43,7 +49,7 @@ def delivery_executor(settings: Settings) -> dg.ExecutorDefinition:
         )
     from dagster_k8s import k8s_job_executor  # the `deploy` extra
 
-    return k8s_job_executor.configured({"max_concurrent": shards}, name="shard_pods")
+    return k8s_job_executor.configured({"max_concurrent": shards, "step_k8s_config": K8S_STEP_POD}, name="shard_pods")
 
 
 def _string_source(settings: Settings, variable: str, value: str) -> str | dict[str, str]:

@@ -30,7 +30,9 @@ class RunMetrics:
 
     def __init__(self, job: str) -> None:
         self.job = job
-        self.shard: str | None = None  # a shard's step pushes its own group, or shards would overwrite each other
+        # The shards whose steps this process ran. A shard's step in a process of its own pushes its
+        # own group, or the shards would overwrite each other; in-process, one push has them all.
+        self.shards: set[str] = set()
         self.registry = CollectorRegistry()
         self.notifications = Counter(
             "cron_pipelines_notifications",
@@ -85,7 +87,10 @@ class RunMetrics:
         push_to_gateway(
             gateway_url,
             job="cron_pipelines",
-            grouping_key={"dagster_job": self.job, **({"shard": self.shard} if self.shard else {})},
+            grouping_key={
+                "dagster_job": self.job,
+                **({"shard": next(iter(self.shards))} if len(self.shards) == 1 else {}),
+            },
             registry=self.registry,
             timeout=10,
         )
@@ -118,7 +123,7 @@ class MetricsResource(ConfigurableResource):
     def label_shard(self, shard: Shard) -> None:
         """This step delivers one shard of a fanned-out delivery: its metrics are pushed as that shard's."""
         if not shard.is_whole:
-            self.run.shard = shard.mapping_key
+            self.run.shards.add(shard.mapping_key)
 
     def track(self, stats: DeliveryStats) -> None:
         """Count these notifications when the run ends, whether it succeeds or fails."""

@@ -8,6 +8,7 @@ from collections import Counter
 
 import dagster as dg
 
+from cron_pipelines.defs.sharding import merge_shard_reports, shard_breakdown
 from cron_pipelines_tests.demo_services.helpers import due, user
 from cron_pipelines_tests.support.job_world import JobWorld, check_result, failure_messages, metadata
 
@@ -207,3 +208,33 @@ def test_terminate_stops_every_shard_and_records_what_was_and_was_not_sent(world
     world.configure(DELIVERY_EXECUTOR="in_process")
     assert world.run(JOB, D).success
     assert world.sent_keys() == expected  # the next run sent the rest, each key exactly once
+
+
+def test_shard_reports_merge_into_the_run_s_totals_with_bounded_samples() -> None:
+    reports = [
+        {
+            "shard": f"{n}_of_3",
+            "delivery_thresholds": {"max_failed": 0, "max_skipped_ratio": 0.05},
+            "business_date": D,
+            "timezone": "UTC",
+            "duration_seconds": 1.5 + n,
+            "claimed": 10 + n,
+            "sent": 9 + n,
+            "failed": 1,
+            "left_claimed": 0,
+            "payment_reminder.sent": 9 + n,
+            "sample_sent_keys": [f"k{n}_{i}" for i in range(8)],
+            "skip_reasons": {"opted_out": 2, f"reason {n}": 1},
+            "sample_email": f"email of shard {n}" if n else None,
+        }
+        for n in range(3)
+    ]
+    total = merge_shard_reports(reports)
+
+    assert (total["claimed"], total["sent"], total["failed"], total["left_claimed"]) == (33, 30, 3, 0)
+    assert total["payment_reminder.sent"] == 30 and total["duration_seconds"] == 3.5
+    assert total["sample_sent_keys"] == [f"k0_{i}" for i in range(8)] + ["k1_0", "k1_1"]
+    assert total["skip_reasons"] == {"opted_out": 6, "reason 0": 1, "reason 1": 1, "reason 2": 1}
+    assert total["business_date"] == D and total["sample_email"] == "email of shard 1"
+    assert "shard" not in total and "delivery_thresholds" not in total
+    assert [row["sent"] for row in shard_breakdown(reports)] == [9, 10, 11]

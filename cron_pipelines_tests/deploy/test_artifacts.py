@@ -19,7 +19,10 @@ import yaml
 from dagster_k8s.job import UserDefinedDagsterK8sConfig
 from dagster_k8s.models import k8s_model_from_dict
 
-from cron_pipelines.settings import SECRET_VARIABLES, Settings
+from cron_pipelines.defs import build_definitions
+from cron_pipelines.deployment.executors import K8S_STEP_POD
+from cron_pipelines.settings import SECRET_VARIABLES, Settings, load_settings
+from cron_pipelines_tests.conftest import TEST_JWT_SECRET
 from cron_pipelines_tests.deploy.conftest import PROJECT, PostgresHome
 from cron_pipelines_tests.support.certificates import self_signed_localhost
 
@@ -59,9 +62,11 @@ def test_env_example_lists_exactly_the_settings() -> None:
 
 
 def test_compose_names_the_services_and_image() -> None:
-    services = _yaml("docker-compose.yaml")["services"]
+    compose = _yaml("docker-compose.yaml")
+    services = compose["services"]
     assert set(services) == {
         "postgres", "code-server", "webserver", "webserver-readonly", "docker-stop-proxy", "daemon", "proxy",
+        "redis", "celery-worker",
     }  # fmt: skip
     dagster_services = ("code-server", "webserver", "webserver-readonly", "daemon")
     for name in dagster_services:
@@ -92,6 +97,19 @@ def test_compose_names_the_services_and_image() -> None:
     assert mounting == {"daemon", "docker-stop-proxy"}
     assert services["daemon"]["group_add"] and "DOCKER_GID" in services["daemon"]["group_add"][0]
     assert services["webserver"]["environment"]["DOCKER_HOST"] == "tcp://docker-stop-proxy:2375"
+    # Celery workers (profile `celery`) run steps as the code server would: its settings and secret files.
+    worker = services["celery-worker"]
+    assert worker["profiles"] == services["redis"]["profiles"] == ["celery"]
+    assert worker["command"][:7] == [
+        "celery",
+        "-A",
+        "cron_pipelines.deployment.celery_app",
+        "worker",
+        "-Q",
+        "dagster",
+        "--concurrency",
+    ]
+    assert worker["environment"] == compose["x-dagster-env"] and worker["volumes"] == services["code-server"]["volumes"]
     stop_proxy = services["docker-stop-proxy"]
     assert stop_proxy["environment"] == {"CONTAINERS": "1", "ALLOW_STOP": "1", "POST": "0"}
     assert stop_proxy["volumes"] == ["/var/run/docker.sock:/var/run/docker.sock:ro"] and "ports" not in stop_proxy
@@ -300,8 +318,10 @@ def test_one_machine_processes_use_the_grpc_workspace_and_are_supervised() -> No
     }
     supervisor = (PROJECT / "deploy/supervisord.conf").read_text()
     commands = {}
-    for program in ("code-server", "webserver", "webserver-readonly", "daemon"):
-        section = supervisor.split(f"[program:{program}]", 1)[1].split("\n[", 1)[0]
+    for program in ("code-server", "webserver", "webserver-readonly", "daemon", "celery-worker"):
+        # The Celery worker's program is included by start.sh when DELIVERY_EXECUTOR=celery.
+        conf = (PROJECT / "deploy/celery/supervisord.conf").read_text() if program == "celery-worker" else supervisor
+        section = conf.split(f"[program:{program}]", 1)[1].split("\n[", 1)[0]
         settings = dict(
             line.split("=", 1) for line in section.strip().splitlines() if "=" in line and not line.startswith(";")
         )
@@ -313,6 +333,14 @@ def test_one_machine_processes_use_the_grpc_workspace_and_are_supervised() -> No
         commands[program] = shlex.split(settings["command"])
     assert commands["code-server"][1:6] == ["code-server", "start", "-m", "cron_pipelines.definitions", "-a"]
     assert "--location-name" in commands["code-server"]
+    assert commands["celery-worker"][:6] == [
+        "%(ENV_CRON_PIPELINES_BIN)s/celery",
+        "-A",
+        "cron_pipelines.deployment.celery_app",
+        "worker",
+        "-Q",
+        "dagster",
+    ]
     # Everything but the code server starts with the instance's environment only (no secrets).
     wrapper = "%(ENV_CRON_PIPELINES_DEPLOY_DIR)s/instance-env.sh"
     assert commands["code-server"][0] != wrapper
@@ -395,3 +423,19 @@ def test_deploy_scripts_are_executable() -> None:
     for script in ("deploy/start.sh", "deploy/ctl.sh", "deploy/instance-env.sh", "deploy/container-entrypoint.sh"):
         assert (PROJECT / script).stat().st_mode & 0o111, script
     assert Path(PROJECT / "deploy/env.sh").exists()
+
+
+def test_helm_values_fan_deliveries_out_over_step_pods_within_the_run_s_mail_connections() -> None:
+    (deployment,) = _yaml("deploy/helm/values.yaml")["dagster-user-deployments"]["deployments"]
+    environment = {entry["name"]: entry["value"] for entry in deployment["env"]}
+    environment["INTERNAL_JWT_SECRET"] = TEST_JWT_SECRET
+    settings = load_settings(environment)
+    assert (settings.delivery_shards, settings.delivery_executor) == (4, "k8s")
+    job = build_definitions(settings).resolve_job_def("send_payment_reminders")
+    assert job.executor_def.name == "shard_pods"
+    # dagster-k8s took the executor's config when the job was built; the step pods' resources
+    # are a valid Kubernetes container, the same as a run pod's.
+    step_config = UserDefinedDagsterK8sConfig.from_dict(K8S_STEP_POD)
+    container = k8s_model_from_dict(kubernetes.client.V1Container, {"name": "step", **step_config.container_config})
+    run_config = _yaml("deploy/helm/values.yaml")["runLauncher"]["config"]["k8sRunLauncher"]["runK8sConfig"]
+    assert container.resources.limits == run_config["containerConfig"]["resources"]["limits"]

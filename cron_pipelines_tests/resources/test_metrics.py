@@ -89,3 +89,46 @@ def test_a_failed_run_still_pushes_what_it_did(world: JobWorld, gateway: Pushgat
 def test_an_unreachable_pushgateway_does_not_fail_the_run(world: JobWorld) -> None:
     world.configure(PROMETHEUS_PUSHGATEWAY_URL="http://127.0.0.1:9")
     assert world.run("maintenance", D).success
+
+
+def _seed_dues(world: JobWorld, users: int) -> None:
+    world.services.store.add_users([user(f"usr_{n}") for n in range(users)])
+    world.services.store.add_dues([due(f"due_{n}", user_id=f"usr_{n}", due_date="2026-12-01") for n in range(users)])
+
+
+def test_each_shard_process_pushes_its_own_group_so_no_shard_overwrites_another(
+    world: JobWorld, gateway: PushgatewayStandIn
+) -> None:
+    world.configure(DELIVERY_SHARDS="2", DELIVERY_EXECUTOR="multiprocess")
+    _seed_dues(world, 20)
+
+    process = world.run_in_subprocess("send_payment_reminders", D)
+    output, _ = process.communicate(timeout=180)
+
+    assert process.returncode == 0, output
+    paths = sorted(push.path for push in gateway.pushes)
+    base = "/metrics/job/cron_pipelines/dagster_job/send_payment_reminders/shard"
+    assert paths == [f"{base}/0_of_2", f"{base}/1_of_2"]
+    sent = [
+        _value(
+            push.samples(),
+            "cron_pipelines_notifications_total",
+            job="send_payment_reminders",
+            kind="payment_reminder",
+            outcome="sent",
+        )
+        for push in gateway.pushes
+    ]
+    assert sum(sent) == 20 and min(sent) > 0
+
+
+def test_shards_run_in_one_process_push_once_for_the_run(world: JobWorld, gateway: PushgatewayStandIn) -> None:
+    world.configure(DELIVERY_SHARDS="2", DELIVERY_EXECUTOR="in_process")
+    _seed_dues(world, 20)
+
+    assert world.run("send_payment_reminders", D).success
+
+    (push,) = gateway.pushes
+    assert push.path == "/metrics/job/cron_pipelines/dagster_job/send_payment_reminders"
+    labels = {"job": "send_payment_reminders", "kind": "payment_reminder", "outcome": "sent"}
+    assert _value(push.samples(), "cron_pipelines_notifications_total", **labels) == 20
