@@ -4,6 +4,7 @@
   python -m benchmarks.run --sizes 10000,100000,300000   # how time and memory grow
   python -m benchmarks.run --size 4000 --smtp-latency 0.02 --connections 1,2,4,8 [--rate-limit 100]
   python -m benchmarks.run --size 100000 --preferences   # 10% opted out, 10% on digest (v1.1)
+  python -m benchmarks.run --size 100000 --shards 1,2,4   # delivery fanned out, multiprocess executor
 
 Each side gets its own copy of the seeded data (N pending dues due at D+3, distinct
 users), served by the stand-in services in a separate process; mail goes to a counting
@@ -48,6 +49,7 @@ class Measurement:
     side: str
     size: int
     connections: int
+    shards: int
     seconds: float
     per_second: float
     peak_rss_mb: float | None
@@ -58,6 +60,7 @@ class Measurement:
     http_requests: dict[str, int]
     dagster_events: int | None = None
     max_emails_per_second: int | None = None
+    largest_step_process_rss_mb: float | None = None  # sharded: the biggest shard process's peak
     steady_emails_per_second: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -211,8 +214,9 @@ def request_counts(sql_url: str, mongo_url: str) -> dict[str, int]:
 # Runs a module, then prints the process's own peak RSS (VmHWM). rusage's ru_maxrss would also
 # count the benchmark's own pages, which the child holds between fork and exec.
 _REPORTING_PEAK = """
-import atexit, re, runpy, sys
+import atexit, re, resource, runpy, sys
 atexit.register(lambda: print("peak_rss_kb=" + re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1)))
+atexit.register(lambda: print("children_peak_rss_kb=%d" % resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))
 sys.argv = sys.argv[1:]
 runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
 """
@@ -223,7 +227,7 @@ def _module_command(module: str, *args: str) -> list[str]:
 
 
 def _run_measured(command: list[str], environment: dict[str, str]) -> tuple[float, float, float, str]:
-    """Wall seconds, peak RSS (MB) and CPU seconds of that process alone, and its output."""
+    """Wall seconds, peak RSS (MB) of that process alone, CPU seconds of it and its children, and its output."""
     started = time.perf_counter()
     process = subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output = process.stdout.read() if process.stdout else ""
@@ -245,16 +249,18 @@ def measure(
     connections: int,
     latency: float,
     rate_limit: float | None,
+    shards: int = 1,
     profile: Path | None = None,
     expected_emails: int | None = None,
 ) -> Measurement:
-    database = work / f"{side}-{size}-{connections}.sqlite3"
+    database = work / f"{side}-{size}-{connections}-{shards}.sqlite3"
     copy_database(pristine, database)
     with services(database) as (sql_url, mongo_url), smtp_sink(latency) as (smtp_port, status_url):
         before = request_counts(sql_url, mongo_url)
         events = None
+        step_rss = None
         if side == "project":
-            home = work / f"dagster_home-{size}-{connections}"
+            home = work / f"dagster_home-{size}-{connections}-{shards}"
             home.mkdir()
             shutil.copy(PROJECT / "deploy" / "dagster.dev.yaml", home / "dagster.yaml")
             environment = _environment(
@@ -267,6 +273,8 @@ def measure(
                 MAIL_FROM="Cron Pipelines <no-reply@example.com>",
                 MAIL_MAX_CONNECTIONS=str(connections),
                 STEP_MAX_RETRIES="0",
+                DELIVERY_SHARDS=str(shards),
+                DELIVERY_EXECUTOR="multiprocess",
                 **({"MAIL_RATE_LIMIT_PER_SECOND": str(rate_limit)} if rate_limit else {}),
             )
             command = _module_command("cron_pipelines.cli", "run", "send_payment_reminders", "--date", D.isoformat())
@@ -285,6 +293,8 @@ def measure(
                     *command,
                 ]
             seconds, rss, cpu, output = _run_measured(command, environment)
+            children = re.search(r"^children_peak_rss_kb=(\d+)$", output, re.MULTILINE)
+            step_rss = int(children.group(1)) / 1024 if children and shards > 1 else None
             run_id = output.split("run_id=")[1].split()[0]
             events = _count_events(home, run_id)
         else:
@@ -311,6 +321,7 @@ def measure(
         side=side,
         size=size,
         connections=connections,
+        shards=shards,
         seconds=round(seconds, 2),
         per_second=round(sink["received"] / seconds, 1),
         peak_rss_mb=round(rss, 1),
@@ -322,6 +333,7 @@ def measure(
         dagster_events=events,
         max_emails_per_second=sink["max_per_second"],
         steady_emails_per_second=sink["steady_per_second"],
+        largest_step_process_rss_mb=round(step_rss, 1) if side == "project" and step_rss else None,
     )
 
 
@@ -342,18 +354,19 @@ def _count_events(home: Path, run_id: str) -> int:
 
 
 def _print(measurements: list[Measurement]) -> None:
-    header = f"{'side':9} {'N':>7} {'conns':>5} {'seconds':>8} {'emails/s':>9} {'peak RSS MB':>11} {'CPU s':>6} {'CPU s/1k':>8} {'emails':>7} {'dups':>4} {'HTTP requests':>13} {'events':>6}"
+    header = f"{'side':9} {'N':>7} {'conns':>5} {'shards':>6} {'seconds':>8} {'emails/s':>9} {'peak RSS MB':>11} {'CPU s':>6} {'CPU s/1k':>8} {'emails':>7} {'dups':>4} {'HTTP requests':>13} {'events':>6}"
     print(header)
     for m in measurements:
         per_thousand = round(m.cpu_seconds / max(m.emails_received, 1) * 1000, 3)
         print(
-            f"{m.side:9} {m.size:>7} {m.connections:>5} {m.seconds:>8} {m.per_second:>9} {m.peak_rss_mb or 0:>11} {m.cpu_seconds:>6} {per_thousand:>8} "
+            f"{m.side:9} {m.size:>7} {m.connections:>5} {m.shards:>6} {m.seconds:>8} {m.per_second:>9} {m.peak_rss_mb or 0:>11} {m.cpu_seconds:>6} {per_thousand:>8} "
             f"{m.emails_received:>7} {m.duplicate_emails:>4} {sum(m.http_requests.values()):>13} {m.dagster_events if m.dagster_events is not None else '-':>6}"
         )
     for m in measurements:
         print(
             f"  {m.side} N={m.size} conns={m.connections}: {m.http_requests}"
             + f" sending rate {m.steady_emails_per_second}/s, most in any one second {m.max_emails_per_second}"
+            + (f", largest shard process {m.largest_step_process_rss_mb} MB" if m.largest_step_process_rss_mb else "")
         )
 
 
@@ -362,6 +375,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=100_000)
     parser.add_argument("--sizes", help="comma-separated sizes, e.g. 10000,100000,300000")
     parser.add_argument("--connections", default="4", help="MAIL_MAX_CONNECTIONS values, comma-separated")
+    parser.add_argument(
+        "--shards", default="1", help="DELIVERY_SHARDS values, comma-separated (multiprocess executor above 1)"
+    )
     parser.add_argument("--smtp-latency", type=float, default=0.0, help="seconds added per SMTP command")
     parser.add_argument("--rate-limit", type=float, help="MAIL_RATE_LIMIT_PER_SECOND for the project side")
     parser.add_argument("--no-baseline", action="store_true")
@@ -375,6 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sizes = [int(value) for value in args.sizes.split(",")] if args.sizes else [args.size]
     connection_counts = [int(value) for value in args.connections.split(",")]
+    shard_counts = [int(value) for value in args.shards.split(",")]
     measurements: list[Measurement] = []
     with tempfile.TemporaryDirectory(prefix="cron-pipelines-bench-") as scratch:
         work = Path(scratch)
@@ -383,20 +400,22 @@ def main(argv: list[str] | None = None) -> int:
             seed(pristine, size, preferences=args.preferences)
             expected = sum(1 for n in range(size) if not opted_out(n)) if args.preferences else size
             for connections in connection_counts:
-                measurements.append(
-                    measure(
-                        "project",
-                        pristine,
-                        work,
-                        size,
-                        connections=connections,
-                        latency=args.smtp_latency,
-                        rate_limit=args.rate_limit,
-                        profile=args.profile,
-                        expected_emails=expected,
+                for shards in shard_counts:
+                    measurements.append(
+                        measure(
+                            "project",
+                            pristine,
+                            work,
+                            size,
+                            connections=connections,
+                            latency=args.smtp_latency,
+                            rate_limit=args.rate_limit,
+                            shards=shards,
+                            profile=args.profile,
+                            expected_emails=expected,
+                        )
                     )
-                )
-                print(f"done: {asdict(measurements[-1])}", file=sys.stderr, flush=True)
+                    print(f"done: {asdict(measurements[-1])}", file=sys.stderr, flush=True)
             if not args.no_baseline:  # the same connections as the project's first setting
                 measurements.append(
                     measure(
@@ -434,6 +453,10 @@ def main(argv: list[str] | None = None) -> int:
             baseline = [m for m in measurements if m.side == "baseline" and m.size == size]
             if project and baseline:
                 print(f"N={size}: project/baseline time = {project[0].seconds / baseline[0].seconds:.2f}")
+            one = next((m for m in project if m.shards == 1), None)
+            for m in project:
+                if one is not None and m.shards > 1 and m.connections == one.connections:
+                    print(f"N={size}: {m.shards} shards go {one.seconds / m.seconds:.2f}x as fast as 1")
     if failures:
         print(
             f"COUNT MISMATCH: {[(m.side, m.size, m.emails_received, m.duplicate_emails) for m in failures]}",

@@ -56,3 +56,22 @@ def test_benchmark_with_preferences_sends_what_is_owed_once() -> None:
     # (one key each) packed into claims of 100.
     assert requests["mongo-service POST /v1/notifications/claims"] == 20 + 2
     assert requests["mongo-service POST /v1/notification-preferences/lookup"] == 20
+
+
+def test_benchmark_with_shards_delivers_each_key_once_and_reports_each_shard_count() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--size", "2000", "--shards", "1,2", "--no-baseline", "--json"],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    one, two = json.loads(result.stdout)["measurements"]
+    assert (one["shards"], two["shards"]) == (1, 2)
+    for side in (one, two):
+        assert side["emails_received"] == 2000 and side["duplicate_emails"] == 0
+    # Each shard reads the listing itself (2 pages each) and claims only its own users.
+    assert two["http_requests"]["sql-service GET /v1/dues"] == 4
+    assert 20 <= two["http_requests"]["mongo-service POST /v1/notifications/claims"] <= 22
+    assert one["largest_step_process_rss_mb"] is None and 40 < two["largest_step_process_rss_mb"] < 400
