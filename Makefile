@@ -34,9 +34,11 @@ test: install
 	$(BIN)/python -m pytest
 
 # Performance figures (README, "Performance"): N=100000 by default; see benchmarks/run.py for modes.
+# SHARDS=1,2,4 also runs the delivery fanned out over 2 and 4 shards (README, "Scaling out").
 N ?= 100000
+SHARDS ?= 1
 bench: install
-	$(BIN)/python -m benchmarks.run --size $(N)
+	$(BIN)/python -m benchmarks.run --size $(N) --shards $(SHARDS)
 
 # Every kind of email, in every preview locale, and each digest, rendered from sample data to
 # ./preview (.eml and .html) for review.
