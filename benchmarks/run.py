@@ -61,6 +61,8 @@ class Measurement:
     dagster_events: int | None = None
     max_emails_per_second: int | None = None
     largest_step_process_rss_mb: float | None = None  # sharded: the biggest shard process's peak
+    # CPU the stand-in services and the SMTP sink used meanwhile: on 2 cores they share the machine.
+    peers_cpu_seconds: float | None = None
     steady_emails_per_second: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -144,7 +146,7 @@ def _environment(**extra: str) -> dict[str, str]:
 
 
 @contextmanager
-def services(database: Path) -> Iterator[tuple[str, str]]:
+def services(database: Path) -> Iterator[tuple[str, str, int]]:
     sql_port, mongo_port = free_port(), free_port()
     process = subprocess.Popen(
         [
@@ -166,14 +168,14 @@ def services(database: Path) -> Iterator[tuple[str, str]]:
         sql_url, mongo_url = f"http://127.0.0.1:{sql_port}", f"http://127.0.0.1:{mongo_port}"
         _wait_ready(process, f"{sql_url}/openapi.json")
         _wait_ready(process, f"{mongo_url}/openapi.json")
-        yield sql_url, mongo_url
+        yield sql_url, mongo_url, process.pid
     finally:
         process.terminate()
         process.wait(timeout=30)
 
 
 @contextmanager
-def smtp_sink(latency: float) -> Iterator[tuple[int, str]]:
+def smtp_sink(latency: float) -> Iterator[tuple[int, str, int]]:
     port, status_port = free_port(), free_port()
     process = subprocess.Popen(
         [
@@ -192,7 +194,7 @@ def smtp_sink(latency: float) -> Iterator[tuple[int, str]]:
     )
     try:
         assert process.stdout is not None and process.stdout.readline().strip() == "ready"
-        yield port, f"http://127.0.0.1:{status_port}/"
+        yield port, f"http://127.0.0.1:{status_port}/", process.pid
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -255,8 +257,12 @@ def measure(
 ) -> Measurement:
     database = work / f"{side}-{size}-{connections}-{shards}.sqlite3"
     copy_database(pristine, database)
-    with services(database) as (sql_url, mongo_url), smtp_sink(latency) as (smtp_port, status_url):
+    with (
+        services(database) as (sql_url, mongo_url, services_pid),
+        smtp_sink(latency) as (smtp_port, status_url, sink_pid),
+    ):
         before = request_counts(sql_url, mongo_url)
+        peers_before = _process_cpu_seconds(services_pid) + _process_cpu_seconds(sink_pid)
         events = None
         step_rss = None
         if side == "project":
@@ -316,6 +322,7 @@ def measure(
             seconds, rss, cpu, output = _run_measured(command, _environment())
         after = request_counts(sql_url, mongo_url)
         sink = httpx.get(status_url).json()
+        peers_cpu = _process_cpu_seconds(services_pid) + _process_cpu_seconds(sink_pid) - peers_before
     requests = {endpoint: after.get(endpoint, 0) - before.get(endpoint, 0) for endpoint in after}
     return Measurement(
         side=side,
@@ -334,7 +341,14 @@ def measure(
         max_emails_per_second=sink["max_per_second"],
         steady_emails_per_second=sink["steady_per_second"],
         largest_step_process_rss_mb=round(step_rss, 1) if side == "project" and step_rss else None,
+        peers_cpu_seconds=round(peers_cpu, 1),
     )
+
+
+def _process_cpu_seconds(pid: int) -> float:
+    """User and system CPU of a running process (the stand-ins, the sink): /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _count_events(home: Path, run_id: str) -> int:
@@ -354,12 +368,12 @@ def _count_events(home: Path, run_id: str) -> int:
 
 
 def _print(measurements: list[Measurement]) -> None:
-    header = f"{'side':9} {'N':>7} {'conns':>5} {'shards':>6} {'seconds':>8} {'emails/s':>9} {'peak RSS MB':>11} {'CPU s':>6} {'CPU s/1k':>8} {'emails':>7} {'dups':>4} {'HTTP requests':>13} {'events':>6}"
+    header = f"{'side':9} {'N':>7} {'conns':>5} {'shards':>6} {'seconds':>8} {'emails/s':>9} {'peak RSS MB':>11} {'CPU s':>6} {'CPU s/1k':>8} {'peers CPU s':>11} {'emails':>7} {'dups':>4} {'HTTP requests':>13} {'events':>6}"
     print(header)
     for m in measurements:
         per_thousand = round(m.cpu_seconds / max(m.emails_received, 1) * 1000, 3)
         print(
-            f"{m.side:9} {m.size:>7} {m.connections:>5} {m.shards:>6} {m.seconds:>8} {m.per_second:>9} {m.peak_rss_mb or 0:>11} {m.cpu_seconds:>6} {per_thousand:>8} "
+            f"{m.side:9} {m.size:>7} {m.connections:>5} {m.shards:>6} {m.seconds:>8} {m.per_second:>9} {m.peak_rss_mb or 0:>11} {m.cpu_seconds:>6} {per_thousand:>8} {m.peers_cpu_seconds:>11} "
             f"{m.emails_received:>7} {m.duplicate_emails:>4} {sum(m.http_requests.values()):>13} {m.dagster_events if m.dagster_events is not None else '-':>6}"
         )
     for m in measurements:

@@ -157,7 +157,7 @@ def _sharded_asset(
     # The upstream assets carry no data here (as `deps` of a one-step asset): Nothing inputs.
     upstream_ins = {dep.to_python_identifier(): dg.AssetIn(key=dep, dagster_type=dg.Nothing) for dep in deps}
 
-    @dg.graph_asset(key=key, ins=upstream_ins, check_specs=[check_spec], **asset_args)
+    @dg.graph_asset(key=key, ins=upstream_ins, check_specs=[check_spec], description=inspect.getdoc(body), **asset_args)
     def sharded(**upstream: Any) -> dict[str, Any]:
         delivered = plan(upstream=list(upstream.values())).map(lambda planned: deliver(planned=planned)).collect()
         result, check = sum_shards(delivered=delivered)
@@ -185,19 +185,38 @@ def shard_count(configured: int | None, tag: str | None, default: int) -> int:
 
 
 def shard_reports(instance: dg.DagsterInstance, run_id: str, deliver_op: str) -> list[dict[str, Any]]:
-    """What each shard's step of the run reported (its output's metadata), by shard."""
-    reports: dict[str, dict[str, Any]] = {}
-    records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.STEP_OUTPUT).records
-    for record in records:
-        event = record.event_log_entry.dagster_event
-        if event is None or event.step_key is None or f"{deliver_op}[" not in event.step_key:
-            continue
-        metadata = {name: value.value for name, value in event.step_output_data.metadata.items()}
-        reports[str(metadata.get(SHARD_KEY))] = metadata
-    shards = sorted(reports.values(), key=lambda report: Shard.from_mapping_key(report[SHARD_KEY]).index)
-    if not shards:
+    """What each shard's step reported (its output's metadata), in shard order; every shard must have.
+
+    A re-execution of a failed run (run retries, "re-execute from failure") runs only the
+    shards that had not finished: the others' reports are in the runs it re-executes.
+    """
+    reports: dict[int, dict[str, Any]] = {}
+    count: int | None = None
+    run = instance.get_run_by_id(run_id)
+    while run is not None:
+        for record in instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.STEP_OUTPUT).records:
+            event = record.event_log_entry.dagster_event
+            if (
+                event is None
+                or event.step_key is None
+                or not event.step_key.split(".")[-1].startswith(f"{deliver_op}[")
+            ):
+                continue
+            metadata = {name: value.value for name, value in event.step_output_data.metadata.items()}
+            shard = Shard.from_mapping_key(str(metadata.get(SHARD_KEY)))
+            count = count or shard.count  # a re-execution keeps its parent's plan: the same S
+            if shard.count == count:
+                reports.setdefault(shard.index, metadata)
+        run = instance.get_run_by_id(run.parent_run_id) if run.parent_run_id else None
+    if count is None:
         raise dg.Failure(description="no shard of this run reported its delivery", allow_retries=False)
-    return shards
+    missing = [Shard(index, count).mapping_key for index in range(count) if index not in reports]
+    if missing:
+        raise dg.Failure(
+            description=f"shard(s) {', '.join(missing)} of this run reported no delivery: no total can be made",
+            allow_retries=False,
+        )
+    return [reports[index] for index in range(count)]
 
 
 def merge_shard_reports(reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

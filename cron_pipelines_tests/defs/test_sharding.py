@@ -7,6 +7,8 @@ import time
 from collections import Counter
 
 import dagster as dg
+import pytest
+from dagster._core.definitions.reconstruct import ReconstructableRepository
 
 from cron_pipelines.defs.sharding import merge_shard_reports, shard_breakdown
 from cron_pipelines_tests.demo_services.helpers import due, user
@@ -238,3 +240,34 @@ def test_shard_reports_merge_into_the_run_s_totals_with_bounded_samples() -> Non
     assert total["business_date"] == D and total["sample_email"] == "email of shard 1"
     assert "shard" not in total and "delivery_thresholds" not in total
     assert [row["sent"] for row in shard_breakdown(reports)] == [9, 10, 11]
+
+
+def test_re_executing_a_failed_sharded_run_sends_the_failed_shard_and_totals_every_shard(
+    world: JobWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world.configure(DELIVERY_SHARDS="2", DELIVERY_EXECUTOR="in_process")
+    expected = _seed(world, users=40)
+    # The first claim is refused for good: that shard fails at once, the other one delivers.
+    world.services.mongo_faults.add(method="POST", path="/v1/notifications/claims", status=401)
+    failed = world.run(JOB, D)
+    assert not failed.success and len(_deliver_steps(failed)) == 1
+    assert 0 < len(world.sent_keys()) < len(expected)
+
+    # Re-execute from failure, as the UI's button and run retries do: only the failed shard and the sum run.
+    for name, value in world.environment.items():
+        monkeypatch.setenv(name, value)
+    job = ReconstructableRepository.for_module("cron_pipelines.definitions", "defs").get_reconstructable_job(JOB)
+    with dg.execute_job(
+        job,
+        world.instance,
+        tags=failed.dagster_run.tags,  # the UI's re-execution keeps the run's tags, its partition among them
+        reexecution_options=dg.ReexecutionOptions.from_failure(failed.run_id, world.instance),
+    ) as again:
+        assert again.success
+        steps = {event.step_key for event in again.all_events if event.event_type_value == "STEP_SUCCESS"}
+        materialization = again.get_asset_materialization_events()[0].step_materialization_data.materialization
+
+    assert len([step for step in steps if step.startswith(DELIVER_STEP)]) == 1
+    assert world.sent_keys() == expected  # each key once over both runs
+    summary = {name: value.value for name, value in materialization.metadata.items()}
+    assert summary["sent"] == len(expected) and [shard["shard"] for shard in summary["shards"]] == ["0_of_2", "1_of_2"]
