@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
 from cron_pipelines.defs import build_definitions
 from cron_pipelines.settings import load_settings
@@ -41,8 +42,32 @@ def test_the_six_jobs_are_daily_partitioned_in_the_business_time_zone() -> None:
     assert all(sensor.default_status == dg.DefaultSensorStatus.RUNNING for sensor in defs.sensors)
 
 
-def test_lineage_starts_at_the_services_data() -> None:
-    defs = build_definitions(load_settings({"DAGSTER_HOME": "/tmp/unused"}))
+@pytest.mark.parametrize(
+    ("executor", "name"),
+    [
+        ("multiprocess", "shard_processes"),
+        ("celery", "shard_celery"),
+        ("k8s", "shard_pods"),
+        ("in_process", "in_process"),
+    ],
+)
+def test_sharded_deployments_fan_out_only_the_dues_jobs_on_their_executor(executor: str, name: str) -> None:
+    settings = {"DAGSTER_HOME": "/tmp/unused", "DELIVERY_SHARDS": "3", "DELIVERY_EXECUTOR": executor}
+    defs = build_definitions(load_settings(settings))
+    for job_name, asset in (("send_payment_reminders", "payment_reminders"), ("mark_overdue_dues", "overdue_notices")):
+        job = defs.resolve_job_def(job_name)
+        assert job.executor_def.name == name and job.tags["cron_pipelines/shards"] == "3"
+        step_names = {node.name for node in defs.resolve_assets_def(asset).node_def.node_defs}  # type: ignore[attr-defined]
+        assert step_names == {f"plan_{asset}_shards", f"deliver_{asset}", f"sum_{asset}_shards"}
+    # The other jobs, the sensor-driven verification run among them, stay one in-process step per asset.
+    for job_name in ("notify_inactive_users", "deactivate_inactive_users", "verify_employees", "maintenance"):
+        job = defs.resolve_job_def(job_name)
+        assert job.executor_def is dg.in_process_executor and "cron_pipelines/shards" not in job.tags
+
+
+@pytest.mark.parametrize("shards", ["1", "3"])
+def test_lineage_starts_at_the_services_data(shards: str) -> None:
+    defs = build_definitions(load_settings({"DAGSTER_HOME": "/tmp/unused", "DELIVERY_SHARDS": shards}))
     graph = defs.resolve_asset_graph()
     parents = lambda name: {key.to_user_string() for key in graph.get(dg.AssetKey.from_user_string(name)).parent_keys}
     assert parents("payment_reminders") == {"sql_service/dues", "mongo_service/notification_ledger"}

@@ -10,7 +10,10 @@ import dagster as dg
 import pytest
 from dagster._core.definitions.reconstruct import ReconstructableRepository
 
+from cron_pipelines.defs.delivery import JOURNAL_METADATA_KEY, JOURNAL_SHARD_KEY, latest_journal
 from cron_pipelines.defs.sharding import merge_shard_reports, shard_breakdown
+from cron_pipelines.notifications.pipeline import Journal
+from cron_pipelines.notifications.sharding import Shard
 from cron_pipelines_tests.demo_services.helpers import due, user
 from cron_pipelines_tests.support.job_world import JobWorld, check_result, failure_messages, metadata
 
@@ -271,3 +274,58 @@ def test_re_executing_a_failed_sharded_run_sends_the_failed_shard_and_totals_eve
     assert world.sent_keys() == expected  # each key once over both runs
     summary = {name: value.value for name, value in materialization.metadata.items()}
     assert summary["sent"] == len(expected) and [shard["shard"] for shard in summary["shards"]] == ["0_of_2", "1_of_2"]
+
+
+def test_a_shard_s_ledger_outage_is_journaled_as_that_shard_s_and_settled_by_its_own_retry(world: JobWorld) -> None:
+    world.configure(
+        DELIVERY_SHARDS="2", DELIVERY_EXECUTOR="in_process", STEP_MAX_RETRIES="1", STEP_RETRY_DELAY_SECONDS="0"
+    )
+    expected = _seed(world, users=500)
+    # The first shard's first outcomes cannot be recorded (every try answered 503): its step fails,
+    # journaling them, and its retry records them first.
+    world.services.mongo_faults.add(method="POST", path="/v1/notifications/outcomes", status=503, times=8)
+
+    result = world.run(JOB, D)
+
+    assert result.success, failure_messages(result)
+    assert world.sent_keys() == expected
+    assert {record["status"] for record in world.ledger().values()} == {"sent"}
+    journals = [
+        entry.dagster_event.asset_observation_data.asset_observation.metadata
+        for entry in world.instance.all_logs(result.run_id)
+        if entry.dagster_event is not None and entry.dagster_event.event_type_value == "ASSET_OBSERVATION"
+    ]
+    assert len(journals) == 2 and journals[0]["unrecorded_outcomes"].value > 0
+    assert journals[1]["unrecorded_outcomes"].value == journals[1]["unanswered_claims"].value == 0  # settled
+    assert journals[0]["delivery_shard"].value == journals[1]["delivery_shard"].value  # by the same shard
+    assert metadata(result, "payment_reminders")["left_claimed"] == 0
+
+
+def test_each_shard_reads_its_own_journal_and_never_another_shard_s(world: JobWorld) -> None:
+    owed = {
+        shard: Journal(unanswered_claims={f"payment_reminder:due_{shard.index}:2026-12-05:7": f"token{shard.index}"})
+        for shard in Shard.all_of(2)
+    }
+
+    @dg.op
+    def write_journals(context) -> None:  # unannotated: a string annotation would not resolve for Dagster
+        for shard in (Shard(1, 2), Shard(0, 2)):  # shard 0's is the latest
+            context.log_event(
+                dg.AssetObservation(
+                    asset_key="payment_reminders",
+                    metadata={
+                        JOURNAL_METADATA_KEY: dg.MetadataValue.json(owed[shard].to_json()),
+                        JOURNAL_SHARD_KEY: shard.mapping_key,
+                    },
+                )
+            )
+
+    run = (
+        dg.GraphDefinition("journals", node_defs=[write_journals]).to_job().execute_in_process(instance=world.instance)
+    )
+
+    key = dg.AssetKey("payment_reminders")
+    for shard in Shard.all_of(2):
+        journal = latest_journal(world.instance, run.run_id, key, shard)
+        assert journal is not None and journal.unanswered_claims == owed[shard].unanswered_claims
+    assert latest_journal(world.instance, run.run_id, key) is None  # the one step of an unsharded job has none
