@@ -233,7 +233,10 @@ def _stopped_with_the_run(context: dg.AssetExecutionContext, step: DeliveryStep)
 
     def watch() -> None:
         while not done.wait(RUN_STATUS_POLL_SECONDS):
-            run = instance.get_run_by_id(run_id)
+            try:
+                run = instance.get_run_by_id(run_id)
+            except Exception:  # the instance's database hiccups: the next poll asks again
+                continue
             if run is not None and run.status in STOPPING_STATUSES:
                 context.log.warning("the run is being terminated: this shard stops sending now")
                 step.request_stop()

@@ -34,8 +34,8 @@ REDIS_DB = 11  # the tests' own database on the shared server, emptied before ea
 class CeleryWorkers:
     """Celery worker processes of cron_pipelines.deployment.celery_app, each one step at a time."""
 
-    def __init__(self, environment: dict[str, str], log_dir: Path) -> None:
-        self._environment = environment
+    def __init__(self, world: JobWorld, log_dir: Path) -> None:
+        self._world = world  # a worker starts with the world's settings of the moment, as the run does
         self._log_dir = log_dir
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
 
@@ -62,7 +62,7 @@ class CeleryWorkers:
                 "--loglevel",
                 "INFO",
             ],
-            env=self._environment,
+            env={**os.environ, **self._world.environment},
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -116,10 +116,11 @@ def celery_world(
             CELERY_BACKEND_URL=broker,
             **database,
         )
-        workers = CeleryWorkers({**os.environ, **environment}, tmp_path)
         with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+            world = JobWorld(services, smtp, environment, instance)
+            workers = CeleryWorkers(world, tmp_path)
             try:
-                yield JobWorld(services, smtp, environment, instance), workers
+                yield world, workers
             finally:
                 workers.stop()
 
@@ -180,15 +181,7 @@ def test_a_worker_process_killed_mid_shard_is_rerun_by_celery_and_no_key_goes_tw
     celery_world: tuple[JobWorld, CeleryWorkers],
 ) -> None:
     world, workers = celery_world
-    expected = _seed(world, users=900)
-    world.smtp.latency = 0.005  # each shard takes seconds: the kill lands mid-delivery
-    workers.start("w1")
-    workers.start("w2")
-    workers.wait_ready()
-
-    process = world.run_in_subprocess(JOB, D)
-    _wait_for_count(world.smtp, 60)
-    run = world.instance.get_runs(dg.RunsFilter(job_name=JOB))[0]
+    expected, process, run = _mid_delivery(world, workers)
     running = _running_shard_steps(world.instance, run.run_id)
     assert running, "no shard step was running"
     killed_step, pid = sorted(running.items())[0]
@@ -220,6 +213,18 @@ def test_a_worker_process_killed_mid_shard_is_rerun_by_celery_and_no_key_goes_tw
     assert summary["sent"] + summary["duplicate"] == len(expected) and summary["duplicate"] >= len(claimed)
 
 
+def _mid_delivery(world: JobWorld, workers: CeleryWorkers) -> tuple[list[str], subprocess.Popen[str], dg.DagsterRun]:
+    """900 reminders in 3 shards on two workers, slowed so that shards are mid-delivery when this returns."""
+    expected = _seed(world, users=900)
+    world.smtp.latency = 0.005  # each shard takes seconds
+    workers.start("w1")
+    workers.start("w2")
+    workers.wait_ready()
+    process = world.run_in_subprocess(JOB, D)
+    _wait_for_count(world.smtp, 60)
+    return expected, process, world.instance.get_runs(dg.RunsFilter(job_name=JOB))[0]
+
+
 def _wait_for_count(smtp: SmtpSink, count: int, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while smtp.count < count:
@@ -229,15 +234,7 @@ def _wait_for_count(smtp: SmtpSink, count: int, timeout: float = 120.0) -> None:
 
 def test_terminate_stops_the_shards_running_on_celery_workers(celery_world: tuple[JobWorld, CeleryWorkers]) -> None:
     world, workers = celery_world
-    expected = _seed(world, users=900)
-    world.smtp.latency = 0.005
-    workers.start("w1")
-    workers.start("w2")
-    workers.wait_ready()
-
-    process = world.run_in_subprocess(JOB, D)
-    _wait_for_count(world.smtp, 60)
-    run = world.instance.get_runs(dg.RunsFilter(job_name=JOB))[0]
+    expected, process, run = _mid_delivery(world, workers)
     assert _running_shard_steps(world.instance, run.run_id)
     # Terminate: the run is marked CANCELING and its run worker signalled; the steps on the
     # workers get no signal, and stop because they watch their run's status.
@@ -262,3 +259,24 @@ def test_terminate_stops_the_shards_running_on_celery_workers(celery_world: tupl
     world.configure(DELIVERY_EXECUTOR="in_process")
     assert world.run(JOB, D).success
     assert world.smtp.duplicate_ids == 0 and world.smtp.count == len(expected)  # the rest, each once
+
+
+def test_the_rate_limit_and_connection_cap_hold_for_the_run_across_shards_on_celery_workers(
+    celery_world: tuple[JobWorld, CeleryWorkers],
+) -> None:
+    world, workers = celery_world
+    world.configure(MAIL_RATE_LIMIT_PER_SECOND="30")  # 10 a second for each of the 3 shards
+    expected = _seed(world, users=150)
+    workers.start("w1")
+    workers.start("w2")
+    workers.wait_ready()
+
+    process = world.run_in_subprocess(JOB, D)
+    output, _ = process.communicate(timeout=300)
+
+    assert process.returncode == 0, output
+    assert world.smtp.count == len(expected) and world.smtp.duplicate_ids == 0
+    arrivals = sorted(world.smtp.arrivals)
+    # 30 a second for the run: no 2-second window holds more than 60 (+ one burst slot per shard).
+    assert max(sum(1 for t in arrivals if start <= t < start + 2.0) for start in arrivals) <= 63
+    assert world.smtp.sessions <= 3  # MAIL_MAX_CONNECTIONS=3 for the run: one session per shard
