@@ -293,6 +293,9 @@ def measure(
                     "raw",
                     "--rate",
                     "50",
+                    # Only the thread holding the GIL is sampled: where the run spends CPU, not where it waits.
+                    "--gil",
+                    "--threads",
                     "-o",
                     str(profile / f"project-{size}-{connections}.txt"),
                     "--",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import smtplib
 import ssl
 import threading
@@ -28,10 +29,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from queue import Queue
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from cron_pipelines.notifications.composition import OutgoingMessage
 from cron_pipelines.safe_text import printable
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
 
 SendOutcome = Literal["sent", "bounced", "failed", "unavailable", "stopped"]
 STOPPED = "not sent: the run was stopped before this message was handed to the mail server"
@@ -157,6 +161,52 @@ class RateLimiter:
                 self._changed.notify_all()
 
 
+# An address the composer validated and normalised (no display name, brackets, spaces or quotes).
+_BARE_ADDRESS = re.compile(r"[^\s<>()\[\]\\,;:\"@]+@[^\s<>()\[\]\\,;:\"@]+")
+
+
+class _Smtp(smtplib.SMTP):
+    """smtplib's session, without redoing for MAIL, RCPT and DATA what the composer guarantees.
+
+    smtplib parses every address again with email.utils.parseaddr (about 7 µs each) and
+    dot-stuffs every message with a regex (about 12 µs for 2.5 KB), in the sending threads.
+    A bare address goes out as `<address>`, and a message with no line that starts with a
+    dot as it is. Anything else takes smtplib's own path.
+    """
+
+    def mail(self, sender: str, options: Sequence[str] = ()) -> tuple[int, bytes]:
+        if not _BARE_ADDRESS.fullmatch(sender):
+            return super().mail(sender, options)
+        if options and self.does_esmtp and any(option.lower() == "smtputf8" for option in options):
+            if not self.has_extn("smtputf8"):
+                raise smtplib.SMTPNotSupportedError("SMTPUTF8 not supported by server")
+            self.command_encoding = "utf-8"
+        suffix = " " + " ".join(options) if options and self.does_esmtp else ""
+        self.putcmd("mail", f"from:<{sender}>{suffix}")
+        return self.getreply()
+
+    def rcpt(self, recip: str, options: Sequence[str] = ()) -> tuple[int, bytes]:
+        if not _BARE_ADDRESS.fullmatch(recip):
+            return super().rcpt(recip, options)
+        suffix = " " + " ".join(options) if options and self.does_esmtp else ""
+        self.putcmd("rcpt", f"to:<{recip}>{suffix}")
+        return self.getreply()
+
+    def data(self, msg: ReadableBuffer | str) -> tuple[int, bytes]:
+        if not isinstance(msg, bytes) or msg.startswith(b".") or b"\n." in msg:
+            return super().data(msg)
+        self.putcmd("data")
+        code, reply = self.getreply()
+        if code != 354:
+            raise smtplib.SMTPDataError(code, reply)
+        self.send(msg + (b".\r\n" if msg.endswith(b"\r\n") else b"\r\n.\r\n"))
+        return self.getreply()
+
+
+class _SmtpSsl(_Smtp, smtplib.SMTP_SSL):
+    pass
+
+
 @dataclass(frozen=True)
 class SmtpSettings:
     host: str
@@ -180,11 +230,9 @@ class _SmtpConnection:
         context = settings.ssl_context or ssl.create_default_context()
         try:
             if settings.security == "ssl":
-                smtp: smtplib.SMTP = smtplib.SMTP_SSL(
-                    settings.host, settings.port, timeout=settings.timeout, context=context
-                )
+                smtp: smtplib.SMTP = _SmtpSsl(settings.host, settings.port, timeout=settings.timeout, context=context)
             else:
-                smtp = smtplib.SMTP(settings.host, settings.port, timeout=settings.timeout)
+                smtp = _Smtp(settings.host, settings.port, timeout=settings.timeout)
                 if settings.security == "starttls":
                     smtp.starttls(context=context)
             if settings.username:

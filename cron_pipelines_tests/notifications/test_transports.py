@@ -114,6 +114,30 @@ def test_smtp_delivers_over_one_reused_connection(smtp_sink: SmtpSink) -> None:
     assert smtp_sink.sessions == 1
 
 
+@pytest.mark.parametrize(
+    ("sender", "body"),
+    [
+        ("no-reply@example.com", b"Subject: plain\r\n\r\nno line starts with a dot\r\n"),  # the short path
+        ("no-reply@example.com", b"Subject: dots\r\n\r\n.a line with a dot\r\n..two\r\n.\r\nend\r\n"),
+        ("Ops <no-reply@example.com>", b"Subject: named sender\r\n\r\nbody without its last line break"),
+    ],
+)
+def test_the_wire_carries_the_same_envelope_and_message_whichever_path_smtplib_takes(
+    smtp_sink: SmtpSink, sender: str, body: bytes
+) -> None:
+    # Bare addresses and dot-free messages skip smtplib's re-parsing and dot-stuffing; the rest
+    # take smtplib's own path. The server must receive the same either way.
+    transport = _smtp(smtp_sink, max_connections=1)
+    message = OutgoingMessage("k1", "payment_reminder", sender, "u1@example.com", "<m1@example.com>", body)
+    try:
+        assert [result.outcome for result in transport.send_batch([message])] == ["sent"]
+    finally:
+        transport.close()
+    (received,) = smtp_sink.wait_for(1)
+    assert received.mail_from == "no-reply@example.com" and received.rcpt_tos == ("u1@example.com",)
+    assert received.data.rstrip(b"\r\n") == body.rstrip(b"\r\n")  # dots un-stuffed by the server intact
+
+
 def test_refused_recipients_fail_only_their_own_message_permanently_or_for_now(smtp_sink: SmtpSink) -> None:
     smtp_sink.refused_recipients.add("u1@example.com")
     smtp_sink.temporarily_refused_recipients.add("u2@example.com")
