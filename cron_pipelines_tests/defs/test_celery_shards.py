@@ -70,6 +70,12 @@ class CeleryWorkers:
         self.processes[name] = process
         return process
 
+    def start_two(self) -> None:
+        """Two workers, each running one step at a time, ready to take tasks."""
+        self.start("w1")
+        self.start("w2")
+        self.wait_ready()
+
     def log(self, name: str) -> str:
         return (self._log_dir / f"{name}.log").read_text(errors="replace")
 
@@ -140,14 +146,10 @@ def test_ten_thousand_reminders_in_three_shards_over_two_celery_workers_each_onc
 ) -> None:
     world, workers = celery_world
     expected = _seed(world, users=5_000, dues_per_user=2)
-    workers.start("w1")
-    workers.start("w2")
-    workers.wait_ready()
+    workers.start_two()
 
-    process = world.run_in_subprocess(JOB, D)
-    output, _ = process.communicate(timeout=600)
+    _run_to_success(world, timeout=600)
 
-    assert process.returncode == 0, output
     assert world.smtp.count == len(expected) == 10_000 and world.smtp.duplicate_ids == 0
     assert sorted(key.decode() for key in world.smtp.notification_ids) == expected
     assert {record["status"] for record in world.ledger().values()} == {"sent"}
@@ -161,6 +163,13 @@ def test_ten_thousand_reminders_in_three_shards_over_two_celery_workers_each_onc
     summary = {name: value.value for name, value in materializations[0].asset_materialization.metadata.items()}
     assert (summary["claimed"], summary["sent"], summary["failed"], summary["left_claimed"]) == (10_000,) * 2 + (0, 0)
     assert sum(shard["sent"] for shard in summary["shards"]) == 10_000
+
+
+def _run_to_success(world: JobWorld, *, timeout: float) -> None:
+    """`cron-pipelines run` for D, whose celery executor hands the steps to the workers."""
+    process = world.run_in_subprocess(JOB, D)
+    output, _ = process.communicate(timeout=timeout)
+    assert process.returncode == 0, output
 
 
 def _children(pid: int) -> list[str]:
@@ -217,9 +226,7 @@ def _mid_delivery(world: JobWorld, workers: CeleryWorkers) -> tuple[list[str], s
     """900 reminders in 3 shards on two workers, slowed so that shards are mid-delivery when this returns."""
     expected = _seed(world, users=900)
     world.smtp.latency = 0.005  # each shard takes seconds
-    workers.start("w1")
-    workers.start("w2")
-    workers.wait_ready()
+    workers.start_two()
     process = world.run_in_subprocess(JOB, D)
     _wait_for_count(world.smtp, 60)
     return expected, process, world.instance.get_runs(dg.RunsFilter(job_name=JOB))[0]
@@ -267,14 +274,10 @@ def test_the_rate_limit_and_connection_cap_hold_for_the_run_across_shards_on_cel
     world, workers = celery_world
     world.configure(MAIL_RATE_LIMIT_PER_SECOND="30")  # 10 a second for each of the 3 shards
     expected = _seed(world, users=150)
-    workers.start("w1")
-    workers.start("w2")
-    workers.wait_ready()
+    workers.start_two()
 
-    process = world.run_in_subprocess(JOB, D)
-    output, _ = process.communicate(timeout=300)
+    _run_to_success(world, timeout=300)
 
-    assert process.returncode == 0, output
     assert world.smtp.count == len(expected) and world.smtp.duplicate_ids == 0
     arrivals = sorted(world.smtp.arrivals)
     # 30 a second for the run: no 2-second window holds more than 60 (+ one burst slot per shard).
