@@ -62,13 +62,12 @@ class Shard:
 
     def select(self, records: Iterable[Item]) -> Iterator[Item]:
         """This shard's share of a stream: records with a `user_id` by its hash, the rest on shard 0."""
-        if self.is_whole:
-            yield from records
-            return
-        for record in records:
-            user_id = getattr(record, "user_id", None)
-            if (shard_index(user_id, self.count) if isinstance(user_id, str) else 0) == self.index:
-                yield record
+        if self.is_whole:  # the stream as it is: one step costs nothing more than before sharding
+            return iter(records)
+        return (record for record in records if self._owns(getattr(record, "user_id", None)))
+
+    def _owns(self, user_id: object) -> bool:
+        return (shard_index(user_id, self.count) if isinstance(user_id, str) else 0) == self.index
 
     def connections(self, total: int) -> int:
         """This shard's share of `total` SMTP sessions; the shares add up to `total`."""
