@@ -60,7 +60,8 @@ def money_list(totals: Sequence[Mapping[str, Any]], locale: str) -> str:
 def _with_reader_locale(format_value: Callable[..., str]) -> Callable[..., str]:
     @pass_context
     def jinja_filter(context: Context, value: Any, *args: Any) -> str:
-        return format_value(value, *args, locale=context["locale"])
+        # Positional: the cached formatters build their cache keys faster without keywords.
+        return format_value(value, *args, context["locale"])
 
     return jinja_filter
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import email
 from datetime import date
 from email import policy
@@ -217,6 +218,21 @@ def test_a_display_name_over_the_cap_is_refused(composer: MessageComposer) -> No
 def test_message_ids_are_unique(composer: MessageComposer) -> None:
     ids = {composer.compose(_notification(NotificationKind.PAYMENT_REMINDER)).message_id for _ in range(200)}
     assert len(ids) == 200
+
+
+def test_bodies_are_base64_lines_of_76_and_each_message_has_its_own_boundary(composer: MessageComposer) -> None:
+    notification = _notification(NotificationKind.PAYMENT_REMINDER, description="Membership fee, ₹ " * 20)
+    messages = [composer.compose(notification).data for _ in range(100)]
+
+    assert len({_parse(data).get_boundary() for data in messages}) == 100
+    for data in messages:
+        parsed = _parse(data)
+        text = parsed.get_body(("plain",)).get_content()
+        assert "Membership fee, ₹ " * 20 in text
+        body_lines = data.split(b"\r\n\r\n", 1)[1].split(b"\r\n")
+        encoded = [line for line in body_lines if line and not line.startswith((b"--", b"Content-"))]
+        assert max(len(line) for line in encoded) == 76  # RFC 2045: at most 76, and full lines but the last
+        assert base64.encodebytes(text.encode()).replace(b"\n", b"\r\n") in data
 
 
 ADDRESS_CORPUS = [
