@@ -22,6 +22,7 @@ import platform
 import re
 import shutil
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -65,6 +66,7 @@ class Measurement:
     peers_cpu_seconds: float | None = None
     steady_emails_per_second: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    repetition: int = 1  # with --repeat: which round of the sitting
 
 
 def opted_out(n: int) -> bool:
@@ -254,8 +256,9 @@ def measure(
     shards: int = 1,
     profile: Path | None = None,
     expected_emails: int | None = None,
+    repetition: int = 1,
 ) -> Measurement:
-    database = work / f"{side}-{size}-{connections}-{shards}.sqlite3"
+    database = work / f"{side}-{size}-{connections}-{shards}-{repetition}.sqlite3"
     copy_database(pristine, database)
     with (
         services(database) as (sql_url, mongo_url, services_pid),
@@ -266,7 +269,7 @@ def measure(
         events = None
         step_rss = None
         if side == "project":
-            home = work / f"dagster_home-{size}-{connections}-{shards}"
+            home = work / f"dagster_home-{size}-{connections}-{shards}-{repetition}"
             home.mkdir()
             shutil.copy(PROJECT / "deploy" / "dagster.dev.yaml", home / "dagster.yaml")
             environment = _environment(
@@ -345,6 +348,7 @@ def measure(
         steady_emails_per_second=sink["steady_per_second"],
         largest_step_process_rss_mb=round(step_rss, 1) if side == "project" and step_rss else None,
         peers_cpu_seconds=round(peers_cpu, 1),
+        repetition=repetition,
     )
 
 
@@ -368,6 +372,23 @@ def _count_events(home: Path, run_id: str) -> int:
         check=True,
     ).stdout
     return int(output.strip())
+
+
+def time_ratio(
+    measurements: list[Measurement], size: int, *, connections: int, shards: int
+) -> tuple[float, list[float]] | None:
+    """Project over baseline wall time at `size`: the median project run over the median baseline
+    run, and each round's own ratio. Only project runs with the baseline's connections compare."""
+    project = {
+        m.repetition: m.seconds
+        for m in measurements
+        if m.side == "project" and m.size == size and m.connections == connections and m.shards == shards
+    }
+    baseline = {m.repetition: m.seconds for m in measurements if m.side == "baseline" and m.size == size}
+    if not project or not baseline:
+        return None
+    each_round = [project[r] / baseline[r] for r in sorted(project.keys() & baseline.keys())]
+    return statistics.median(project.values()) / statistics.median(baseline.values()), each_round
 
 
 def _print(measurements: list[Measurement]) -> None:
@@ -404,6 +425,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--preferences", action="store_true", help="10%% of users opted out, another 10%% on digest (v1.1)"
     )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="rounds of project and baseline, alternating; the ratio of their medians"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     sizes = [int(value) for value in args.sizes.split(",")] if args.sizes else [args.size]
@@ -416,37 +440,41 @@ def main(argv: list[str] | None = None) -> int:
             pristine = work / f"pristine-{size}.sqlite3"
             seed(pristine, size, preferences=args.preferences)
             expected = sum(1 for n in range(size) if not opted_out(n)) if args.preferences else size
-            for connections in connection_counts:
-                for shards in shard_counts:
+            # Rounds alternate the sides, so a slow spell of the machine falls on both.
+            for repetition in range(1, args.repeat + 1):
+                for connections in connection_counts:
+                    for shards in shard_counts:
+                        measurements.append(
+                            measure(
+                                "project",
+                                pristine,
+                                work,
+                                size,
+                                connections=connections,
+                                latency=args.smtp_latency,
+                                rate_limit=args.rate_limit,
+                                shards=shards,
+                                profile=args.profile,
+                                expected_emails=expected,
+                                repetition=repetition,
+                            )
+                        )
+                        print(f"done: {asdict(measurements[-1])}", file=sys.stderr, flush=True)
+                if not args.no_baseline:  # the same connections as the project's first setting
                     measurements.append(
                         measure(
-                            "project",
+                            "baseline",
                             pristine,
                             work,
                             size,
-                            connections=connections,
+                            connections=connection_counts[0],
                             latency=args.smtp_latency,
-                            rate_limit=args.rate_limit,
-                            shards=shards,
-                            profile=args.profile,
+                            rate_limit=None,
                             expected_emails=expected,
+                            repetition=repetition,
                         )
                     )
                     print(f"done: {asdict(measurements[-1])}", file=sys.stderr, flush=True)
-            if not args.no_baseline:  # the same connections as the project's first setting
-                measurements.append(
-                    measure(
-                        "baseline",
-                        pristine,
-                        work,
-                        size,
-                        connections=connection_counts[0],
-                        latency=args.smtp_latency,
-                        rate_limit=None,
-                        expected_emails=expected,
-                    )
-                )
-                print(f"done: {asdict(measurements[-1])}", file=sys.stderr, flush=True)
     failures = [m for m in measurements if m.emails_received != m.expected_emails or m.duplicate_emails]
     if args.json:
         print(
@@ -467,9 +495,11 @@ def main(argv: list[str] | None = None) -> int:
         _print(measurements)
         for size in sizes:
             project = [m for m in measurements if m.side == "project" and m.size == size]
-            baseline = [m for m in measurements if m.side == "baseline" and m.size == size]
-            if project and baseline:
-                print(f"N={size}: project/baseline time = {project[0].seconds / baseline[0].seconds:.2f}")
+            ratio = time_ratio(measurements, size, connections=connection_counts[0], shards=shard_counts[0])
+            if ratio is not None:
+                median, each_round = ratio
+                rounds = f" (median of {len(each_round)} rounds; each: {', '.join(f'{r:.2f}' for r in each_round)})"
+                print(f"N={size}: project/baseline time = {median:.2f}" + (rounds if len(each_round) > 1 else ""))
             one = next((m for m in project if m.shards == 1), None)
             for m in project:
                 if one is not None and m.shards > 1 and m.connections == one.connections:

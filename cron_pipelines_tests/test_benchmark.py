@@ -7,12 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from benchmarks.run import Measurement, time_ratio
+
 PROJECT = Path(__file__).resolve().parents[1]
 
 
 def test_benchmark_runs_both_sides_end_to_end_and_counts_correctly() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", "--size", "2000", "--json"],
+        [sys.executable, "-m", "benchmarks.run", "--size", "2000", "--repeat", "2", "--json"],
         cwd=PROJECT,
         capture_output=True,
         text=True,
@@ -20,9 +22,12 @@ def test_benchmark_runs_both_sides_end_to_end_and_counts_correctly() -> None:
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     report = json.loads(result.stdout)
-    project, baseline = report["measurements"]
-    assert (project["side"], baseline["side"]) == ("project", "baseline")
-    for side in (project, baseline):
+    project, baseline, project_again, baseline_again = report["measurements"]
+    # Rounds alternate the sides, each on its own fresh copy of the data: every round sends all 2,000 once.
+    assert [(m["side"], m["repetition"]) for m in report["measurements"]] == [
+        ("project", 1), ("baseline", 1), ("project", 2), ("baseline", 2),
+    ]  # fmt: skip
+    for side in (project, baseline, project_again, baseline_again):
         assert side["emails_received"] == 2000 and side["duplicate_emails"] == 0
         assert side["seconds"] > 0 and side["peak_rss_mb"] > 0
     # Two pages of 1,000 and batches: no per-record requests. Both claim (and look preferences up) 100 at a time
@@ -37,6 +42,28 @@ def test_benchmark_runs_both_sides_end_to_end_and_counts_correctly() -> None:
     assert 40 < project["peak_rss_mb"] < 400 and 20 < baseline["peak_rss_mb"] < project["peak_rss_mb"]
     # A summary per asset, not an event per notification.
     assert project["dagster_events"] < 40
+
+
+def _measurement(side: str, seconds: float, repetition: int, shards: int = 1) -> Measurement:
+    return Measurement(side, 1000, 4, shards, seconds, 0.0, None, 0.0, 1000, 1000, 0, {}, repetition=repetition)
+
+
+def test_the_time_ratio_is_of_medians_and_lists_each_round() -> None:
+    measurements = [
+        _measurement("project", 12.0, 1),
+        _measurement("project", 6.0, 1, shards=2),  # another setting: not compared with the baseline
+        _measurement("baseline", 10.0, 1),
+        _measurement("project", 30.0, 2),
+        _measurement("baseline", 10.0, 2),
+        _measurement("project", 11.0, 3),
+        _measurement("baseline", 8.0, 3),
+    ]
+    ratio = time_ratio(measurements, 1000, connections=4, shards=1)
+    assert ratio is not None
+    median, each_round = ratio
+    assert median == 12.0 / 10.0  # one slow round moves neither median
+    assert each_round == [1.2, 3.0, 11.0 / 8.0]
+    assert time_ratio(measurements, 2000, connections=4, shards=1) is None
 
 
 def test_benchmark_with_preferences_sends_what_is_owed_once() -> None:
