@@ -35,10 +35,12 @@ test: install
 
 # Performance figures (README, "Performance"): N=100000 by default; see benchmarks/run.py for modes.
 # SHARDS=1,2,4 also runs the delivery fanned out over 2 and 4 shards (README, "Scaling out").
+# REPEAT=3 alternates project and plain-script rounds and compares their medians.
 N ?= 100000
 SHARDS ?= 1
+REPEAT ?= 1
 bench: install
-	$(BIN)/python -m benchmarks.run --size $(N) --shards $(SHARDS)
+	$(BIN)/python -m benchmarks.run --size $(N) --shards $(SHARDS) --repeat $(REPEAT)
 
 # Every kind of email, in every preview locale, and each digest, rendered from sample data to
 # ./preview (.eml and .html) for review.

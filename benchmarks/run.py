@@ -1,6 +1,7 @@
 """End-to-end benchmark of send_payment_reminders at scale, against the best plain script.
 
   python -m benchmarks.run --size 100000                 # project vs baseline on loopback
+  python -m benchmarks.run --size 100000 --repeat 3      # 3 alternating rounds, the ratio of the medians
   python -m benchmarks.run --sizes 10000,100000,300000   # how time and memory grow
   python -m benchmarks.run --size 4000 --smtp-latency 0.02 --connections 1,2,4,8 [--rate-limit 100]
   python -m benchmarks.run --size 100000 --preferences   # 10% opted out, 10% on digest (v1.1)
