@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import subprocess
@@ -12,8 +13,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from cron_pipelines.models.payloads import format_instant
+from cron_pipelines.notifications.pipeline import DELIVERY_GC_THRESHOLD
 from cron_pipelines_tests.demo_services.helpers import due, user
 from cron_pipelines_tests.support.job_world import JobWorld, check_result, failure_messages, metadata
+from cron_pipelines_tests.support.smtp_sink import ReceivedMail
 
 D = "2026-11-28"
 GOOD_KEYS = ["payment_reminder:due_a:2026-12-01:3", "payment_reminder:due_b:2026-12-01:3"]
@@ -364,3 +367,27 @@ def test_a_ledger_outage_while_recording_is_journaled_and_settled_by_the_step_re
         (0, 0),
     ]
     assert metadata(result, "payment_reminders")["left_claimed"] == 0
+
+
+def test_old_objects_are_spared_by_the_collector_only_while_delivering(world: JobWorld) -> None:
+    """Full garbage collections would walk every object Dagster made, with the GIL held, every few
+    seconds of a long run; while sending they are frozen, and given back when the run ends, even by failure."""
+    thresholds = gc.get_threshold()
+    seen_while_sending: list[tuple[int, int]] = []
+    record = world.smtp._record
+
+    def observe(mail: ReceivedMail) -> None:  # runs in this process, while the run sends
+        seen_while_sending.append((gc.get_freeze_count(), gc.get_threshold()[0]))
+        record(mail)
+
+    world.smtp._record = observe  # type: ignore[method-assign]
+    _seed_two(world)
+    assert world.run("send_payment_reminders", D).success
+    assert len(seen_while_sending) == 2
+    assert all(frozen > 10_000 and threshold == DELIVERY_GC_THRESHOLD for frozen, threshold in seen_while_sending)
+    assert (gc.get_freeze_count(), gc.get_threshold()) == (0, thresholds)
+
+    world.services.store.add_dues([due("due_c", user_id="usr_a", due_date="2026-12-01")])
+    world.smtp.stop()
+    assert not world.run("send_payment_reminders", D).success
+    assert (gc.get_freeze_count(), gc.get_threshold()) == (0, thresholds)
