@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import email
+import email.policy
 import json
 import subprocess
 import sys
+from datetime import date
 from pathlib import Path
 
+import pytest
+
+from benchmarks.baseline import build_message
 from benchmarks.run import Measurement, time_ratio
+from cron_pipelines.models.payloads import Due
+from cron_pipelines.notifications.composition import MessageComposer
+from cron_pipelines.rules.payments import PaymentReminderPolicy, payment_reminder
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -102,3 +111,39 @@ def test_benchmark_with_shards_delivers_each_key_once_and_reports_each_shard_cou
     assert two["http_requests"]["sql-service GET /v1/dues"] == 4
     assert 20 <= two["http_requests"]["mongo-service POST /v1/notifications/claims"] <= 22
     assert one["largest_step_process_rss_mb"] is None and 40 < two["largest_step_process_rss_mb"] < 400
+
+
+@pytest.mark.parametrize(
+    ("due_date", "name", "description"),
+    [
+        ("2026-12-01", "User 42", "Membership fee"),
+        ("2026-12-02", "Ann & <Bob>", None),
+        ("2026-12-04", None, 'Fee "Q4" & more'),
+        ("2026-12-08", "Zoë O'Brien", "Membership fee"),
+    ],
+)
+def test_the_plain_script_sends_the_projects_email(due_date: str, name: str | None, description: str | None) -> None:
+    """Same work: the mail server's cost grows with the message, so the baseline must send the same one."""
+    day = date(2026, 12, 1)
+    raw = {
+        "id": "due_0000042",
+        "user_id": "usr_0000042",
+        "amount_cents": 125_000,
+        "currency": "INR",
+        "due_date": due_date,
+        "status": "pending",
+        "description": description,
+        "user": {"id": "usr_0000042", "email": "user42@example.com", "full_name": name},
+    }
+    notification = payment_reminder(Due.model_validate(raw), day, PaymentReminderPolicy())
+    assert notification is not None
+    ours = MessageComposer("Cron Pipelines <no-reply@example.com>").compose(notification, "<m@example.com>")
+    days_before = (date.fromisoformat(due_date) - day).days
+    plain = build_message(raw, days_before, notification.key, "<m@example.com>")
+
+    project, baseline = (email.message_from_bytes(data, policy=email.policy.default) for data in (ours.data, plain))
+    for header in ("From", "To", "Subject", "Message-ID", "X-Notification-Kind", "X-Notification-Id", "MIME-Version"):
+        assert baseline[header] == project[header], header
+    for part in ("plain", "html"):
+        assert baseline.get_body((part,)).get_content() == project.get_body((part,)).get_content(), part
+    assert abs(len(plain) - len(ours.data)) <= 16  # the boundary, the name's quoting
