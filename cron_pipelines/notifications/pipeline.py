@@ -39,7 +39,6 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -121,7 +120,7 @@ class DeliveryStats:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def count(self, outcome: str, kind: str, key: str) -> None:
-        with self._lock:  # the sender thread counts sends while the main thread counts claims
+        with self._lock:  # the sending threads count sends while the main thread counts claims
             self._count(outcome, kind, key)
 
     def _count(self, outcome: str, kind: str, key: str) -> None:
@@ -191,12 +190,13 @@ class _Batch:
     # Each email with the notifications it carries (several for a digest).
     messages: list[tuple[tuple[Notification, ...], OutgoingMessage, bool]] = field(default_factory=list)
     digest_of: dict[str, int] = field(default_factory=dict)  # key → its digest in this batch
-    # Outcomes in the order they became known. The sender thread appends the sending's own;
+    # Outcomes in the order they became known. The sending threads append the sending's own;
     # the main thread only reads, and records them from `recorded` on.
     outcomes: list[NotificationOutcome] = field(default_factory=list)
     decided: set[str] = field(default_factory=set)  # keys with an outcome
     recorded: int = 0
-    sent_by_sender: int = 0  # messages the sender thread has an outcome for
+    reported: int = 0  # messages whose result the transport has reported
+    reporting_error: BaseException | None = None  # a result that could not be turned into outcomes
     finished: threading.Event = field(default_factory=threading.Event)
     started: bool = False
 
@@ -306,6 +306,8 @@ class NotificationPipeline:
         # Digest notifications waiting for the end of the stream (opened at the first one).
         self._spill: DigestSpill | None = None
         self._stop_requested = threading.Event()
+        # The sending threads turn results into outcomes one at a time.
+        self._results_lock = threading.Lock()
 
     # -- public ----------------------------------------------------------------------
 
@@ -347,10 +349,7 @@ class NotificationPipeline:
         recording: _Batch | None = None
         sending: _Batch | None = None
         prepared: _Batch | None = None
-        with (
-            _collector_spared(),
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="notification-send") as sender,
-        ):
+        with _collector_spared():
             try:
                 for chunk in self._chunks(items):
                     self._raise_if_stop_requested()
@@ -365,7 +364,7 @@ class NotificationPipeline:
                     # The next batch goes to the mail server at once; the last one is recorded meanwhile.
                     with _interrupts_deferred(redeliver=True):
                         recording, sending, prepared = sending, prepared, None
-                        self._start(sending, sender)
+                        self._start(sending)
                     if recording is not None:
                         self._record_rest(recording)
                         recording = None
@@ -681,33 +680,37 @@ class NotificationPipeline:
         else:
             batch.messages.append((notifications, message, digest))
 
-    def _start(self, batch: _Batch, sender: ThreadPoolExecutor) -> None:
-        """Hand the batch's messages to the transport in the background; it records each result on the batch."""
-        messages = [message for _, message, _ in batch.messages]
+    def _start(self, batch: _Batch) -> None:
+        """Hand the batch's messages to the transport; its sending threads record each result on the batch."""
+        batch.started = True
+        if not batch.messages:
+            batch.finished.set()
+            return
 
-        def send() -> None:
-            try:
-                for (notifications, message, digest), result in zip(
-                    batch.messages, self._transport.send_batch(messages), strict=True
-                ):
+        def on_result(index: int, result: SendResult) -> None:
+            notifications, message, digest = batch.messages[index]
+            with self._results_lock:
+                try:
                     if result.outcome == "sent" and digest:
                         self.stats.count("digest_emails", message.kind, message.key)
                     for notification in notifications:
                         batch.decide(self._outcome_of_sending(notification, message, result))
-                    batch.sent_by_sender += 1
-            finally:
-                batch.finished.set()
+                except BaseException as exc:  # the batch still finishes; the main thread raises it
+                    batch.reporting_error = batch.reporting_error or exc
+                finally:
+                    batch.reported += 1
+                    if batch.reported == len(batch.messages):
+                        batch.finished.set()
 
-        batch.started = True
-        sender.submit(send)
+        self._transport.send_each([message for _, message, _ in batch.messages], on_result)
 
     def _await(self, batch: _Batch) -> None:
         """Wait for the batch's results, recording what has arrived every `record_interval`."""
         while not batch.finished.wait(self._record_interval):
             self._record_rest(batch)
             self._raise_if_stop_requested()
-        if batch.sent_by_sender < len(batch.messages):
-            raise RuntimeError("the sender thread failed before every message had a result")
+        if batch.reporting_error is not None:
+            raise RuntimeError("a sending result could not be recorded") from batch.reporting_error
 
     def _record_rest(self, batch: _Batch) -> None:
         outcomes = batch.outcomes[batch.recorded :]

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from cron_pipelines.models.payloads import format_instant
-from cron_pipelines.notifications.pipeline import DELIVERY_GC_THRESHOLD
+from cron_pipelines.notifications.pipeline import DELIVERY_GC_THRESHOLD, DeliveryStats
 from cron_pipelines_tests.demo_services.helpers import due, user
 from cron_pipelines_tests.support.job_world import JobWorld, check_result, failure_messages, metadata
 from cron_pipelines_tests.support.smtp_sink import ReceivedMail
@@ -391,3 +391,25 @@ def test_old_objects_are_spared_by_the_collector_only_while_delivering(world: Jo
     world.smtp.stop()
     assert not world.run("send_payment_reminders", D).success
     assert (gc.get_freeze_count(), gc.get_threshold()) == (0, thresholds)
+
+
+def test_a_sending_result_that_cannot_be_recorded_fails_the_step_without_leaving_claims(
+    world: JobWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sending threads turn results into outcomes; a bug there (simulated) ends the run, never hangs it."""
+    _seed_two(world)
+    count = DeliveryStats.count
+
+    def failing_count(self: DeliveryStats, outcome: str, kind: str, key: str) -> None:
+        if outcome == "sent" and key == GOOD_KEYS[0]:
+            raise ZeroDivisionError("a bug")
+        count(self, outcome, kind, key)
+
+    monkeypatch.setattr(DeliveryStats, "count", failing_count)
+    result = world.run("send_payment_reminders", D)
+
+    assert not result.success
+    assert "a sending result could not be recorded" in failure_messages(result)
+    ledger = world.ledger()
+    assert ledger[GOOD_KEYS[1]]["status"] == "sent"
+    assert {record["status"] for record in ledger.values()} <= {"sent", "failed"}

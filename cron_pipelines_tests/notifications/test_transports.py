@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import os
+import threading
 import time
 from email import policy
 from pathlib import Path
@@ -12,7 +13,13 @@ import pytest
 
 from cron_pipelines.models.notification import Notification, NotificationKind
 from cron_pipelines.notifications.composition import MessageComposer, OutgoingMessage
-from cron_pipelines.notifications.transports import OutboxTransport, SmtpSettings, SmtpTransport
+from cron_pipelines.notifications.transports import (
+    OutboxTransport,
+    SendResult,
+    SmtpSettings,
+    SmtpTransport,
+    _SmtpConnection,
+)
 from cron_pipelines_tests.support.certificates import self_signed_localhost
 from cron_pipelines_tests.support.smtp_sink import SmtpSink, free_port
 
@@ -264,3 +271,83 @@ def test_rate_limit_is_never_exceeded_in_any_second_at_the_server(smtp_sink: Smt
     assert busiest <= 40
     assert elapsed >= 2.0  # 120 messages at 40 per second need three windows
     assert busiest >= 35  # and the cap is used, not undershot
+
+
+# --- results reported by the sending threads ---------------------------------
+
+
+def _collect(transport: SmtpTransport | OutboxTransport, messages: list[OutgoingMessage]) -> dict[int, SendResult]:
+    """send_each's results by index, asserting each message is reported once, by a thread other than this one."""
+    reported: dict[int, SendResult] = {}
+    threads: set[int] = set()
+    done = threading.Event()
+    lock = threading.Lock()
+
+    def on_result(index: int, result: SendResult) -> None:
+        with lock:
+            assert index not in reported
+            reported[index] = result
+            threads.add(threading.get_ident())
+            if len(reported) == len(messages):
+                done.set()
+
+    transport.send_each(messages, on_result)
+    assert done.wait(30)
+    assert threading.get_ident() not in threads
+    return reported
+
+
+@pytest.mark.parametrize("connections", [1, 4])
+def test_send_each_reports_every_message_once_as_it_is_sent(smtp_sink: SmtpSink, connections: int) -> None:
+    transport = _smtp(smtp_sink, max_connections=connections)
+    messages = _messages(40)
+    try:
+        reported = _collect(transport, messages)
+    finally:
+        transport.close()
+    assert [(reported[index].key, reported[index].outcome) for index in range(40)] == [
+        (message.key, "sent") for message in messages
+    ]
+    received = [mail.notification_id for mail in smtp_sink.wait_for(40)]
+    assert sorted(received) == sorted(message.key for message in messages)
+    if connections == 1:  # one session sends in the order given
+        assert received == [message.key for message in messages]
+
+
+def test_send_each_to_the_outbox_writes_in_order_and_a_stop_holds_back_the_rest(tmp_path: Path) -> None:
+    transport = OutboxTransport(tmp_path / "outbox")
+    messages = _messages(6)
+    assert {result.outcome for result in _collect(transport, messages[:3]).values()} == {"sent"}
+    transport.stop()
+    stopped = _collect(transport, messages[3:])
+    transport.close()
+    assert {result.outcome for result in stopped.values()} == {"stopped"}
+    files = sorted(os.listdir(tmp_path / "outbox"))
+    keys = [
+        email.message_from_bytes((tmp_path / "outbox" / name).read_bytes(), policy=policy.default)["X-Notification-Id"]
+        for name in files
+    ]
+    assert keys == [message.key for message in messages[:3]]
+
+
+def test_an_unexpected_error_while_sending_is_a_failed_result_not_a_lost_one(
+    smtp_sink: SmtpSink, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug in the sending code (simulated: only a bug raises here) must not leave the batch waiting forever."""
+    messages = _messages(3)
+    original = _SmtpConnection.send
+
+    def send(self: _SmtpConnection, message: OutgoingMessage) -> SendResult:
+        if message.key == messages[1].key:
+            raise ZeroDivisionError("a bug")
+        return original(self, message)
+
+    monkeypatch.setattr(_SmtpConnection, "send", send)
+    transport = _smtp(smtp_sink, max_connections=2)
+    try:
+        reported = _collect(transport, messages)
+    finally:
+        transport.close()
+    assert [reported[index].outcome for index in range(3)] == ["sent", "failed", "sent"]
+    assert reported[1].error == "not sent: ZeroDivisionError: a bug"
+    assert f"sending {messages[1].key} failed unexpectedly" in caplog.text
