@@ -170,9 +170,8 @@ _BASE64_LINE_LENGTH = 76  # RFC 2045's longest encoded line
 def _base64_lines(text: str) -> str:
     # One b64encode and slices: `base64.encodebytes` loops in Python over 57-byte pieces.
     encoded = base64.b64encode(text.encode("utf-8")).decode("ascii")
-    return "".join(
-        [f"{encoded[start : start + _BASE64_LINE_LENGTH]}\r\n" for start in range(0, len(encoded), _BASE64_LINE_LENGTH)]
-    )
+    lines = [encoded[start : start + _BASE64_LINE_LENGTH] for start in range(0, len(encoded), _BASE64_LINE_LENGTH)]
+    return "\r\n".join(lines) + "\r\n"
 
 
 def serialize_message(headers: list[tuple[str, str]], text: str, html: str, *, smtputf8: bool = False) -> bytes:
