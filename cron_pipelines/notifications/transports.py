@@ -22,6 +22,7 @@ import ssl
 import threading
 import time
 import uuid
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -68,7 +69,7 @@ class MailTransport(Protocol):
     def close(self) -> None: ...
 
 
-class _ThreadedTransport:
+class _ThreadedTransport(ABC):
     """Sends each message on one of `workers` threads, in the order given when there is one.
 
     `send_each` costs no waiting thread: the sending thread reports each result itself,
@@ -79,8 +80,9 @@ class _ThreadedTransport:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=thread_name_prefix)
         self._stopped = threading.Event()
 
+    @abstractmethod
     def _send_one(self, message: OutgoingMessage) -> SendResult:
-        raise NotImplementedError
+        """Hand one message over (or not, once stopped); never raises for a refusal."""
 
     def stop(self) -> None:
         self._stopped.set()
