@@ -57,9 +57,6 @@ logger = logging.getLogger("cron_pipelines.notifications")
 
 
 class MailTransport(Protocol):
-    def send_batch(self, messages: Sequence[OutgoingMessage]) -> Iterator[SendResult]:
-        """One result per message, in order, each as soon as it is known."""
-
     def send_each(self, messages: Sequence[OutgoingMessage], on_result: ResultCallback) -> None:
         """Hand the messages over in the background; `on_result` is called once per message as its result is known."""
 
@@ -72,8 +69,8 @@ class MailTransport(Protocol):
 class _ThreadedTransport(ABC):
     """Sends each message on one of `workers` threads, in the order given when there is one.
 
-    `send_each` costs no waiting thread: the sending thread reports each result itself,
-    which in a long run saves a thread wake-up, and a turn of the GIL, per message.
+    No thread waits for the results: the sending thread reports each one itself, which in a
+    long run saves a thread wake-up, and a turn of the GIL, per message.
     """
 
     def __init__(self, workers: int, thread_name_prefix: str) -> None:
@@ -86,10 +83,6 @@ class _ThreadedTransport(ABC):
 
     def stop(self) -> None:
         self._stopped.set()
-
-    def send_batch(self, messages: Sequence[OutgoingMessage]) -> Iterator[SendResult]:
-        # Every send is submitted now; results come back in order as they finish.
-        return self._pool.map(self._send_one, messages)
 
     def send_each(self, messages: Sequence[OutgoingMessage], on_result: ResultCallback) -> None:
         for index, message in enumerate(messages):

@@ -52,13 +52,40 @@ def _smtp(sink: SmtpSink, **options) -> SmtpTransport:
     return SmtpTransport(SmtpSettings(host=sink.host, port=sink.port, timeout=5), **options)
 
 
+def _collect(transport: SmtpTransport | OutboxTransport, messages: list[OutgoingMessage]) -> dict[int, SendResult]:
+    """send_each's results by index, asserting each message is reported once, by a thread other than this one."""
+    reported: dict[int, SendResult] = {}
+    threads: set[int] = set()
+    done = threading.Event()
+    lock = threading.Lock()
+
+    def on_result(index: int, result: SendResult) -> None:
+        with lock:
+            assert index not in reported
+            reported[index] = result
+            threads.add(threading.get_ident())
+            if len(reported) == len(messages):
+                done.set()
+
+    transport.send_each(messages, on_result)
+    assert done.wait(30) or not messages
+    assert threading.get_ident() not in threads
+    return reported
+
+
+def _send(transport: SmtpTransport | OutboxTransport, messages: list[OutgoingMessage]) -> list[SendResult]:
+    """Every message's result, in the order of the messages."""
+    reported = _collect(transport, messages)
+    return [reported[index] for index in range(len(messages))]
+
+
 # --- outbox -----------------------------------------------------------------
 
 
 def test_outbox_writes_one_parseable_eml_per_message_in_time_order(tmp_path: Path) -> None:
     transport = OutboxTransport(tmp_path / "outbox")
     messages = _messages(5)
-    results = list(transport.send_batch(messages[:3])) + list(transport.send_batch(messages[3:]))
+    results = _send(transport, messages[:3]) + _send(transport, messages[3:])
 
     assert [result.outcome for result in results] == ["sent"] * 5
     files = sorted(os.listdir(tmp_path / "outbox"))
@@ -76,9 +103,9 @@ def test_outbox_messages_are_private_whatever_the_umask(tmp_path: Path) -> None:
     previous = os.umask(0o022)
     try:
         transport = OutboxTransport(tmp_path / "shared")  # an existing folder is narrowed too
-        assert [result.outcome for result in transport.send_batch(_messages(2))] == ["sent", "sent"]
+        assert [result.outcome for result in _send(transport, _messages(2))] == ["sent", "sent"]
         fresh = OutboxTransport(tmp_path / "new" / "outbox")
-        assert [result.outcome for result in fresh.send_batch(_messages(1))] == ["sent"]
+        assert [result.outcome for result in _send(fresh, _messages(1))] == ["sent"]
     finally:
         os.umask(previous)
     for folder in (tmp_path / "shared", tmp_path / "new" / "outbox"):
@@ -95,7 +122,7 @@ def test_outbox_that_cannot_be_written_reports_every_message_unavailable(tmp_pat
             (tmp_path / "outbox").chmod(0o700)
             (tmp_path / "outbox").rmdir()
             (tmp_path / "outbox").write_text("a file where the folder should be")
-        results = list(transport.send_batch(_messages(2)))
+        results = _send(transport, _messages(2))
     finally:
         if (tmp_path / "outbox").is_dir():
             (tmp_path / "outbox").chmod(0o700)
@@ -110,7 +137,7 @@ def test_smtp_delivers_over_one_reused_connection(smtp_sink: SmtpSink) -> None:
     transport = _smtp(smtp_sink, max_connections=1)
     messages = _messages(20)
     try:
-        results = list(transport.send_batch(messages))
+        results = _send(transport, messages)
     finally:
         transport.close()
     assert [result.outcome for result in results] == ["sent"] * 20
@@ -137,7 +164,7 @@ def test_the_wire_carries_the_same_envelope_and_message_whichever_path_smtplib_t
     transport = _smtp(smtp_sink, max_connections=1)
     message = OutgoingMessage("k1", "payment_reminder", sender, "u1@example.com", "<m1@example.com>", body)
     try:
-        assert [result.outcome for result in transport.send_batch([message])] == ["sent"]
+        assert [result.outcome for result in _send(transport, [message])] == ["sent"]
     finally:
         transport.close()
     (received,) = smtp_sink.wait_for(1)
@@ -150,7 +177,7 @@ def test_refused_recipients_fail_only_their_own_message_permanently_or_for_now(s
     smtp_sink.temporarily_refused_recipients.add("u2@example.com")
     transport = _smtp(smtp_sink, max_connections=1)
     try:
-        results = list(transport.send_batch(_messages(4)))
+        results = _send(transport, _messages(4))
     finally:
         transport.close()
     assert [result.outcome for result in results] == ["sent", "bounced", "failed", "sent"]
@@ -163,9 +190,9 @@ def test_a_dropped_connection_is_reopened_once(smtp_sink: SmtpSink) -> None:
     transport = _smtp(smtp_sink, max_connections=1)
     messages = _messages(4)
     try:
-        assert [r.outcome for r in list(transport.send_batch(messages[:2]))] == ["sent", "sent"]
+        assert [r.outcome for r in _send(transport, messages[:2])] == ["sent", "sent"]
         smtp_sink.restart()  # the server drops the session the transport holds
-        assert [r.outcome for r in list(transport.send_batch(messages[2:]))] == ["sent", "sent"]
+        assert [r.outcome for r in _send(transport, messages[2:])] == ["sent", "sent"]
     finally:
         transport.close()
     assert [mail.notification_id for mail in smtp_sink.wait_for(4)] == [message.key for message in messages]
@@ -175,7 +202,7 @@ def test_a_server_that_is_down_marks_the_batch_unavailable_quickly() -> None:
     transport = SmtpTransport(SmtpSettings(host="127.0.0.1", port=free_port(), timeout=5), max_connections=2)
     started = time.monotonic()
     try:
-        results = list(transport.send_batch(_messages(50)))
+        results = _send(transport, _messages(50))
     finally:
         transport.close()
     assert {result.outcome for result in results} == {"unavailable"}
@@ -186,9 +213,9 @@ def test_a_server_that_is_down_marks_the_batch_unavailable_quickly() -> None:
 def test_server_going_down_mid_batch_keeps_what_was_sent(smtp_sink: SmtpSink) -> None:
     transport = _smtp(smtp_sink, max_connections=1)
     try:
-        first = list(transport.send_batch(_messages(2, prefix="a")))
+        first = _send(transport, _messages(2, prefix="a"))
         smtp_sink.stop()
-        second = list(transport.send_batch(_messages(3, prefix="b")))
+        second = _send(transport, _messages(3, prefix="b"))
     finally:
         transport.close()
     assert [r.outcome for r in first] == ["sent", "sent"]
@@ -201,7 +228,7 @@ def test_login_when_credentials_are_configured() -> None:
             SmtpSettings(host=sink.host, port=sink.port, username="mailer", password="s3cret-password", timeout=5)
         )
         try:
-            assert [r.outcome for r in list(transport.send_batch(_messages(2)))] == ["sent", "sent"]
+            assert [r.outcome for r in _send(transport, _messages(2))] == ["sent", "sent"]
         finally:
             transport.close()
         assert sink.logins and set(sink.logins) == {"mailer"}
@@ -210,7 +237,7 @@ def test_login_when_credentials_are_configured() -> None:
             SmtpSettings(host=sink.host, port=sink.port, username="mailer", password="nope", timeout=5)
         )
         try:
-            results = list(wrong.send_batch(_messages(1)))
+            results = _send(wrong, _messages(1))
         finally:
             wrong.close()
         assert results[0].outcome == "unavailable"
@@ -232,7 +259,7 @@ def test_tls_modes(tmp_path: Path, security: str) -> None:
             )
         )
         try:
-            assert [r.outcome for r in list(transport.send_batch(_messages(2)))] == ["sent", "sent"]
+            assert [r.outcome for r in _send(transport, _messages(2))] == ["sent", "sent"]
         finally:
             transport.close()
         assert len(sink.wait_for(2)) == 2
@@ -244,7 +271,7 @@ def test_parallel_connections_share_the_work_and_pay_latency_in_parallel() -> No
         messages = _messages(40)
         try:
             started = time.monotonic()
-            results = list(transport.send_batch(messages))
+            results = _send(transport, messages)
             elapsed = time.monotonic() - started
         finally:
             transport.close()
@@ -260,7 +287,7 @@ def test_rate_limit_is_never_exceeded_in_any_second_at_the_server(smtp_sink: Smt
     transport = _smtp(smtp_sink, max_connections=8, rate_limit_per_second=40)
     try:
         started = time.monotonic()
-        results = list(transport.send_batch(_messages(120)))
+        results = _send(transport, _messages(120))
         elapsed = time.monotonic() - started
     finally:
         transport.close()
@@ -274,27 +301,6 @@ def test_rate_limit_is_never_exceeded_in_any_second_at_the_server(smtp_sink: Smt
 
 
 # --- results reported by the sending threads ---------------------------------
-
-
-def _collect(transport: SmtpTransport | OutboxTransport, messages: list[OutgoingMessage]) -> dict[int, SendResult]:
-    """send_each's results by index, asserting each message is reported once, by a thread other than this one."""
-    reported: dict[int, SendResult] = {}
-    threads: set[int] = set()
-    done = threading.Event()
-    lock = threading.Lock()
-
-    def on_result(index: int, result: SendResult) -> None:
-        with lock:
-            assert index not in reported
-            reported[index] = result
-            threads.add(threading.get_ident())
-            if len(reported) == len(messages):
-                done.set()
-
-    transport.send_each(messages, on_result)
-    assert done.wait(30)
-    assert threading.get_ident() not in threads
-    return reported
 
 
 @pytest.mark.parametrize("connections", [1, 4])
