@@ -14,6 +14,11 @@ source "$(dirname "$0")/env.sh"
 : "${DAGSTER_PG_PASSWORD?set DAGSTER_PG_PASSWORD (may be empty with trust auth)}"
 
 mkdir -p "$DAGSTER_HOME" "$CRON_PIPELINES_LOG_DIR" "$CRON_PIPELINES_RUN_DIR/programs"
+# The umask covers what is new; a DAGSTER_HOME made before (by hand, by an older release, under
+# another umask) may still be open. Close it, and whatever this user owns in it, before anything
+# starts. Symbolic links are left alone: chmod would follow them out of DAGSTER_HOME.
+chmod 0700 "$DAGSTER_HOME" || { echo "cannot make $DAGSTER_HOME private: it must belong to $(id -un)" >&2; exit 1; }
+find -H "$DAGSTER_HOME" -mindepth 1 -user "$(id -u)" ! -type l -perm /077 -exec chmod go-rwx {} +
 rm -f "$CRON_PIPELINES_RUN_DIR/programs/proxy.conf" "$CRON_PIPELINES_RUN_DIR/programs/celery-worker.conf"
 if [ -n "${PROXY_TLS_CERT:-}" ]; then
   : "${PROXY_TLS_KEY:?set PROXY_TLS_KEY with PROXY_TLS_CERT}"

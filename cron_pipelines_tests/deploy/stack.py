@@ -15,10 +15,14 @@ from pathlib import Path
 import httpx
 
 from cron_pipelines_tests.deploy.conftest import PROJECT, PostgresHome
+from cron_pipelines_tests.support.certificates import TlsFiles
 from cron_pipelines_tests.support.smtp_sink import SmtpSink, free_port
 from cron_pipelines_tests.support.webserver import graphql, wait_until
 
 PROGRAMS = ("code-server", "webserver", "webserver-readonly", "daemon")
+# The proxy's two roles (deploy/proxy/Caddyfile): user name and password.
+OPERATOR = ("operator", "operator-password-1")
+AUDITOR = ("auditor", "auditor-password-2")
 
 
 def alive(pid: int) -> bool:
@@ -28,6 +32,60 @@ def alive(pid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError):
         return False
     return state != "Z"
+
+
+def caddy() -> str:
+    # make test installs it (scripts/ensure-caddy.sh); without it a proxy test cannot say anything.
+    path = shutil.which("caddy")
+    assert path, "caddy is not installed: run scripts/ensure-caddy.sh (make test does)"
+    return path
+
+
+def password_hash(password: str) -> str:
+    return subprocess.run(
+        [caddy(), "hash-password", "--plaintext", password], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def proxy_settings(tls: TlsFiles) -> dict[str, str]:
+    """The PROXY_* variables that make deploy/start.sh run the TLS proxy on loopback, on free ports."""
+    return {
+        "PROXY_TLS_CERT": str(tls.certificate),
+        "PROXY_TLS_KEY": str(tls.private_key),
+        "PROXY_BIND": "127.0.0.1",
+        "PROXY_HOST": "localhost",
+        "PROXY_OPERATOR_PORT": str(free_port()),
+        "PROXY_AUDITOR_PORT": str(free_port()),
+        "PROXY_OPERATOR_USER": OPERATOR[0],
+        "PROXY_OPERATOR_PASSWORD_HASH": password_hash(OPERATOR[1]),
+        "PROXY_AUDITOR_USER": AUDITOR[0],
+        "PROXY_AUDITOR_PASSWORD_HASH": password_hash(AUDITOR[1]),
+        "CRON_PIPELINES_CADDY": caddy(),
+    }
+
+
+def sockets(port: int, protocol: str = "tcp") -> set[tuple[str, str]]:
+    """(local address, state) of each socket bound to `port`, IPv4 and IPv6, from /proc/net/<protocol>(6).
+
+    Addresses are /proc's little-endian hex (127.0.0.1 is 0100007F); TCP's state 0A is LISTEN."""
+    found = set()
+    for table in (f"/proc/net/{protocol}", f"/proc/net/{protocol}6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, port_hex = local.rsplit(":", 1)
+            if int(port_hex, 16) == port:
+                found.add((address, state))
+    return found
+
+
+def listening_addresses(port: int) -> set[str]:
+    """The local addresses with a TCP socket listening on `port` (IPv4 and IPv6)."""
+    return {address for address, state in sockets(port) if state == "0A"}
+
+
+def process_environment(pid: int) -> dict[str, str]:
+    entries = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(entry.decode(errors="replace").split("=", 1) for entry in entries if b"=" in entry)
 
 
 class Stack:

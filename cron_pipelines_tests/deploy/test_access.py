@@ -4,8 +4,6 @@ secret in any process but the code server, and nothing the deployment writes rea
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,14 +13,20 @@ import httpx
 import pytest
 
 from cron_pipelines_tests.deploy.conftest import PostgresHome
-from cron_pipelines_tests.deploy.stack import Stack, running_stack
+from cron_pipelines_tests.deploy.stack import (
+    AUDITOR,
+    OPERATOR,
+    Stack,
+    listening_addresses,
+    process_environment,
+    proxy_settings,
+    running_stack,
+)
 from cron_pipelines_tests.support.certificates import TlsFiles, self_signed_localhost
-from cron_pipelines_tests.support.smtp_sink import SmtpSink, free_port
+from cron_pipelines_tests.support.smtp_sink import SmtpSink
 from cron_pipelines_tests.support.webserver import JOB_NAMES, LAUNCH_PARTITION, graphql, wait_until
 
 JWT_SECRET = "access-test-key-Zq8Wm3Rt6Yp1Lx4Nc7Vb0"
-OPERATOR = ("operator", "operator-password-1")
-AUDITOR = ("auditor", "auditor-password-2")
 
 BACKFILL = """mutation Backfill($partitionSet: String!, $partition: String!) {
   launchPartitionBackfill(backfillParams: {
@@ -31,19 +35,6 @@ BACKFILL = """mutation Backfill($partitionSet: String!, $partition: String!) {
     partitionNames: [$partition]
   }) { __typename ... on LaunchBackfillSuccess { backfillId } ... on PythonError { message } }
 }"""
-
-
-def caddy() -> str:
-    # make test installs it (scripts/ensure-caddy.sh); without it this test cannot say anything.
-    path = shutil.which("caddy")
-    assert path, "caddy is not installed: run scripts/ensure-caddy.sh (make test does)"
-    return path
-
-
-def password_hash(password: str) -> str:
-    return subprocess.run(
-        [caddy(), "hash-password", "--plaintext", password], capture_output=True, text=True, check=True
-    ).stdout.strip()
 
 
 @pytest.fixture
@@ -59,38 +50,20 @@ def tls(tmp_path: Path) -> TlsFiles:
 
 @pytest.fixture
 def stack(postgres_home: PostgresHome, smtp: SmtpSink, tls: TlsFiles) -> Iterator[Stack]:
-    proxy = {
-        "PROXY_TLS_CERT": str(tls.certificate),
-        "PROXY_TLS_KEY": str(tls.private_key),
-        "PROXY_BIND": "127.0.0.1",
-        "PROXY_HOST": "localhost",
-        "PROXY_OPERATOR_PORT": str(free_port()),
-        "PROXY_AUDITOR_PORT": str(free_port()),
-        "PROXY_OPERATOR_USER": OPERATOR[0],
-        "PROXY_OPERATOR_PASSWORD_HASH": password_hash(OPERATOR[1]),
-        "PROXY_AUDITOR_USER": AUDITOR[0],
-        "PROXY_AUDITOR_PASSWORD_HASH": password_hash(AUDITOR[1]),
-        "CRON_PIPELINES_CADDY": caddy(),
-    }
-    with running_stack(postgres_home, smtp, INTERNAL_JWT_SECRET=JWT_SECRET, **proxy) as running:
+    # A DAGSTER_HOME left open by an earlier install: deploy/start.sh closes it before starting.
+    home = postgres_home.path
+    (home / "history").mkdir()
+    (home / "history" / "old-run.log").write_text("names and addresses")
+    (home / "history").chmod(0o755)
+    (home / "history" / "old-run.log").chmod(0o644)
+    (home / "dagster.yaml").chmod(0o644)
+    home.chmod(0o755)
+    # A symbolic link out of DAGSTER_HOME: what it points to is not the deployment's to change.
+    (home.parent / "shared.txt").write_text("not the deployment's")
+    (home.parent / "shared.txt").chmod(0o644)
+    (home / "shared-link").symlink_to(home.parent / "shared.txt")
+    with running_stack(postgres_home, smtp, INTERNAL_JWT_SECRET=JWT_SECRET, **proxy_settings(tls)) as running:
         yield running
-
-
-def _listening_addresses(port: int) -> set[str]:
-    """The local addresses with a socket listening on `port` (IPv4 and IPv6), from /proc/net."""
-    addresses = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            local, state = line.split()[1], line.split()[3]
-            address, port_hex = local.split(":")
-            if state == "0A" and int(port_hex, 16) == port:
-                addresses.add(address)
-    return addresses
-
-
-def _environment(pid: int) -> dict[str, str]:
-    entries = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    return dict(entry.decode(errors="replace").split("=", 1) for entry in entries if b"=" in entry)
 
 
 def test_the_ui_is_private_the_proxy_authenticates_and_auditors_cannot_act(stack: Stack, tls: TlsFiles) -> None:
@@ -101,7 +74,7 @@ def test_the_ui_is_private_the_proxy_authenticates_and_auditors_cannot_act(stack
 
     # Loopback only: 127.0.0.1 in /proc/net/tcp's little-endian hex.
     for port in (stack.port, stack.readonly_port):
-        assert _listening_addresses(port) == {"0100007F"}, port
+        assert listening_addresses(port) == {"0100007F"}, port
 
     # The read-only webserver refuses launches and backfills on the server side; the full one accepts.
     today = datetime.now(UTC).date().isoformat()
@@ -138,12 +111,15 @@ def test_the_ui_is_private_the_proxy_authenticates_and_auditors_cannot_act(stack
 
     # Secrets only where used: the code server holds the service key, no other process does.
     pids = stack.pids(("code-server", "webserver", "webserver-readonly", "daemon", "proxy"))
-    assert _environment(pids["code-server"]).get("INTERNAL_JWT_SECRET") == JWT_SECRET
+    assert process_environment(pids["code-server"]).get("INTERNAL_JWT_SECRET") == JWT_SECRET
     for program in ("webserver", "webserver-readonly", "daemon", "proxy"):
-        environment = _environment(pids[program])
+        environment = process_environment(pids[program])
         assert "INTERNAL_JWT_SECRET" not in environment, program
         assert JWT_SECRET not in str(environment), program
-        assert environment["DAGSTER_PG_DB"] == stack.environment["DAGSTER_PG_DB"], program  # what it does need
+        if program == "proxy":  # not even the database's: test_proxy checks its whole environment
+            assert not [name for name in environment if name.startswith(("DAGSTER_PG_", "PG"))], environment
+        else:
+            assert environment["DAGSTER_PG_DB"] == stack.environment["DAGSTER_PG_DB"], program  # what it does need
 
     # PII at rest: once the launched run is done, nothing the deployment wrote under DAGSTER_HOME
     # (run storage, compute logs, supervisord's logs) is readable by group or others.
@@ -151,9 +127,13 @@ def test_the_ui_is_private_the_proxy_authenticates_and_auditors_cannot_act(stack
         run_id = launched["run"]["runId"]
         run = wait_until(lambda: (r := instance.get_run_by_id(run_id)) and r.is_finished and r, 180, "the run")
         assert run.status == dg.DagsterRunStatus.SUCCESS
+    # What was there before, left open by the fixture, is closed too (deploy/start.sh), and the
+    # home itself is 0700; the file behind the symbolic link, outside DAGSTER_HOME, is untouched.
     home = Path(stack.environment["DAGSTER_HOME"])
-    prepared_by_the_test = {home / "dagster.yaml"}
-    written = [path for path in home.rglob("*") if path not in prepared_by_the_test]
+    assert home.stat().st_mode & 0o777 == 0o700
+    written = [path for path in home.rglob("*") if not path.is_symlink()]
+    assert {home / "dagster.yaml", home / "history" / "old-run.log"} <= set(written)
     assert any(path.suffix in (".out", ".err") for path in written), "no compute log was written"
     readable = [f"{oct(path.stat().st_mode & 0o777)} {path}" for path in written if path.stat().st_mode & 0o077]
     assert not readable, readable
+    assert (home.parent / "shared.txt").stat().st_mode & 0o777 == 0o644
