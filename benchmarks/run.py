@@ -38,10 +38,13 @@ from typing import Any
 import httpx
 
 from cron_pipelines.clients.tokens import TokenIssuer
+from cron_pipelines.settings import Settings
 from cron_pipelines_tests.support.smtp_sink import free_port
 from demo_services.store import DemoStore
 
 PROJECT = Path(__file__).resolve().parents[1]
+# The same work on both sides: the plain script claims as many at a time as the project does.
+DEFAULT_BATCH_SIZE = Settings.model_fields["delivery_batch_size"].default
 SECRET = "benchmark-secret-0123456789abcdef0123456789"
 D = datetime.now(UTC).date()
 
@@ -324,7 +327,7 @@ def measure(
                 "--connections",
                 str(connections),
                 "--batch-size",
-                os.environ.get("DELIVERY_BATCH_SIZE", "100"),
+                os.environ.get("DELIVERY_BATCH_SIZE", str(DEFAULT_BATCH_SIZE)),
             )
             seconds, rss, cpu, output = _run_measured(command, _environment())
         after = request_counts(sql_url, mongo_url)

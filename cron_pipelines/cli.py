@@ -52,7 +52,10 @@ def _instance(settings: Settings) -> DagsterInstance:
 
     # The same instance the webserver and daemon use: DAGSTER_HOME, or the project's default.
     os.environ.setdefault("DAGSTER_HOME", str(settings.dagster_home))
-    Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
+    home = Path(os.environ["DAGSTER_HOME"])
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if home.stat().st_uid == os.geteuid():
+        home.chmod(0o700)  # run storage, compute logs and the outbox hold names and addresses
     return dg.DagsterInstance.get()
 
 
@@ -268,6 +271,15 @@ def command_settle(settings: Settings, args: argparse.Namespace) -> int:
     from cron_pipelines.resources import build_resources
     from cron_pipelines.safe_text import printable
 
+    if args.settle_as == "failed" and args.run and not (args.i_accept_duplicates or args.dry_run):
+        print(
+            "refused: `--run R --as failed` has a later run send every claim of R again, and some of them may "
+            "have been delivered before the run died (up to the whole window). Look each planned Message-ID up "
+            "in the mail server's log, then settle the delivered ones `--as sent` and the others with "
+            "`--key K --as failed`; or, to resend them all knowing some may arrive twice, add --i-accept-duplicates",
+            file=sys.stderr,
+        )
+        return 2
     instance = _instance(settings)
     note = f"settled as {args.settle_as} by an operator ({os.environ.get('USER') or 'unknown user'})"
     if args.note:
@@ -472,6 +484,11 @@ def _parser() -> argparse.ArgumentParser:
     settle.add_argument("--note", help="why, for the audit trail (e.g. the mail log you checked)")
     settle.add_argument("--dry-run", action="store_true", help="list what would be settled, change nothing")
     settle.add_argument("--force", action="store_true", help="also settle claims of a run still in progress")
+    settle.add_argument(
+        "--i-accept-duplicates",
+        action="store_true",
+        help="with --run R --as failed: resend every claim of R, although some may have been delivered",
+    )
     settle.set_defaults(handler=command_settle)
 
     health = commands.add_parser("health", help="check instance, daemon, services and mail; exit 1 if any fails")
@@ -502,6 +519,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Whatever the shell's umask: what the runs write (storage, compute logs, the outbox) is this user's alone.
+    os.umask(0o077)
     args = _parser().parse_args(argv)
     if getattr(args, "start", None) and not getattr(args, "end", None):
         raise SystemExit("--from needs --to")

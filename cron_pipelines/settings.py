@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import ssl
 import zoneinfo
 from collections.abc import Mapping
 from datetime import date
@@ -36,6 +37,8 @@ from pydantic_core import ErrorDetails
 
 from cron_pipelines.clients.tokens import MIN_HS256_SECRET_BYTES, Algorithm
 from cron_pipelines.notifications.transports import SmtpSecurity
+from cron_pipelines.safe_text import printable
+from cron_pipelines.secrets import Secret, SecretFileError, read_secret_file
 
 # Public by design: it only opens the embedded demo services, and it is refused as
 # soon as a real service URL is configured.
@@ -110,6 +113,8 @@ class Settings(BaseModel):
     # The variables load_settings read from the process environment: those secrets are handed
     # to resources as EnvVar, so the UI and run config show names, not values.
     _process_variables: frozenset[str] = PrivateAttr(default=frozenset())
+    # Secrets read from `NAME_FILE` of the process environment: NAME → the file's path.
+    _secret_files: dict[str, str] = PrivateAttr(default_factory=dict)
 
     # Where Dagster keeps its state; the demo services and the outbox live under it too.
     dagster_home: Path = Field(default_factory=lambda: Path.cwd() / ".dagster_home")
@@ -125,6 +130,10 @@ class Settings(BaseModel):
     service_allow_plaintext_http: bool = False
     service_request_deadline_seconds: float = Field(60.0, gt=0)
     service_max_response_bytes: int = Field(16 * 1024 * 1024, ge=64 * 1024)
+    service_max_pages: int = Field(10_000, ge=1)
+    # What one step may lose to failing service calls (failed tries and the waits between them),
+    # carried over to its retries: README, "Delivery guarantees", gives the worst case it bounds.
+    service_step_deadline_seconds: float = Field(180.0, gt=0)
 
     internal_jwt_secret: SecretStr | None = None
     internal_jwt_issuer: str = Field("cron-pipelines", min_length=1)
@@ -140,13 +149,17 @@ class Settings(BaseModel):
     smtp_password: SecretStr | None = None
     smtp_security: SmtpSecurity = "none"
     smtp_timeout_seconds: float = Field(30.0, gt=0)
+    # The CA(s) of a relay with a private certificate; unset: the system's trust store (/etc/ssl/certs,
+    # or SSL_CERT_FILE where OpenSSL is told so).
+    smtp_ca_file: Path | None = None
     # Opt-in to SMTP AUTH without TLS: the password crosses the network in clear text.
     smtp_allow_plaintext_auth: bool = False
     mail_from: str = "Cron Pipelines <no-reply@localhost>"
     mail_max_connections: int = Field(4, ge=1, le=64)
     mail_rate_limit_per_second: float | None = Field(None, gt=0)
     mail_max_attempts: int = Field(5, ge=1, le=100)
-    delivery_batch_size: int = Field(100, ge=1, le=500)
+    # 50: two batches are claimed and not yet recorded at once, so a hard crash leaves at most 100.
+    delivery_batch_size: int = Field(50, ge=1, le=500)
 
     cron_timezone: str = "UTC"
     partitions_start_date: date = date(2026, 1, 1)
@@ -192,6 +205,17 @@ class Settings(BaseModel):
             raise ValueError("must be an https:// URL of printable ASCII characters")
         if value is not None and value.startswith("http://") and not is_loopback_url(value):
             raise ValueError("must be https:// (mail clients refuse plain-http unsubscribe links)")
+        return value
+
+    @field_validator("smtp_ca_file")
+    @classmethod
+    def _ca_file(cls, value: Path | None) -> Path | None:
+        if value is None:
+            return value
+        try:
+            ssl.create_default_context(cafile=str(value))
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"is not a readable PEM file of CA certificates ({printable(exc, 120)})") from None
         return value
 
     @field_validator("dagster_webserver_url")
@@ -303,12 +327,16 @@ class Settings(BaseModel):
         assert self.internal_jwt_private_key is not None  # guaranteed by validation
         return self.internal_jwt_private_key.get_secret_value()
 
-    def secret(self, variable: str, value: str | None) -> str | EnvVar | None:
-        """`value` for a resource: EnvVar(variable) when it was read from the process environment,
-        so the secret stays out of the run config Dagster stores and shows."""
-        if value is not None and variable in self._process_variables:
-            return EnvVar(variable)
-        return value
+    def secret(self, variable: str, value: str | None) -> Secret:
+        """`value` for a resource, by reference where it came from the process: EnvVar(variable), or the
+        path of `variable`_FILE, so the secret stays out of the run config Dagster stores and shows."""
+        if value is None:
+            return Secret()
+        if variable in self._secret_files:
+            return Secret(file=self._secret_files[variable])
+        if variable in self._process_variables:
+            return Secret(value=EnvVar(variable))
+        return Secret(value=value)
 
     @property
     def demo_services_db_path(self) -> Path:
@@ -343,15 +371,14 @@ SECRET_VARIABLES = (
     "CELERY_BROKER_URL",
     "CELERY_BACKEND_URL",
 )
-MAX_SECRET_FILE_BYTES = 64 * 1024
 
 
-def load_settings(environ: dict[str, str] | None = None) -> Settings:
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Settings from `environ` (default: the process environment), or SettingsError listing every problem.
 
-    A secret read from `<NAME>_FILE` of the process environment is put into this process's
-    environment as `<NAME>`, so resources refer to it as EnvVar("<NAME>") in this process and
-    in the run workers it starts, and nowhere else.
+    A secret may come from `<NAME>_FILE`: it is read here to be validated, and resources are given
+    the file's path (Settings.secret), so each process reads it itself and the environment that
+    Dagster's child processes inherit stays as it was.
     """
     source = os.environ if environ is None else environ
     # An empty variable counts as unset, as in most deployment tools' env files.
@@ -365,9 +392,10 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     except ValidationError as exc:
         lines = "\n".join(f"  - {line}" for error in exc.errors() for line in _describe(error))
         raise SettingsError(f"invalid configuration:\n{lines}") from None
+    # A file can be read again by any process; a variable only where this environment is the process's.
+    settings._secret_files = {name: source[f"{name}_FILE"] for name in file_secrets}
     if environ is None:
-        os.environ.update(file_secrets)
-        settings._process_variables = frozenset(name.upper() for name in values)
+        settings._process_variables = frozenset(name.upper() for name in values) - set(file_secrets)
     return settings
 
 
@@ -382,18 +410,7 @@ def _secrets_from_files(source: Mapping[str, str]) -> tuple[dict[str, str], list
             problems.append(f"{name}_FILE: set either {name} or {name}_FILE, not both")
             continue
         try:
-            with open(path, "rb") as file:
-                content = file.read(MAX_SECRET_FILE_BYTES + 1)
-        except OSError as exc:
-            problems.append(f"{name}_FILE: cannot read {path!r}: {exc.strerror}")
-            continue
-        if len(content) > MAX_SECRET_FILE_BYTES:
-            problems.append(f"{name}_FILE: {path!r} is larger than {MAX_SECRET_FILE_BYTES} bytes")
-            continue
-        # Files written by `echo` or an editor end with a newline that is not part of the secret.
-        value = content.decode("utf-8", errors="replace").rstrip("\r\n")
-        if not value:
-            problems.append(f"{name}_FILE: {path!r} is empty")
-            continue
-        secrets[name] = value
+            secrets[name] = read_secret_file(path)
+        except SecretFileError as exc:
+            problems.append(f"{name}_FILE: {exc}")
     return secrets, problems

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.baseline import build_message
-from benchmarks.run import Measurement, time_ratio
+from benchmarks.run import DEFAULT_BATCH_SIZE, Measurement, time_ratio
 from cron_pipelines.models.payloads import Due
 from cron_pipelines.notifications.composition import MessageComposer
 from cron_pipelines.rules.payments import PaymentReminderPolicy, payment_reminder
@@ -39,14 +39,15 @@ def test_benchmark_runs_both_sides_end_to_end_and_counts_correctly() -> None:
     for side in (project, baseline, project_again, baseline_again):
         assert side["emails_received"] == 2000 and side["duplicate_emails"] == 0
         assert side["seconds"] > 0 and side["peak_rss_mb"] > 0
-    # Two pages of 1,000 and batches: no per-record requests. Both claim (and look preferences up) 100 at a time
-    # (DELIVERY_BATCH_SIZE); the project also records every second when a batch is slow.
+    # Two pages of 1,000 and batches: no per-record requests. Both claim (and look preferences up)
+    # DELIVERY_BATCH_SIZE at a time; the project also records every second when a batch is slow.
+    batches = 2000 // DEFAULT_BATCH_SIZE
     for side in (project, baseline):
         requests = side["http_requests"]
         assert requests["sql-service GET /v1/dues"] == 2
-        assert requests["mongo-service POST /v1/notifications/claims"] == 20
-        assert requests["mongo-service POST /v1/notification-preferences/lookup"] == 20  # one per batch
-        assert 20 <= requests["mongo-service POST /v1/notifications/outcomes"] <= 20 + side["seconds"]
+        assert requests["mongo-service POST /v1/notifications/claims"] == batches
+        assert requests["mongo-service POST /v1/notification-preferences/lookup"] == batches  # one per batch
+        assert batches <= requests["mongo-service POST /v1/notifications/outcomes"] <= batches + side["seconds"]
     assert project["connections"] == baseline["connections"] == 4
     assert 40 < project["peak_rss_mb"] < 400 and 20 < baseline["peak_rss_mb"] < project["peak_rss_mb"]
     # A summary per asset, not an event per notification.
@@ -89,9 +90,10 @@ def test_benchmark_with_preferences_sends_what_is_owed_once() -> None:
     assert project["expected_emails"] == project["emails_received"] == 1800 and project["duplicate_emails"] == 0
     requests = project["http_requests"]
     # One claim per batch of the stream (its digest notifications set aside), then the 200 digests
-    # (one key each) packed into claims of 100.
-    assert requests["mongo-service POST /v1/notifications/claims"] == 20 + 2
-    assert requests["mongo-service POST /v1/notification-preferences/lookup"] == 20
+    # (one key each) packed into claims of DELIVERY_BATCH_SIZE.
+    batches = 2000 // DEFAULT_BATCH_SIZE
+    assert requests["mongo-service POST /v1/notifications/claims"] == batches + 200 // DEFAULT_BATCH_SIZE
+    assert requests["mongo-service POST /v1/notification-preferences/lookup"] == batches
 
 
 def test_benchmark_with_shards_delivers_each_key_once_and_reports_each_shard_count() -> None:
@@ -109,7 +111,8 @@ def test_benchmark_with_shards_delivers_each_key_once_and_reports_each_shard_cou
         assert side["emails_received"] == 2000 and side["duplicate_emails"] == 0
     # Each shard reads the listing itself (2 pages each) and claims only its own users.
     assert two["http_requests"]["sql-service GET /v1/dues"] == 4
-    assert 20 <= two["http_requests"]["mongo-service POST /v1/notifications/claims"] <= 22
+    batches = 2000 // DEFAULT_BATCH_SIZE  # and at most one part-filled batch per shard
+    assert batches <= two["http_requests"]["mongo-service POST /v1/notifications/claims"] <= batches + 2
     assert one["largest_step_process_rss_mb"] is None and 40 < two["largest_step_process_rss_mb"] < 400
 
 

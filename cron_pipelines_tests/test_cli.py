@@ -60,6 +60,38 @@ def test_run_goes_through_the_instance_and_the_ledger(home: Path, reminder_run: 
     assert (home / "storage").exists()  # the runs are in this instance's history
 
 
+def test_what_a_run_writes_under_dagster_home_is_private_whatever_the_umask(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir(mode=0o755)
+    home.chmod(0o755)
+    (home / "dagster.yaml").write_text((Path(__file__).parents[1] / "deploy" / "dagster.dev.yaml").read_text())
+    today = datetime.now(UTC).date().isoformat()
+    environment = {**os.environ, "DAGSTER_HOME": str(home)}
+    for name in ("SQL_SERVICE_URL", "MONGO_SERVICE_URL", "MAILER_BACKEND"):
+        environment.pop(name, None)
+    result = subprocess.run(
+        [
+            "sh",
+            "-c",
+            f'umask 022 && exec "{sys.executable}" -m cron_pipelines.cli run send_payment_reminders --date {today}',
+        ],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    written = [path for path in home.rglob("*") if path.name != "dagster.yaml"]
+    assert any(path.suffix == ".eml" for path in written) and any("storage" in path.parts for path in written)
+    assert (home.stat().st_mode & 0o777) == 0o700
+    readable = [
+        f"{path.relative_to(home)} {oct(path.stat().st_mode & 0o777)}"
+        for path in written
+        if not path.is_symlink() and path.stat().st_mode & 0o077
+    ]
+    assert readable == []
+
+
 def test_audit_a_user_shows_kind_status_masked_recipient_and_the_run(home: Path, reminder_run: str) -> None:
     result = _cli(home, "audit", "--user", "usr_pending_in_7d", "--json")
     assert result.returncode == 0, result.stderr

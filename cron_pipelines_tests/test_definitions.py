@@ -93,9 +93,71 @@ def test_secrets_from_the_environment_stay_env_vars_in_the_resource_config(monke
     }.items():
         monkeypatch.setenv(variable, value)
     resources = build_definitions(load_settings()).resources
-    assert resources["sql_service"].auth.secret == dg.EnvVar("INTERNAL_JWT_SECRET")
-    assert resources["mailer"].smtp_password == dg.EnvVar("SMTP_PASSWORD")
+    assert resources["sql_service"].auth.secret.value == dg.EnvVar("INTERNAL_JWT_SECRET")
+    assert resources["mailer"].smtp_password.value == dg.EnvVar("SMTP_PASSWORD")
     assert "a-real-secret" not in repr(resources["sql_service"]) and "smtp-secret" not in repr(resources["mailer"])
+
+
+def _secret_files_environment(tmp_path: Path) -> dict[str, str]:
+    """Real service URLs (nothing is called) and every secret as a `_FILE`, as a container deployment sets them."""
+    secrets = {
+        "INTERNAL_JWT_SECRET": "file-secret-Zq8Wm3Rt6Yp1Lx4Nc7Vb0Kd2",
+        "SMTP_PASSWORD": "smtp-file-password",
+        "UNSUBSCRIBE_SIGNING_KEY": "unsubscribe-Hq2Wn5Rk8Yt1Lc4Nv7Bx0Md3",
+    }
+    environment = {
+        "PATH": str(Path(sys.executable).parent),
+        "DAGSTER_HOME": str(tmp_path),
+        "HOME": str(tmp_path),
+        "SQL_SERVICE_URL": "https://sql.internal",
+        "MONGO_SERVICE_URL": "https://mongo.internal",
+        "SMTP_USERNAME": "mailer",
+        "SMTP_SECURITY": "starttls",
+        "UNSUBSCRIBE_BASE_URL": "https://example.com/unsubscribe",
+    }
+    for name, value in secrets.items():
+        (tmp_path / name.lower()).write_text(value + "\n")
+        environment[f"{name}_FILE"] = str(tmp_path / name.lower())
+    return environment
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["definitions", "validate", "-w", "workspace.yaml"], ["job", "list", "-w", "workspace.yaml"]],
+    ids=["definitions-validate", "job-list"],
+)
+def test_secret_files_work_in_the_child_processes_dagster_starts(tmp_path: Path, command: list[str]) -> None:
+    # Both commands load the code location in a code server of their own: a child process that
+    # reads the same environment again.
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "dagster"), *command],
+        cwd=PROJECT,
+        env=_secret_files_environment(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    output = result.stdout + result.stderr
+    assert "not both" not in output
+    if command[0] == "job":
+        assert set(JOBS) <= set(output.split())
+
+
+def test_a_secret_file_is_read_by_the_process_that_uses_it(tmp_path: Path) -> None:
+    """The resource config names the file; a child process (here a fresh interpreter) reads it itself."""
+    environment = _secret_files_environment(tmp_path)
+    probe = (
+        "from cron_pipelines.defs import build_definitions; from cron_pipelines.settings import load_settings; "
+        "r = build_definitions(load_settings()).resources; "
+        "print(r['sql_service'].auth.secret.file, r['sql_service'].auth.build_issuer().token_for('sql-service') != '', "
+        "r['mailer'].smtp_password.reveal(), r['mailer'].unsubscribe_links is not None)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=PROJECT, env=environment, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [environment["INTERNAL_JWT_SECRET_FILE"], "True", "smtp-file-password", "True"]
 
 
 def test_dagster_validates_the_code_location(tmp_path: Path) -> None:

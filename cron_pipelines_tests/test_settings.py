@@ -9,6 +9,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from cron_pipelines.secrets import Secret, read_secret_file
 from cron_pipelines.settings import DEMO_JWT_SECRET, SettingsError, load_settings
 from cron_pipelines_tests.support.keys import private_key_pem
 
@@ -222,13 +223,34 @@ def test_unusable_secret_files_are_refused_naming_the_variable(environment: dict
         load_settings(environment)
 
 
-def test_a_secret_file_becomes_an_env_var_of_this_process_only(tmp_path: Path, monkeypatch) -> None:
+def test_a_secret_file_reaches_resources_as_its_path_and_the_environment_is_left_as_it_was(
+    tmp_path: Path, monkeypatch
+) -> None:
     secret_file = tmp_path / "jwt"
-    secret_file.write_text(STRONG_SECRET)
-    monkeypatch.setenv("INTERNAL_JWT_SECRET", "")  # so monkeypatch restores it after load_settings sets it
-    monkeypatch.delenv("INTERNAL_JWT_SECRET")
+    secret_file.write_text(STRONG_SECRET + "\n")
+    monkeypatch.delenv("INTERNAL_JWT_SECRET", raising=False)
     for variable, value in {**REAL_SERVICES, "INTERNAL_JWT_SECRET_FILE": str(secret_file)}.items():
         monkeypatch.setenv(variable, value)
     settings = load_settings()
-    assert os.environ["INTERNAL_JWT_SECRET"] == STRONG_SECRET  # for EnvVar in this process and its run workers
-    assert settings.secret("INTERNAL_JWT_SECRET", settings.jwt_signing_key) == dg.EnvVar("INTERNAL_JWT_SECRET")
+    # A child process would otherwise see both INTERNAL_JWT_SECRET and its _FILE, and refuse to start.
+    assert "INTERNAL_JWT_SECRET" not in os.environ
+    secret = settings.secret("INTERNAL_JWT_SECRET", settings.jwt_signing_key)
+    assert secret == Secret(file=str(secret_file)) and secret.reveal() == STRONG_SECRET
+    assert load_settings().jwt_signing_key == STRONG_SECRET  # a second load, as a child's, works
+
+
+def test_a_secret_from_the_environment_reaches_resources_by_its_name(monkeypatch) -> None:
+    for variable, value in {**REAL_SERVICES, "INTERNAL_JWT_SECRET": STRONG_SECRET}.items():
+        monkeypatch.setenv(variable, value)
+    settings = load_settings()
+    assert settings.secret("INTERNAL_JWT_SECRET", settings.jwt_signing_key) == Secret(
+        value=dg.EnvVar("INTERNAL_JWT_SECRET")
+    )
+
+
+def test_only_one_trailing_newline_is_stripped_from_a_secret_file(tmp_path: Path) -> None:
+    secret_file = tmp_path / "password"
+    secret_file.write_bytes(b"smtp-pass\n\n")
+    assert read_secret_file(str(secret_file)) == "smtp-pass\n"
+    secret_file.write_bytes(b"smtp-pass\r\n")
+    assert read_secret_file(str(secret_file)) == "smtp-pass"

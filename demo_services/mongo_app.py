@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, FastAPI, Query
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse
 
 from cron_pipelines.models.payloads import (
@@ -31,6 +31,7 @@ from cron_pipelines.notifications.unsubscribe import UnsubscribeTokens, unsubscr
 from demo_services.auth import TokenVerifier
 from demo_services.common import (
     DEFAULT_PAGE_SIZE,
+    ApiError,
     BatchRequest,
     BatchResponse,
     Cursor,
@@ -47,7 +48,18 @@ from demo_services.store import DemoStore
 SERVICE = "mongo-service"
 MAX_VERIFICATION_IDS = 100
 
+# The contract versions the stand-in can speak: 1.2 by default; 1.1 for tests of an older service
+# (no §9 endpoints, no `released` outcome).
+CONTRACT_VERSIONS = ("1.1", "1.2")
+
 routes = APIRouter(prefix="/v1")
+
+
+async def _contract_version(request: Request) -> str:
+    return str(request.app.state.contract_version)
+
+
+ContractVersion = Annotated[str, Depends(_contract_version)]
 
 
 def _instant(value: str | None) -> datetime | None:
@@ -123,7 +135,13 @@ def claim_notifications(store: Store, body: BatchRequest[NotificationClaim]) -> 
     tags=["notifications"],
     summary="Record what happened to claimed notifications",
 )
-def record_outcomes(store: Store, body: BatchRequest[NotificationOutcome]) -> JSONResponse:
+def record_outcomes(store: Store, version: ContractVersion, body: BatchRequest[NotificationOutcome]) -> JSONResponse:
+    if version == "1.1":
+        for index, item in enumerate(body.items):
+            if item.status == "released":  # as a v1.1 service's validation answers it
+                raise ApiError(
+                    400, "invalid_request", f"items.{index}.status: Input should be 'sent', 'failed' or 'skipped'"
+                )
     return batch_response(store.record_outcomes(body.items))
 
 
@@ -135,6 +153,7 @@ def record_outcomes(store: Store, body: BatchRequest[NotificationOutcome]) -> JS
 )
 def list_notifications(
     store: Store,
+    version: ContractVersion,
     user_id: str | None = None,
     kind: str | None = None,
     status: Annotated[
@@ -145,6 +164,8 @@ def list_notifications(
     limit: Limit = DEFAULT_PAGE_SIZE,
     cursor: Cursor = None,
 ) -> JSONResponse:
+    if version == "1.1" and status is not None and "released" in status:
+        raise ApiError(400, "invalid_parameter", "status: Input should be 'claimed', 'sent', 'failed' or 'skipped'")
     return page_response(
         store.page_notifications(
             user_id=user_id,
@@ -185,9 +206,12 @@ def create_mongo_app(
     faults: FaultInjector | None = None,
     request_log: RequestLog | None = None,
     unsubscribe: UnsubscribeTokens | None = None,
+    contract_version: str = "1.2",
 ) -> FastAPI:
     """The stand-in; with `unsubscribe`, it also serves the platform's one-click unsubscribe
     endpoint at /unsubscribe (what UNSUBSCRIBE_BASE_URL points at in the demo)."""
+    if contract_version not in CONTRACT_VERSIONS:
+        raise ValueError(f"contract_version must be one of {CONTRACT_VERSIONS}")
     app = create_service_app(
         service=SERVICE,
         description="Stand-in for mongo-service: user activity, verification attempts and the "
@@ -198,6 +222,7 @@ def create_mongo_app(
         faults=faults,
         request_log=request_log,
     )
+    app.state.contract_version = contract_version
     if unsubscribe is not None:
 
         def record(opt_out: OptOut) -> OptOutResult:

@@ -134,13 +134,16 @@ _INSERT_CLAIM = (
     "metadata, claimed_at, claimed_at_utc, status, attempts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'claimed', 1) "
     f"RETURNING {_RECORD_COLUMNS}"
 )
-# A failed delivery is tried again: a fresh attempt, nothing left from the last one.
+# A failed delivery is tried again: a fresh attempt, nothing left from the last one. A released one
+# (the mail server failed, not the message: contract v1.2) is claimed again without counting one.
 _RETRY_CLAIM = (
     "UPDATE notifications SET recipient = ?, run_id = ?, job_name = ?, partition_key = ?, metadata = ?, "
-    "claimed_at = ?, claimed_at_utc = ?, status = 'claimed', attempts = attempts + 1, "
+    "claimed_at = ?, claimed_at_utc = ?, status = 'claimed', "
+    "attempts = attempts + CASE WHEN status = 'failed' THEN 1 ELSE 0 END, "
     "error = NULL, message_id = NULL, sent_at = NULL "
     f"WHERE idempotency_key = ? RETURNING {_RECORD_COLUMNS}"
 )
+_CLAIMABLE_AGAIN = ("failed", "released")
 
 
 def sortable_instant(value: object) -> str | None:
@@ -676,7 +679,7 @@ class DemoStore:
     ) -> dict[str, Any]:
         key = claim.idempotency_key
         row = conn.execute(_SELECT_RECORD, (key,)).fetchone()
-        if row is not None and row[_STATUS_INDEX] != "failed":
+        if row is not None and row[_STATUS_INDEX] not in _CLAIMABLE_AGAIN:
             return {"idempotency_key": key, "outcome": "duplicate", "record": _record(row)}
         fresh = (
             claim.recipient,

@@ -65,3 +65,9 @@ class ServiceProtocolError(ServiceError):
 
     Bad JSON, invalid UTF-8, a wrong content type, an oversized body, a redirect, a page
     larger than asked for, a cursor that loops, batch results that do not match."""
+
+
+class ServiceBudgetExhausted(ServiceError):
+    """The step spent its whole budget of time on failing service calls (SERVICE_STEP_DEADLINE_SECONDS).
+
+    Permanent for the step: its retries would only wait on the same service again."""

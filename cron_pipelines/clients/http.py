@@ -25,7 +25,7 @@ import threading
 import time
 import uuid
 import zlib
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
@@ -36,6 +36,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from cron_pipelines.clients.errors import (
     ServiceAuthError,
+    ServiceBudgetExhausted,
     ServiceError,
     ServiceProtocolError,
     ServiceRequestError,
@@ -60,6 +61,12 @@ DEFAULT_MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 MAX_ERROR_BODY_BYTES = 16 * 1024
 # A cursor is opaque but not unbounded; a longer one is a protocol violation.
 MAX_CURSOR_CHARACTERS = 2048
+# The most pages one listing may take (SERVICE_MAX_PAGES): a day of 1,000,000 records at the
+# contract's default page size of 100, ten times the largest day this project is built for.
+DEFAULT_MAX_PAGES = 10_000
+# Pages in a row that add no item the last few pages did not have: a service handing out fresh
+# cursors over the same items would otherwise be followed forever.
+MAX_STALLED_PAGES = 3
 
 M = TypeVar("M", bound=BaseModel)
 Item = TypeVar("Item", bound=KeyedModel)
@@ -114,6 +121,31 @@ class ClientStats:
     def count_invalid(self) -> None:
         with self._lock:
             self.invalid_records += 1
+
+
+class ServiceBudget:
+    """The time one step may lose to failing service calls, shared by its clients (SERVICE_STEP_DEADLINE_SECONDS).
+
+    Failed tries (timeouts, 408/429/5xx, dropped connections) and the waits between them are
+    charged; answered requests are not, so a large day over a slow network is never cut short.
+    Once it is spent, the next try or wait raises ServiceBudgetExhausted instead.
+    """
+
+    def __init__(self, seconds: float, *, spent: float = 0.0) -> None:
+        self.seconds = seconds
+        self._spent = spent
+        self._lock = threading.Lock()
+
+    @property
+    def spent(self) -> float:
+        return self._spent
+
+    def remaining(self) -> float:
+        return self.seconds - self._spent
+
+    def charge(self, seconds: float) -> None:
+        with self._lock:
+            self._spent += seconds
 
 
 @dataclass(frozen=True)
@@ -339,12 +371,17 @@ class ServiceClient:
         backoff: Backoff = Backoff(),
         page_size: int = MAX_PAGE_SIZE,
         max_connections: int = 8,
+        max_pages: int = DEFAULT_MAX_PAGES,
+        budget: ServiceBudget | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if not 1 <= page_size <= MAX_PAGE_SIZE:
             raise ValueError(f"page_size must be 1..{MAX_PAGE_SIZE}")
         self.service = service
         self.page_size = page_size
+        self.max_pages = max_pages
+        # Shared with the step's other clients; a new step sets its own (cron_pipelines.defs.delivery).
+        self.budget = budget or ServiceBudget(float("inf"))
         self.stats = ClientStats()
         self.observer: RequestObserver | None = None
         # The run using this client (run_id, job, partition), on every request-log line.
@@ -394,6 +431,9 @@ class ServiceClient:
         attempt = _Attempt("none", failure="no attempt made")
         request_id = ""
         for number in range(1, self._backoff.max_attempts + 1):
+            # A try is never cut short by the budget (an answer may still come): it may overrun it by one deadline.
+            if self.budget.remaining() <= 0:
+                raise self._budget_exhausted(method, path, attempt, request_id, number - 1)
             request_id = uuid.uuid4().hex
             self.stats.count_request(endpoint)
             started = time.perf_counter()
@@ -415,6 +455,7 @@ class ServiceClient:
                 return Reply(attempt.body, number)
             if attempt.status is not None and attempt.status not in TRANSIENT_STATUSES:
                 raise self._refusal(attempt, context, number)
+            self.budget.charge(elapsed)
             if number == self._backoff.max_attempts:
                 self._log_request(context, "gave_up")
                 logger.error(
@@ -428,7 +469,10 @@ class ServiceClient:
                     extra={**context, "outcome": "gave_up"},
                 )
                 break
-            self._wait_before_retry(attempt, context, number)
+            delay = self._backoff.delay(number - 1, attempt.retry_after)
+            if delay >= self.budget.remaining():  # waiting would spend the rest: fail now
+                raise self._budget_exhausted(method, path, attempt, request_id, number)
+            self._wait_before_retry(attempt, context, number, delay)
         raise ServiceUnavailable(
             f"gave up after {self._backoff.max_attempts} attempts: {attempt.failure}",
             service=self.service,
@@ -440,8 +484,29 @@ class ServiceClient:
             attempts=self._backoff.max_attempts,
         )
 
+    def _budget_exhausted(
+        self, method: str, path: str, attempt: _Attempt, request_id: str, attempts: int
+    ) -> ServiceBudgetExhausted:
+        budget = self.budget
+        return ServiceBudgetExhausted(
+            f"this step lost {budget.spent:.1f} s to failing service calls, its whole budget "
+            f"(SERVICE_STEP_DEADLINE_SECONDS={budget.seconds:g}); last failure: {attempt.failure}",
+            service=self.service,
+            method=method,
+            path=path,
+            status=attempt.status,
+            code=attempt.code,
+            request_id=request_id or None,
+            attempts=max(attempts, 1),
+        )
+
     def _try(
-        self, method: str, path: str, params: Mapping[str, Any] | None, content: bytes | None, request_id: str
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, Any] | None,
+        content: bytes | None,
+        request_id: str,
     ) -> _Attempt:
         """One try within the request deadline; a 2xx body that breaks the contract raises ServiceProtocolError."""
         headers = {"Authorization": f"Bearer {self._issuer.token_for(self.service)}", "X-Request-ID": request_id}
@@ -521,9 +586,8 @@ class ServiceClient:
             attempts=number,
         )
 
-    def _wait_before_retry(self, attempt: _Attempt, context: dict[str, Any], number: int) -> None:
+    def _wait_before_retry(self, attempt: _Attempt, context: dict[str, Any], number: int, delay: float) -> None:
         self._log_request(context, "retry")
-        delay = self._backoff.delay(number - 1, attempt.retry_after)
         self.stats.count_retry()
         endpoint = f"{context['method']} {context['endpoint']}"
         if self.observer is not None:
@@ -541,6 +605,7 @@ class ServiceClient:
             extra={**context, "outcome": "retry"},
         )
         self._sleep(delay)
+        self.budget.charge(delay)
 
     def _context(
         self, method: str, path: str, status: str, request_id: str, number: int, started: float
@@ -583,14 +648,23 @@ class ServiceClient:
         """Every item of a list endpoint, fetched page by page as the caller consumes them.
 
         An item that does not validate against `model` is yielded as a InvalidRecord.
-        A page with more items than asked for, or a `next_cursor` this pagination has
-        already followed (a loop), is a ServiceProtocolError: the stream would not end.
+        The stream must end, so each of these is a ServiceProtocolError naming the service,
+        path and cursor: a page with more items than asked for; a `next_cursor` this
+        pagination has already followed (a loop); MAX_STALLED_PAGES pages in a row that add
+        no item the pages before them did not have (fresh cursors over the same items); and
+        more than `max_pages` pages (SERVICE_MAX_PAGES).
         """
         query = dict(params or {})
         query["limit"] = self.page_size
         followed: set[bytes] = set()  # digests: memory stays small however long the cursors
+        recent: deque[set[Any]] = deque(maxlen=MAX_STALLED_PAGES)  # the ids of the last pages
+        stalled = 0
         cursor: str | None = None
-        while True:
+        for page_number in itertools.count(1):
+            if page_number > self.max_pages:
+                raise self._protocol_error(
+                    "GET", path, f"more than {self.max_pages} pages (SERVICE_MAX_PAGES), cursor {self._shown(cursor)}"
+                )
             if cursor is not None:
                 query["cursor"] = cursor
             body = self.request("GET", path, params=query).body
@@ -601,6 +675,8 @@ class ServiceClient:
                 raise self._protocol_error(
                     "GET", path, f"page holds {len(items)} items, more than limit={self.page_size}"
                 )
+            ids = {raw.get(id_field) if isinstance(raw, dict) else None for raw in items}
+            new = not ids or None in ids or any(all(item_id not in page for page in recent) for item_id in ids)
             for raw in items:
                 yield self._validate_item(model, raw, id_field)
             cursor = body.get("next_cursor")
@@ -608,12 +684,26 @@ class ServiceClient:
                 return
             if not isinstance(cursor, str) or not cursor or len(cursor) > MAX_CURSOR_CHARACTERS:
                 raise self._protocol_error("GET", path, "page has an invalid `next_cursor`")
+            stalled = 0 if new and items else stalled + 1
+            if stalled >= MAX_STALLED_PAGES:
+                raise self._protocol_error(
+                    "GET",
+                    path,
+                    f"{stalled} pages in a row added no new item, the last with next_cursor {self._shown(cursor)}: "
+                    "the pages do not advance",
+                )
+            recent.append(ids)
             digest = hashlib.blake2b(cursor.encode(), digest_size=16).digest()
             if digest in followed:
                 raise self._protocol_error(
-                    "GET", path, f"next_cursor {printable(cursor, 80)!r} was already followed: the pages loop"
+                    "GET", path, f"next_cursor {self._shown(cursor)} was already followed: the pages loop"
                 )
             followed.add(digest)
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _shown(cursor: str | None) -> str:
+        return "none" if cursor is None else repr(printable(cursor, 80))
 
     def _validate_item(self, model: type[M], raw: Any, id_field: str) -> M | InvalidRecord:
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
@@ -27,6 +28,8 @@ from cron_pipelines.models.payloads import (
 )
 from cron_pipelines.models.records import InvalidRecord
 
+logger = logging.getLogger("cron_pipelines.clients")
+
 MONGO_SERVICE = "mongo-service"
 MAX_VERIFICATION_IDS_PER_QUERY = 100
 
@@ -36,6 +39,8 @@ class MongoServiceClient(ServiceClient):
         super().__init__(service=MONGO_SERVICE, **kwargs)
         # False once the service answered 404 to the preferences endpoint: a v1.0 service.
         self.has_preferences = True
+        # False once the service refused a `released` outcome (400): a v1.1 ledger.
+        self.takes_released = True
 
     def iter_inactive_users(self, *, last_active_before: datetime) -> Iterator[InactiveUser | InvalidRecord]:
         return self.paginate(
@@ -65,7 +70,21 @@ class MongoServiceClient(ServiceClient):
         return self.write_batch("/v1/notifications/claims", claims, ClaimResult)
 
     def record_outcomes(self, outcomes: Sequence[NotificationOutcome]) -> list[OutcomeResult]:
-        return self.write_batch("/v1/notifications/outcomes", outcomes, OutcomeResult).results
+        """The outcomes' results; a ledger without `released` (v1.1, 400) gets `failed` instead from then on."""
+        if not self.takes_released:
+            outcomes = [_without_released(outcome) for outcome in outcomes]
+        try:
+            return self.write_batch("/v1/notifications/outcomes", outcomes, OutcomeResult).results
+        except ServiceRequestError as exc:
+            if exc.status != 400 or not any(outcome.status == "released" for outcome in outcomes):
+                raise
+        self.takes_released = False
+        logger.warning(
+            "%s does not take `released` outcomes (contract v1.1): notifications the mail server did not take "
+            "are recorded `failed`, and each such failure counts as one of their attempts (MAIL_MAX_ATTEMPTS)",
+            self.service,
+        )
+        return self.record_outcomes(outcomes)
 
     def lookup_preferences(self, user_ids: Sequence[str]) -> dict[str, Preference]:
         """Each user's preferences, in one request per 500 users; none from a v1.0 service (404),
@@ -88,16 +107,35 @@ class MongoServiceClient(ServiceClient):
     def record_opt_outs(self, opt_outs: Sequence[OptOut]) -> list[OptOutResult]:
         return self.write_batch("/v1/notification-preferences/opt-outs", opt_outs, OptOutResult).results
 
+    def iter_retryable(self, *, kind: str) -> Iterator[NotificationRecord | InvalidRecord]:
+        """Records of `kind` a later run claims again: `failed`, and `released` where the ledger knows it (v1.2)."""
+        if self.takes_released:
+            try:
+                records = self.iter_notifications(kind=kind, status=("failed", "released"))
+                first = next(records, None)
+            except ServiceRequestError as exc:
+                if exc.status != 400:
+                    raise
+                self.takes_released = False  # a v1.1 ledger refuses the status it does not know
+            else:
+                if first is not None:
+                    yield first
+                    yield from records
+                return
+        yield from self.iter_notifications(kind=kind, status="failed")
+
     def iter_notifications(
         self,
         *,
         user_id: str | None = None,
         kind: str | None = None,
-        status: NotificationStatus | None = None,
+        status: NotificationStatus | Sequence[NotificationStatus] | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
     ) -> Iterator[NotificationRecord | InvalidRecord]:
-        params: dict[str, Any] = {"user_id": user_id, "kind": kind, "status": status}
+        """Ledger records in (claimed_at, key) order; `status` one or several (repeated in the query)."""
+        statuses = [status] if isinstance(status, str) else list(status) if status is not None else None
+        params: dict[str, Any] = {"user_id": user_id, "kind": kind, "status": statuses}
         if since is not None:
             params["since"] = format_instant(since)
         if until is not None:
@@ -108,3 +146,9 @@ class MongoServiceClient(ServiceClient):
             {name: value for name, value in params.items() if value is not None},
             id_field="idempotency_key",
         )
+
+
+def _without_released(outcome: NotificationOutcome) -> NotificationOutcome:
+    if outcome.status != "released":
+        return outcome
+    return outcome.model_copy(update={"status": "failed", "error": f"released: {outcome.error or 'not sent'}"})

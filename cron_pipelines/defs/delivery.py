@@ -8,20 +8,27 @@ import inspect
 import itertools
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import dagster as dg
 from pydantic import BaseModel, Field
 
-from cron_pipelines.clients.errors import ServiceAuthError, ServiceProtocolError, ServiceRequestError
+from cron_pipelines.clients.errors import (
+    ServiceAuthError,
+    ServiceBudgetExhausted,
+    ServiceError,
+    ServiceProtocolError,
+    ServiceRequestError,
+)
+from cron_pipelines.clients.http import ServiceBudget
 from cron_pipelines.models.notification import NotificationKind
 from cron_pipelines.models.records import InvalidRecord
 from cron_pipelines.notifications.pipeline import SAMPLE_EMAIL, Gate, Journal, NotificationPipeline, RunInfo
 from cron_pipelines.notifications.sharding import Shard
-from cron_pipelines.notifications.transports import MailTransport
-from cron_pipelines.resources import MailerResource, MetricsResource, MongoServiceResource
+from cron_pipelines.notifications.transports import MailServerUnavailable, MailTransport
+from cron_pipelines.resources import MailerResource, MetricsResource, MongoServiceResource, ServiceResource
 from cron_pipelines.rules.calendar import BusinessDay
 from cron_pipelines.rules.confirmations import confirmation_from_record
 
@@ -37,33 +44,88 @@ class DeliveryThresholds(BaseModel):
     )
 
 
-PERMANENT_ERRORS = (ServiceAuthError, ServiceRequestError, ServiceProtocolError)
+PERMANENT_ERRORS = (ServiceAuthError, ServiceRequestError, ServiceProtocolError, ServiceBudgetExhausted)
+# What an attempt of a step that failed on a service leaves for its retry: the time it lost.
+SERVICE_TIME_LOST = "service_seconds_lost"
 
 
 @contextmanager
-def _permanent_errors_fail_at_once() -> Iterator[None]:
+def _guarded(context: Any, services: Sequence[ServiceResource]) -> Iterator[None]:
+    """One budget for the step's calls to every service, carried over to the step's retries.
+
+    Permanent errors (a refused token or request, a protocol violation, the budget spent, a
+    mail server refusing our login or sender) fail the same way on every retry: they fail
+    the step now, clearly, without retries.
+    """
+    op_context = context.op_execution_context if isinstance(context, dg.AssetExecutionContext) else context
+    budget = None
+    if services:
+        lost_before = _service_time_lost_before(op_context) if op_context.retry_number else 0.0
+        budget = ServiceBudget(services[0].step_deadline_seconds, spent=lost_before)
+        for service in services:
+            service.client.budget = budget
     try:
         yield
     except PERMANENT_ERRORS as exc:
-        # A refused token or request fails the same way on every retry: fail now, clearly.
         raise dg.Failure(description=str(exc), allow_retries=False) from exc
+    except MailServerUnavailable as exc:
+        if exc.permanent:
+            raise dg.Failure(description=str(exc), allow_retries=False) from exc
+        raise
+    except ServiceError:
+        if budget is not None:
+            op_context.log_event(
+                dg.AssetObservation(
+                    asset_key=_first_asset(op_context),
+                    partition=op_context.partition_key if op_context.has_partition_key else None,
+                    description="Time this step lost to failing service calls; its retry has the rest of the budget.",
+                    metadata={SERVICE_TIME_LOST: round(budget.spent, 3)},
+                )
+            )
+        raise
 
 
-def no_retry_on_permanent_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Asset bodies: the step RetryPolicy applies to transient failures only."""
+def _first_asset(context: dg.OpExecutionContext) -> dg.AssetKey:
+    keys: list[dg.AssetKey] = sorted(context.assets_def.keys, key=lambda key: key.to_user_string())
+    return keys[0]
+
+
+def _service_time_lost_before(context: dg.OpExecutionContext) -> float:
+    """What the earlier attempts of this step lost to failing service calls (their latest report)."""
+    step_key = context.get_step_execution_context().step.key
+    records = context.instance.get_records_for_run(
+        context.run_id, of_type=dg.DagsterEventType.ASSET_OBSERVATION, ascending=False
+    ).records
+    for record in records:
+        event = record.event_log_entry.dagster_event
+        if event is None or event.step_key != step_key:
+            continue
+        entry = event.asset_observation_data.asset_observation.metadata.get(SERVICE_TIME_LOST)
+        if entry is not None and isinstance(entry.value, float | int):
+            return float(entry.value)
+    return 0.0
+
+
+def guarded_step(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """An asset or op body whose service calls share one budget (SERVICE_STEP_DEADLINE_SECONDS) and whose
+    permanent errors fail at once: the step's RetryPolicy applies to transient failures only."""
+
+    def services_of(kwargs: Mapping[str, Any]) -> list[ServiceResource]:
+        return [value for value in kwargs.values() if isinstance(value, ServiceResource)]
+
     if inspect.isgeneratorfunction(fn):
 
         @functools.wraps(fn)
-        def generator(*args: Any, **kwargs: Any) -> Iterator[Any]:
-            with _permanent_errors_fail_at_once():
-                yield from fn(*args, **kwargs)
+        def generator(context: Any, *args: Any, **kwargs: Any) -> Iterator[Any]:
+            with _guarded(context, services_of(kwargs)):
+                yield from fn(context, *args, **kwargs)
 
         return generator
 
     @functools.wraps(fn)
-    def function(*args: Any, **kwargs: Any) -> Any:
-        with _permanent_errors_fail_at_once():
-            return fn(*args, **kwargs)
+    def function(context: Any, *args: Any, **kwargs: Any) -> Any:
+        with _guarded(context, services_of(kwargs)):
+            return fn(context, *args, **kwargs)
 
     return function
 
@@ -317,7 +379,7 @@ FAILED_CONFIRMATIONS_PER_RUN = 5_000
 def resend_failed_confirmations(
     pipeline: NotificationPipeline, mongo_service: MongoServiceResource, kind: NotificationKind, gate: Gate
 ) -> int:
-    """Claim, write again and send the confirmations of `kind` recorded `failed`; how many.
+    """Claim, write again and send the confirmations of `kind` recorded `failed` or `released`; how many.
 
     Their subjects have left the service's lists once the write is done, so the ledger is
     where they are found. The gate repeats the write (idempotent): its `already` answer on
@@ -325,7 +387,7 @@ def resend_failed_confirmations(
     the status the listing filters on.
     """
     failed = []
-    records = mongo_service.client.iter_notifications(kind=kind, status="failed")
+    records = mongo_service.client.iter_retryable(kind=kind)
     for record in itertools.islice(records, FAILED_CONFIRMATIONS_PER_RUN):
         if isinstance(record, InvalidRecord):
             pipeline.stats.count_invalid(record)

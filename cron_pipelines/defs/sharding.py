@@ -28,7 +28,7 @@ from cron_pipelines.defs.delivery import (
     DeliveryThresholds,
     delivery_check_result,
     delivery_check_spec,
-    no_retry_on_permanent_errors,
+    guarded_step,
 )
 from cron_pipelines.notifications.pipeline import SAMPLE_EMAIL
 from cron_pipelines.notifications.sharding import MAX_SHARDS, Shard
@@ -57,7 +57,7 @@ def delivery_asset(
     body: DeliveryBody, *, key: dg.AssetKey, shards: int, retry_policy: dg.RetryPolicy, **asset_args: Any
 ) -> dg.AssetsDefinition:
     """The asset `key` delivered by `body`: one step if `shards` is 1, else plan → S shards → sum."""
-    body = no_retry_on_permanent_errors(body)
+    body = guarded_step(body)
     if shards == 1:
         single: dg.AssetsDefinition = dg.asset(
             key=key, check_specs=[delivery_check_spec(key)], retry_policy=retry_policy, **asset_args

@@ -53,6 +53,9 @@ def delivery_executor(settings: Settings) -> dg.ExecutorDefinition:
 
 
 def _string_source(settings: Settings, variable: str, value: str) -> str | dict[str, str]:
-    """A secret read from the environment goes into the executor config by name, not by value."""
+    """A secret read from the environment goes into the executor config by name, not by value.
+
+    One read from a file goes by value: the executor's config is set here, in code, and
+    Dagster keeps it with the definition in memory, not in the run storage."""
     secret = settings.secret(variable, value)
-    return value if isinstance(secret, str) or secret is None else {"env": variable}
+    return {"env": variable} if isinstance(secret.value, dg.EnvVar) else value

@@ -48,6 +48,8 @@ class Notification:
     skip_reason: str | None = None
     # The reader's language (Babel identifier, e.g. `de_DE`); None: `en`.
     locale: str | None = None
+    # Rebuilt from its own ledger record (a confirmation sent again): an earlier claim of it exists.
+    resent: bool = False
 
 
 # Kinds a user may take as one email per run listing all of that day's notifications.

@@ -246,7 +246,8 @@ class VerificationAttempt(ServiceModel):
         return parse_instant(self.attempted_at)
 
 
-NotificationStatus = Literal["claimed", "sent", "failed", "skipped"]
+# `released` (contract v1.2): the mail server failed, not the message; claimable again without an attempt.
+NotificationStatus = Literal["claimed", "sent", "failed", "skipped", "released"]
 # What this project adds to every claim's metadata (docs/services.md, "The ledger"):
 # the batch's token, which recognises a claim whose answer was lost, and the Message-ID
 # the email will carry, which an operator can look up in the mail server's logs.
@@ -297,9 +298,12 @@ class ClaimResult(KeyedModel):
         return self.idempotency_key
 
 
+OutcomeStatus = Literal["sent", "failed", "skipped", "released"]
+
+
 class NotificationOutcome(KeyedModel):
     idempotency_key: str
-    status: Literal["sent", "failed", "skipped"]
+    status: OutcomeStatus
     message_id: str | None = None
     error: str | None = None
     at: InstantStr

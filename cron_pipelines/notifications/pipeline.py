@@ -21,11 +21,14 @@ waiting notifications of a kind are claimed together and, what is owned of them,
 as one email whose Message-ID every one of them is recorded with.
 
 Nothing lost silently: a refused message is `failed` (4xx, retried by later runs up
-to `max_attempts`) or `skipped` (a 5xx bounce: never again). When the run stops, by
-an interrupt or an error, sending stops at once, and every claimed notification is
-recorded: `sent` if it was handed to the mail server, else `failed` so a later run
-sends it. What the ledger cannot take (it is down) is kept as the `journal`, which
-the next attempt records first.
+to `max_attempts`) or `skipped` (a 5xx bounce: never again). The mail server is asked
+to take the sender before anything is claimed; when it fails later (not a message),
+what it did not take is `released`: a later run claims it again without counting an
+attempt. When the run stops, by an interrupt or an error, sending stops at once, and
+every claimed notification is recorded: `sent` if it was handed to the mail server,
+else `released` so a later run sends it. A session lost after the end of data leaves
+its message `claimed` (it may have arrived: at most once, reported). What the ledger
+cannot take (it is down) is kept as the `journal`, which the next attempt records first.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -54,6 +57,7 @@ from cron_pipelines.models.payloads import (
     ClaimResult,
     NotificationClaim,
     NotificationOutcome,
+    OutcomeStatus,
     format_instant,
 )
 from cron_pipelines.models.records import InvalidRecord, InvalidTally, describe_validation_error
@@ -72,14 +76,15 @@ logger = logging.getLogger("cron_pipelines.notifications")
 
 # The counts every notification asset reports (README, "Auditing"): claim outcomes, then ledger statuses.
 COUNTS = (
-    "claimed", "duplicate", "sent", "failed", "skipped", "opted_out", "invalid", "repeated_in_source", "digest_emails",
+    "claimed", "duplicate", "sent", "failed", "released", "skipped", "opted_out", "invalid", "repeated_in_source",
+    "digest_emails", "unknown",
 )  # fmt: skip
 # Markdown of one email the run sent, as its reader saw it (addresses masked).
 SAMPLE_EMAIL = "sample_email"
 # The skip reason of an optional notification whose user opted out of its kind.
 OPTED_OUT = "opted_out"
 PROGRESS_LOG_INTERVAL_SECONDS = 10.0
-DEFAULT_BATCH_SIZE = 100
+DEFAULT_BATCH_SIZE = 50
 MAX_BATCH_SIZE = 500  # the contract's batch limit
 DEFAULT_RECORD_INTERVAL_SECONDS = 1.0
 DEFAULT_MAX_ATTEMPTS = 5
@@ -301,6 +306,8 @@ class NotificationPipeline:
         self._last_unavailable_error: str | None = None
         self._unavailable = 0
         self._stopped_sending = 0
+        # Handed over when the session was lost, before the server's answer: left `claimed`.
+        self._unknown = 0
         # The first message sent, shown (masked) with the run's metadata.
         self.sample_message: OutgoingMessage | None = None
         # Digest notifications waiting for the end of the stream (opened at the first one).
@@ -344,41 +351,33 @@ class NotificationPipeline:
     def _deliver(
         self, items: Iterable[Notification | InvalidRecord], gate: Gate | None, claims: dict[str, ClaimResult] | None
     ) -> None:
-        # At most three batches are claimed and not yet recorded: one being recorded, one
-        # with the mail server, one claimed and composed next.
-        recording: _Batch | None = None
-        sending: _Batch | None = None
-        prepared: _Batch | None = None
+        # At most two batches are claimed and not yet recorded: the one the mail server is on, and
+        # the next, claimed meanwhile and queued behind it, so the server never waits for the ledger.
+        earlier: _Batch | None = None
+        later: _Batch | None = None
         with _collector_spared():
             try:
                 for chunk in self._chunks(items):
                     self._raise_if_stop_requested()
-                    prepared = _Batch()
-                    self._claim_and_compose(chunk, gate, prepared)
+                    later = _Batch()
+                    self._claim_and_compose(chunk, gate, later)
                     if claims is not None:
-                        claims.update(prepared.claim_results)
-                    if sending is not None:
-                        self._await(sending)
-                        if self._unavailable:
-                            raise self._server_unavailable()
-                    # The next batch goes to the mail server at once; the last one is recorded meanwhile.
+                        claims.update(later.claim_results)
                     with _interrupts_deferred(redeliver=True):
-                        recording, sending, prepared = sending, prepared, None
-                        self._start(sending)
-                    if recording is not None:
-                        self._record_rest(recording)
-                        recording = None
-                if sending is not None:
-                    self._await(sending)
-                    self._record_rest(sending)
-                    sending = None
+                        self._start(later)
+                    if earlier is not None:
+                        self._finish(earlier)
+                    earlier, later = later, None
+                if earlier is not None:
+                    self._finish(earlier)
+                    earlier = None
                 self._raise_if_stop_requested()
             except BaseException as exc:
                 with _interrupts_deferred(redeliver=False):
                     # An interrupt stops sending at once; after an error the batch on its way may finish.
                     interrupted = not isinstance(exc, Exception)
                     because = "the run was stopped" if interrupted else printable(f"{type(exc).__name__}: {exc}", 300)
-                    self._stop([recording, sending, prepared], interrupted=interrupted, because=because)
+                    self._stop([earlier, later], interrupted=interrupted, because=because)
                     if self._spill is not None and self._spill.size > self._spill.read:
                         self._log.warning(
                             "%d digest notification(s) were waiting for their digest and were never claimed: "
@@ -430,7 +429,7 @@ class NotificationPipeline:
         self._release(leftover, "claimed by an attempt whose answer was lost, and no longer listed by the service")
 
     def _release(self, tokens: Mapping[str, str], because: str) -> None:
-        """Claims sent without an answer: the ones that turn out to be this run's are recorded `failed`.
+        """Claims sent without an answer: the ones that turn out to be this run's are recorded `released`.
 
         Claiming the key again with the same token tells: `duplicate` still `claimed` with
         that token is ours; `claimed` is ours now. Anything else belongs to someone else.
@@ -451,7 +450,7 @@ class NotificationPipeline:
             released = [
                 NotificationOutcome(
                     idempotency_key=key,
-                    status="failed",
+                    status="released",
                     error=f"not sent: {because}",
                     at=format_instant(datetime.now(UTC)),
                 )
@@ -460,7 +459,7 @@ class NotificationPipeline:
             ]
             self._record(released)
             if released:
-                self._log.warning("released %d claim(s) sent without an answer as `failed`", len(released))
+                self._log.warning("released %d claim(s) sent without an answer", len(released))
 
     @property
     def batch_size(self) -> int:
@@ -469,8 +468,8 @@ class NotificationPipeline:
 
     @property
     def left_claimed(self) -> int:
-        """Notifications this run claimed whose outcome the ledger does not have (yet)."""
-        return len(self.journal)
+        """Notifications this run claimed whose outcome the ledger does not have (yet), or never will from it."""
+        return len(self.journal) + self._unknown
 
     def metadata(self) -> dict[str, Any]:
         """Counts (numeric, plotted by the UI) and bounded samples of keys and reasons."""
@@ -605,6 +604,9 @@ class NotificationPipeline:
         )
 
     def _claim(self, claimable: list[tuple[Notification, NotificationClaim]], batch: _Batch) -> None:
+        # The server must take the sender before anything is claimed: a refused login or an
+        # unreachable relay fails the step with nothing claimed, so no attempt is spent.
+        self._transport.check()
         token = batch.token
         claims = [claim for _, claim in claimable]
         # Until the answer is processed these count as claimed, unknown which: a stop resolves them.
@@ -694,7 +696,11 @@ class NotificationPipeline:
                     if result.outcome == "sent" and digest:
                         self.stats.count("digest_emails", message.kind, message.key)
                     for notification in notifications:
-                        batch.decide(self._outcome_of_sending(notification, message, result))
+                        outcome = self._outcome_of_sending(notification, message, result)
+                        if outcome is None:
+                            batch.decided.add(notification.key)
+                        else:
+                            batch.decide(outcome)
                 except BaseException as exc:  # the batch still finishes; the main thread raises it
                     batch.reporting_error = batch.reporting_error or exc
                 finally:
@@ -712,6 +718,13 @@ class NotificationPipeline:
         if batch.reporting_error is not None:
             raise RuntimeError("a sending result could not be recorded") from batch.reporting_error
 
+    def _finish(self, batch: _Batch) -> None:
+        """Wait for the batch's last results and record them; a mail server that failed ends the delivery."""
+        self._await(batch)
+        self._record_rest(batch)
+        if self._unavailable:
+            raise self._server_unavailable()
+
     def _record_rest(self, batch: _Batch) -> None:
         outcomes = batch.outcomes[batch.recorded :]
         if outcomes:
@@ -723,8 +736,8 @@ class NotificationPipeline:
         """After an interrupt or error: record what happened to every claimed notification.
 
         After an interrupt nothing more is handed to the mail server: what was not comes
-        back `stopped` and is recorded `failed`, so a later run sends it. What the ledger
-        cannot take now goes to the journal.
+        back `stopped` and is recorded `released`, so a later run sends it without counting
+        an attempt. What the ledger cannot take now goes to the journal.
         """
         if interrupted:
             self._transport.stop()
@@ -748,34 +761,36 @@ class NotificationPipeline:
                 self.journal.unanswered_claims.clear()
         if self._stopped_sending:
             self._log.warning(
-                "stopped: %d claimed notification(s) not handed to the mail server, recorded `failed` for a later run",
+                "stopped: %d claimed notification(s) not handed to the mail server, recorded `released` for a later run",
                 self._stopped_sending,
             )
 
     def _abandon(self, batch: _Batch, because: str) -> None:
-        """Every notification the batch owns and has no outcome for was not sent: `failed`, so a later run sends it.
+        """Every notification the batch owns and has no outcome for was not sent: `released`, so a later run sends it.
 
         Claims whose answer never came are settled the same way, where they turn out to be ours.
         """
         for notification, _ in batch.owned:
             if notification.key not in batch.decided:
-                batch.decide(self._outcome(notification, "failed", error=f"not sent: {because}"))
-                self.stats.count("failed", notification.kind, notification.key)
+                batch.decide(self._outcome(notification, "released", error=f"not sent: {because}"))
+                self.stats.count("released", notification.kind, notification.key)
+                self._stopped_sending += 1
         if batch.pending_claims:
             self.journal.unanswered_claims.update(batch.pending_claims)
             batch.pending_claims.clear()
 
     def _server_unavailable(self) -> MailServerUnavailable:
         return MailServerUnavailable(
-            f"{self._unavailable} notification(s) could not be sent and were recorded `failed` "
-            f"for a later run: {self._last_unavailable_error}"
+            f"the mail server failed, not the messages: {self._last_unavailable_error}. Every claimed notification "
+            "it did not take is recorded `released`: a later run sends it without counting an attempt"
         )
 
     # -- outcomes ------------------------------------------------------------------
 
     def _outcome_of_sending(
         self, notification: Notification, message: OutgoingMessage, result: SendResult
-    ) -> NotificationOutcome:
+    ) -> NotificationOutcome | None:
+        """The outcome to record for one notification of a message the transport reported; None: record none."""
         if result.outcome == "sent":
             self.sample_message = self.sample_message or message
             self.stats.count("sent", notification.kind, notification.key)
@@ -784,11 +799,19 @@ class NotificationPipeline:
             reason = result.error or "refused by the mail server"
             self.stats.count_skip(notification.kind, notification.key, reason)
             return self._outcome(notification, "skipped", error=reason)
-        if result.outcome == "unavailable":
-            self._unavailable += 1
-            self._last_unavailable_error = self._last_unavailable_error or result.error
-        elif result.outcome == "stopped":
-            self._stopped_sending += 1
+        if result.outcome == "unknown":  # it may have been delivered: at most once, left for an operator
+            self._unknown += 1
+            self.stats.count("unknown", notification.kind, notification.key)
+            self._log.error("%s (Message-ID %s): %s", notification.key, message.message_id, result.error)
+            return None
+        if result.outcome in ("unavailable", "stopped"):  # not the message's fault: no attempt spent
+            if result.outcome == "unavailable":
+                self._unavailable += 1
+                self._last_unavailable_error = self._last_unavailable_error or result.error
+            else:
+                self._stopped_sending += 1
+            self.stats.count("released", notification.kind, notification.key)
+            return self._outcome(notification, "released", error=result.error)
         self.stats.count("failed", notification.kind, notification.key)
         return self._outcome(notification, "failed", error=result.error)
 
@@ -824,7 +847,7 @@ class NotificationPipeline:
     def _outcome(
         self,
         notification: Notification,
-        status: Literal["sent", "failed", "skipped"],
+        status: OutcomeStatus,
         *,
         message_id: str | None = None,
         error: str | None = None,

@@ -1,13 +1,19 @@
 """Where composed messages go: an outbox folder of `.eml` files, or an SMTP server.
 
 Both send in background threads and answer each message with one result, so the
-notification pipeline records every outcome the same way:
+notification pipeline records every outcome the same way (docs/services.md, "The mail"):
 - `sent`;
-- `bounced`: refused for good (a 5xx reply to RCPT, DATA or the end of data, or an
-  address that needs SMTPUTF8 where the server lacks it): never tried again;
-- `failed`: refused for now (4xx, a dropped session): a later run tries again;
-- `unavailable`: the server cannot be reached at all; the rest of the batch is
-  marked so without trying, and the pipeline fails the step after recording them;
+- `bounced`: the message refused for good (a 5xx reply to RCPT, DATA or the end of
+  data, or an address that needs SMTPUTF8 where the server lacks it): never tried again;
+- `failed`: the message refused for now (a 4xx reply to RCPT or DATA): a later run
+  tries again, and it counts as one of the message's attempts;
+- `unavailable`: the server failed, not the message (it cannot be reached, TLS or the
+  login fails, it refuses the sender, it closes with 421, the session is lost before
+  the message was handed over); the rest of the batch is marked so without trying,
+  and the pipeline records them `released` and fails the step;
+- `unknown`: the session was lost after the end of data, before the server's answer:
+  it may have taken the message, so nothing is recorded (at most once) and the claim is
+  left for an operator, as after a crash;
 - `stopped`: not handed to the server because the run is being stopped.
 """
 
@@ -39,7 +45,7 @@ from cron_pipelines.safe_text import printable
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
 
-SendOutcome = Literal["sent", "bounced", "failed", "unavailable", "stopped"]
+SendOutcome = Literal["sent", "bounced", "failed", "unavailable", "unknown", "stopped"]
 STOPPED = "not sent: the run was stopped before this message was handed to the mail server"
 
 
@@ -57,6 +63,9 @@ logger = logging.getLogger("cron_pipelines.notifications")
 
 
 class MailTransport(Protocol):
+    def check(self) -> None:
+        """Raise MailServerUnavailable unless a message could be handed over now (before anything is claimed)."""
+
     def send_each(self, messages: Sequence[OutgoingMessage], on_result: ResultCallback) -> None:
         """Hand the messages over in the background; `on_result` is called once per message as its result is known."""
 
@@ -80,6 +89,9 @@ class _ThreadedTransport(ABC):
     @abstractmethod
     def _send_one(self, message: OutgoingMessage) -> SendResult:
         """Hand one message over (or not, once stopped); never raises for a refusal."""
+
+    @abstractmethod
+    def check(self) -> None: ...
 
     def stop(self) -> None:
         self._stopped.set()
@@ -114,6 +126,10 @@ class OutboxTransport(_ThreadedTransport):
             self.directory.chmod(0o700)
         self._sequence = 0
 
+    def check(self) -> None:
+        if not os.access(self.directory, os.W_OK | os.X_OK):
+            raise MailServerUnavailable(f"outbox {self.directory} is not writable", permanent=True)
+
     def _send_one(self, message: OutgoingMessage) -> SendResult:
         if self._stopped.is_set():
             return SendResult(message.key, "stopped", STOPPED)
@@ -143,7 +159,15 @@ _CONNECTION_ERRORS = (smtplib.SMTPServerDisconnected, OSError)
 
 
 class MailServerUnavailable(Exception):
-    """The SMTP server could not be reached or refused us as a client (not a single message)."""
+    """The mail server failed, not a message: it could not be reached, or refused us as a client.
+
+    `permanent` when trying again in a minute cannot help (the login or the sender refused, a
+    TLS certificate not trusted): the step then fails without retries.
+    """
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
 
 
 def _reply_text(code: int, reply: bytes | str) -> str:
@@ -165,6 +189,7 @@ class RateLimiter:
     A send may start only while fewer than the allowed number are in flight or finished
     within the window. Every message arrives at the server after it starts and before it
     finishes, so no window at the server can hold more, whatever threads or the GIL do.
+    `stop()` wakes every waiting send at once: a slow pace never delays a Terminate.
     """
 
     def __init__(self, per_second: float) -> None:
@@ -172,12 +197,21 @@ class RateLimiter:
         self._window = self._permits / per_second
         self._finished: deque[float] = deque()
         self._in_flight = 0
+        self._stopped = False
         self._changed = threading.Condition()
 
+    def stop(self) -> None:
+        with self._changed:
+            self._stopped = True
+            self._changed.notify_all()
+
     @contextmanager
-    def slot(self) -> Iterator[None]:
+    def slot(self) -> Iterator[bool]:
+        """Waits for a permit: True once granted, False (nothing to send) once stopped."""
         with self._changed:
             while True:
+                if self._stopped:
+                    break
                 now = time.monotonic()
                 while self._finished and self._finished[0] <= now - self._window:
                     self._finished.popleft()
@@ -185,8 +219,11 @@ class RateLimiter:
                     self._in_flight += 1
                     break
                 self._changed.wait(self._finished[0] + self._window - now if self._finished else None)
+        if self._stopped:
+            yield False
+            return
         try:
-            yield
+            yield True
         finally:
             with self._changed:
                 self._in_flight -= 1
@@ -226,14 +263,26 @@ class _Smtp(smtplib.SMTP):
         return self.getreply()
 
     def data(self, msg: ReadableBuffer | str) -> tuple[int, bytes]:
-        if not isinstance(msg, bytes) or msg.startswith(b".") or b"\n." in msg:
-            return super().data(msg)
+        """DATA, as smtplib sends it, noting when the end of data has gone out: a session lost after
+        that may have delivered the message, one lost before it has not."""
         self.putcmd("data")
         code, reply = self.getreply()
         if code != 354:
             raise smtplib.SMTPDataError(code, reply)
-        self.send(msg + (b".\r\n" if msg.endswith(b"\r\n") else b"\r\n.\r\n"))
+        # As smtplib: a str gets CRLF line ends, bytes go as they are; a leading dot is doubled (RFC 5321 4.5.2).
+        data = _LINE_END.sub("\r\n", msg).encode("ascii") if isinstance(msg, str) else bytes(msg)
+        if data.startswith(b".") or b"\n." in data:
+            data = _LEADING_DOT.sub(b"..", data)
+        self.send(data + (b".\r\n" if data.endswith(b"\r\n") else b"\r\n.\r\n"))
+        self.end_of_data_sent = True
         return self.getreply()
+
+    # Set when the current message's end of data has been written; reset before each message.
+    end_of_data_sent = False
+
+
+_LEADING_DOT = re.compile(rb"(?m)^\.")
+_LINE_END = re.compile(r"\r\n|\n|\r")
 
 
 class _SmtpSsl(_Smtp, smtplib.SMTP_SSL):
@@ -249,21 +298,24 @@ class SmtpSettings:
     password: str | None = None
     timeout: float = 30.0
     ssl_context: ssl.SSLContext | None = None
+    # The envelope sender that `check` has the server accept before anything is claimed; none: no probe.
+    sender: str = ""
 
 
 class _SmtpConnection:
-    """One SMTP session, opened lazily and reopened once when the server drops it."""
+    """One SMTP session, opened lazily and reopened once when the server drops it before a message is handed over."""
 
     def __init__(self, settings: SmtpSettings) -> None:
         self._settings = settings
-        self._smtp: smtplib.SMTP | None = None
+        self._smtp: _Smtp | None = None
+        self._server = f"{settings.host}:{settings.port}"
 
-    def _open(self) -> smtplib.SMTP:
+    def _open(self) -> _Smtp:
         settings = self._settings
         context = settings.ssl_context or ssl.create_default_context()
         try:
             if settings.security == "ssl":
-                smtp: smtplib.SMTP = _SmtpSsl(settings.host, settings.port, timeout=settings.timeout, context=context)
+                smtp: _Smtp = _SmtpSsl(settings.host, settings.port, timeout=settings.timeout, context=context)
             else:
                 smtp = _Smtp(settings.host, settings.port, timeout=settings.timeout)
                 if settings.security == "starttls":
@@ -271,12 +323,48 @@ class _SmtpConnection:
             if settings.username:
                 smtp.login(settings.username, settings.password or "")
         except smtplib.SMTPAuthenticationError as exc:
-            raise MailServerUnavailable(f"SMTP login refused: {_reply_text(exc.smtp_code, exc.smtp_error)}") from None
+            raise MailServerUnavailable(
+                f"SMTP login refused by {self._server}: {_reply_text(exc.smtp_code, exc.smtp_error)}",
+                permanent=True,
+            ) from None
+        except ssl.SSLCertVerificationError as exc:
+            raise MailServerUnavailable(
+                f"SMTP server {self._server}: TLS certificate not trusted ({printable(exc.verify_message, 200)}); "
+                "see SMTP_CA_FILE",
+                permanent=True,
+            ) from None
         except (smtplib.SMTPException, OSError) as exc:
             raise MailServerUnavailable(
-                f"cannot connect to SMTP server {settings.host}:{settings.port}: {type(exc).__name__}: {printable(exc, 200)}"
+                f"cannot connect to SMTP server {self._server}: {type(exc).__name__}: {printable(exc, 200)}"
             ) from None
         return smtp
+
+    def check(self) -> None:
+        """Open the session and have the sender accepted (MAIL FROM, then RSET): MailServerUnavailable if not."""
+        if self._smtp is None:
+            self._smtp = self._open()
+        sender = self._settings.sender
+        if not sender:
+            return
+        try:
+            self._smtp.ehlo_or_helo_if_needed()
+            code, reply = self._smtp.mail(sender)
+            if code != 250:
+                raise MailServerUnavailable(
+                    f"SMTP server {self._server} refused the sender {sender}: {_reply_text(code, reply)}",
+                    permanent=500 <= code < 600,
+                )
+            self._smtp.rset()
+        except smtplib.SMTPResponseException as exc:  # HELO refused
+            self._discard()
+            raise MailServerUnavailable(
+                f"SMTP server {self._server} refused the session: {_reply_text(exc.smtp_code, exc.smtp_error)}"
+            ) from None
+        except _CONNECTION_ERRORS as exc:
+            self._discard()
+            raise MailServerUnavailable(
+                f"SMTP server {self._server} dropped the session: {type(exc).__name__}"
+            ) from None
 
     def send(self, message: OutgoingMessage) -> SendResult:
         for attempt in (1, 2):
@@ -285,15 +373,26 @@ class _SmtpConnection:
                     self._smtp = self._open()
                 except MailServerUnavailable as exc:
                     return SendResult(message.key, "unavailable", str(exc))
+            smtp = self._smtp
+            smtp.end_of_data_sent = False
             try:
-                return self._send_on(self._smtp, message)
+                return self._send_on(smtp, message)
             except _CONNECTION_ERRORS as exc:
                 self._discard()
+                if smtp.end_of_data_sent:  # the server may have taken it: never send it again
+                    return SendResult(
+                        message.key,
+                        "unknown",
+                        f"SMTP server {self._server} dropped the session after the end of data, before its answer "
+                        f"({type(exc).__name__}): it may have accepted the message",
+                    )
                 if attempt == 2:
-                    return SendResult(message.key, "unavailable", f"SMTP connection lost: {type(exc).__name__}")
+                    return SendResult(
+                        message.key, "unavailable", f"SMTP server {self._server} dropped the session twice"
+                    )
         raise AssertionError("unreachable")
 
-    def _send_on(self, smtp: smtplib.SMTP, message: OutgoingMessage) -> SendResult:
+    def _send_on(self, smtp: _Smtp, message: OutgoingMessage) -> SendResult:
         options: tuple[str, ...] = ()
         if message.smtputf8:
             smtp.ehlo_or_helo_if_needed()
@@ -306,17 +405,35 @@ class _SmtpConnection:
             refused = smtp.sendmail(message.sender, [message.recipient], message.data, mail_options=options)
         except smtplib.SMTPRecipientsRefused as exc:
             code, reply = exc.recipients.get(message.recipient, (550, b"recipient refused"))
-            return _refusal(code, reply, message.key, "recipient refused")
+            return self._refusal(code, reply, message.key, "recipient refused")
         except smtplib.SMTPDataError as exc:  # DATA, or the end of data
             self._reset_after_error()
-            return _refusal(exc.smtp_code, exc.smtp_error, message.key, "message refused")
-        except smtplib.SMTPResponseException as exc:  # e.g. the sender refused: our problem, not the address's
+            return self._refusal(exc.smtp_code, exc.smtp_error, message.key, "message refused")
+        except smtplib.SMTPSenderRefused as exc:  # our sender, not the address: the server's problem
             self._reset_after_error()
-            return SendResult(message.key, "failed", f"refused: {_reply_text(exc.smtp_code, exc.smtp_error)}")
+            return SendResult(
+                message.key,
+                "unavailable",
+                f"SMTP server {self._server} refused the sender {printable(exc.sender, 100)}: "
+                f"{_reply_text(exc.smtp_code, exc.smtp_error)}",
+            )
+        except smtplib.SMTPResponseException as exc:  # HELO refused: the server's problem, not the address's
+            self._reset_after_error()
+            return SendResult(
+                message.key,
+                "unavailable",
+                f"SMTP server {self._server} refused the session: {_reply_text(exc.smtp_code, exc.smtp_error)}",
+            )
         if refused:
             code, reply = refused[message.recipient]
-            return _refusal(code, reply, message.key, "recipient refused")
+            return self._refusal(code, reply, message.key, "recipient refused")
         return SendResult(message.key, "sent")
+
+    def _refusal(self, code: int, reply: bytes | str, key: str, what: str) -> SendResult:
+        if code == 421:  # "service not available, closing": the server's failure, whatever command it answered
+            self._discard()
+            return SendResult(key, "unavailable", f"SMTP server {self._server} closed: {_reply_text(code, reply)}")
+        return _refusal(code, reply, key, what)
 
     def _reset_after_error(self) -> None:
         try:
@@ -363,15 +480,27 @@ class SmtpTransport(_ThreadedTransport):
         self._rate_limiter = RateLimiter(rate_limit_per_second) if rate_limit_per_second else None
         self._server_down = threading.Event()
         self._down_reason = ""
+        self._checked = False
+
+    def check(self) -> None:
+        """One session opened and the sender accepted, before anything is claimed (once per transport)."""
+        if self._checked:
+            return
+        connection = self._connections.get()
+        try:
+            connection.check()
+        finally:
+            self._connections.put(connection)
+        self._checked = True
 
     def _send_one(self, message: OutgoingMessage) -> SendResult:
         if self._server_down.is_set():
             return SendResult(message.key, "unavailable", self._down_reason)
         connection = self._connections.get()
         try:
-            with self._rate_limiter.slot() if self._rate_limiter is not None else contextlib.nullcontext():
+            with self._rate_limiter.slot() if self._rate_limiter is not None else contextlib.nullcontext(True) as paced:
                 # Checked last, right before the hand-over: a stop is never outrun by a waiting send.
-                if self._stopped.is_set():
+                if not paced or self._stopped.is_set():
                     return SendResult(message.key, "stopped", STOPPED)
                 result = connection.send(message)
         finally:
@@ -381,6 +510,11 @@ class SmtpTransport(_ThreadedTransport):
             self._down_reason = result.error or "SMTP server unavailable"
             self._server_down.set()
         return result
+
+    def stop(self) -> None:
+        super().stop()
+        if self._rate_limiter is not None:
+            self._rate_limiter.stop()
 
     def close(self) -> None:
         super().close()

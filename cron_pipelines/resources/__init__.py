@@ -1,8 +1,8 @@
 """Resources of the code location, built from the validated settings.
 
 Each setting is defined once, in Settings; resources take its values as they are.
-Secrets read from the environment are passed as `EnvVar`s, so the Dagster UI and run
-config show the variable's name, never its value.
+Secrets are passed by reference (cron_pipelines.secrets): an `EnvVar`, or the path of the
+file they were read from, so the Dagster UI and run config show a name, never a value.
 """
 
 from __future__ import annotations
@@ -74,6 +74,8 @@ def build_resources(settings: Settings) -> dict[str, Any]:
         "max_attempts": settings.service_max_attempts,
         "request_deadline_seconds": settings.service_request_deadline_seconds,
         "max_response_bytes": settings.service_max_response_bytes,
+        "max_pages": settings.service_max_pages,
+        "step_deadline_seconds": settings.service_step_deadline_seconds,
     }
     return {
         **_service_resources(settings, service_options),
@@ -87,6 +89,7 @@ def build_resources(settings: Settings) -> dict[str, Any]:
             smtp_username=settings.smtp_username,
             smtp_password=settings.secret("SMTP_PASSWORD", _plain(settings.smtp_password)),
             smtp_timeout_seconds=settings.smtp_timeout_seconds,
+            smtp_ca_file=str(settings.smtp_ca_file) if settings.smtp_ca_file else None,
             max_connections=settings.mail_max_connections,
             rate_limit_per_second=settings.mail_rate_limit_per_second,
             max_attempts=settings.mail_max_attempts,

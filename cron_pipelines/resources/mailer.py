@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from functools import cached_property
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from cron_pipelines.notifications.transports import (
     SmtpTransport,
 )
 from cron_pipelines.notifications.unsubscribe import UnsubscribeLinks, UnsubscribeTokens
+from cron_pipelines.secrets import Secret
 from cron_pipelines.settings import MailerBackend
 
 
@@ -34,8 +36,11 @@ class MailerResource(ConfigurableResource):
     smtp_port: int = Field(description="SMTP_PORT.")
     smtp_security: SmtpSecurity = Field(description="none, starttls or ssl (SMTP_SECURITY).")
     smtp_username: str | None = Field(description="SMTP_USERNAME.")
-    smtp_password: str | None = Field(repr=False, description="SMTP_PASSWORD.")
+    smtp_password: Secret = Field(description="SMTP_PASSWORD.")
     smtp_timeout_seconds: float = Field(description="SMTP_TIMEOUT_SECONDS.")
+    smtp_ca_file: str | None = Field(
+        description="PEM file of the CA(s) that sign the relay's certificate (SMTP_CA_FILE); none: the system's trust store."
+    )
     max_connections: int = Field(description="Parallel SMTP sessions (MAIL_MAX_CONNECTIONS).")
     rate_limit_per_second: float | None = Field(description="MAIL_RATE_LIMIT_PER_SECOND.")
     max_attempts: int = Field(
@@ -47,7 +52,7 @@ class MailerResource(ConfigurableResource):
     unsubscribe_base_url: str | None = Field(
         description="One-click unsubscribe endpoint of optional emails (UNSUBSCRIBE_BASE_URL); none: no header."
     )
-    unsubscribe_signing_key: str | None = Field(repr=False, description="UNSUBSCRIBE_SIGNING_KEY.")
+    unsubscribe_signing_key: Secret = Field(description="UNSUBSCRIBE_SIGNING_KEY.")
     unsubscribe_issuer: str = Field(description="`iss` of unsubscribe tokens (INTERNAL_JWT_ISSUER).")
 
     @cached_property
@@ -56,9 +61,10 @@ class MailerResource(ConfigurableResource):
 
     @property
     def unsubscribe_links(self) -> UnsubscribeLinks | None:
-        if self.unsubscribe_base_url is None or self.unsubscribe_signing_key is None:
+        signing_key = self.unsubscribe_signing_key.reveal()
+        if self.unsubscribe_base_url is None or signing_key is None:
             return None
-        tokens = UnsubscribeTokens(self.unsubscribe_signing_key, self.unsubscribe_issuer)
+        tokens = UnsubscribeTokens(signing_key, self.unsubscribe_issuer)
         return UnsubscribeLinks(self.unsubscribe_base_url, tokens)
 
     def open_transport(self, shard: Shard = Shard()) -> MailTransport:
@@ -71,8 +77,10 @@ class MailerResource(ConfigurableResource):
                 port=self.smtp_port,
                 security=self.smtp_security,
                 username=self.smtp_username,
-                password=self.smtp_password,
+                password=self.smtp_password.reveal(),
                 timeout=self.smtp_timeout_seconds,
+                ssl_context=ssl.create_default_context(cafile=self.smtp_ca_file) if self.smtp_ca_file else None,
+                sender=self.composer.sender,
             )
             return SmtpTransport(
                 settings,

@@ -17,6 +17,7 @@ from cron_pipelines.clients.http import Backoff, ServiceClient
 from cron_pipelines.clients.mongo_service import MONGO_SERVICE, MongoServiceClient
 from cron_pipelines.clients.sql_service import SQL_SERVICE, SqlServiceClient
 from cron_pipelines.clients.tokens import Algorithm, TokenIssuer
+from cron_pipelines.secrets import Secret
 
 
 class InternalJwtResource(ConfigurableResource):
@@ -25,13 +26,13 @@ class InternalJwtResource(ConfigurableResource):
     Its values come from Settings, where each is defined and validated (INTERNAL_JWT_*)."""
 
     algorithm: Algorithm = Field(description="INTERNAL_JWT_ALGORITHM.")
-    secret: str | None = Field(repr=False, description="HS256 key (INTERNAL_JWT_SECRET).")
-    private_key: str | None = Field(repr=False, description="PEM private key (INTERNAL_JWT_PRIVATE_KEY).")
+    secret: Secret = Field(description="HS256 key (INTERNAL_JWT_SECRET).")
+    private_key: Secret = Field(description="PEM private key (INTERNAL_JWT_PRIVATE_KEY).")
     key_id: str | None = Field(description="`kid` header (INTERNAL_JWT_KEY_ID).")
     issuer: str = Field(description="`iss` claim (INTERNAL_JWT_ISSUER).")
 
     def build_issuer(self) -> TokenIssuer:
-        signing_key = self.secret if self.algorithm == "HS256" else self.private_key
+        signing_key = (self.secret if self.algorithm == "HS256" else self.private_key).reveal()
         return TokenIssuer(
             algorithm=self.algorithm,
             signing_key=signing_key or "",
@@ -57,6 +58,10 @@ class ServiceResource(ConfigurableResource):
         description="One deadline per try: connect, headers and body (SERVICE_REQUEST_DEADLINE_SECONDS)."
     )
     max_response_bytes: int = Field(description="Cap on an answer's decompressed size (SERVICE_MAX_RESPONSE_BYTES).")
+    max_pages: int = Field(description="Pages one listing may take at most (SERVICE_MAX_PAGES).")
+    step_deadline_seconds: float = Field(
+        description="Time a step may lose to failing service calls, all services together (SERVICE_STEP_DEADLINE_SECONDS)."
+    )
 
     _client: ServiceClient | None = PrivateAttr(default=None)
 
@@ -70,6 +75,7 @@ class ServiceResource(ConfigurableResource):
             read_timeout=self.read_timeout_seconds,
             request_deadline=self.request_deadline_seconds,
             max_response_bytes=self.max_response_bytes,
+            max_pages=self.max_pages,
             backoff=Backoff(max_attempts=self.max_attempts),
         )
 
@@ -97,6 +103,10 @@ class ServiceResource(ConfigurableResource):
         if self._client is None:
             raise RuntimeError(f"{self.service_name} resource used outside of a run (no client open)")
         return self._client
+
+    @property
+    def client(self) -> ServiceClient:
+        return self._open()
 
 
 class SqlServiceResource(ServiceResource):

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from cron_pipelines.models.notification import Notification, NotificationKind
-from cron_pipelines.models.payloads import DELIVERY_METADATA, NotificationRecord
+from cron_pipelines.models.payloads import DELIVERY_METADATA, ClaimResult, NotificationRecord
 from cron_pipelines.models.reader import known_locale
 
 # What the write of each confirmation kind is repeated from, besides the template context.
@@ -25,19 +25,27 @@ WRITE_FIELDS = {
 }
 
 
-def confirmation_skip_reason(write_outcome: str, *, applied: str, already: str, claim_attempts: int) -> str | None:
+def confirmation_skip_reason(write_outcome: str, *, applied: str, already: str, claimed_before: bool) -> str | None:
     """None to send the confirmation, else why it is recorded `skipped`.
 
     `applied` is the outcome of a write that changed state now (e.g. `deactivated`).
-    `already` (e.g. `already_inactive`) still gets the email when this claim is a retry
-    of a `failed` one: the earlier attempt made the change (its send, or the answer to
-    its write, was lost), and the email is still owed.
+    `already` (e.g. `already_inactive`) still gets the email when an earlier claim of it
+    exists (`claimed_before`: a `failed` or `released` one): the earlier attempt made the
+    change (its send, or the answer to its write, was lost), and the email is still owed.
     """
     if write_outcome == applied:
         return None
-    if write_outcome == already and claim_attempts > 1:
+    if write_outcome == already and claimed_before:
         return None
     return f"not sent: the service answered `{write_outcome}`"
+
+
+def claimed_before(notification: Notification, claim: ClaimResult) -> bool:
+    """Whether this claim takes up an earlier one: rebuilt from the ledger, or a failed record claimed again.
+
+    A `released` record claimed again keeps its attempts (contract v1.2), so the count alone cannot tell.
+    """
+    return notification.resent or claim.record.attempts > 1
 
 
 def resendable(notification: Notification) -> Notification:
@@ -54,7 +62,7 @@ def resendable(notification: Notification) -> Notification:
 
 
 def confirmation_from_record(record: NotificationRecord) -> Notification:
-    """A `failed` confirmation rebuilt from its ledger record alone, to be claimed and sent again.
+    """A `failed` or `released` confirmation rebuilt from its ledger record alone, to be claimed and sent again.
 
     A record that lacks what the email or the write needs gets a skip reason, so the
     claim records it `skipped` (visible in the audit) instead of failing run after run.
@@ -68,6 +76,7 @@ def confirmation_from_record(record: NotificationRecord) -> Notification:
     if not record.user_id:
         missing.append("user_id")
     return Notification(
+        resent=True,
         key=record.idempotency_key,
         kind=kind,
         user_id=record.user_id,

@@ -14,11 +14,12 @@ from fastapi.responses import JSONResponse
 
 from cron_pipelines.clients.errors import (
     ServiceAuthError,
+    ServiceBudgetExhausted,
     ServiceProtocolError,
     ServiceRequestError,
     ServiceUnavailable,
 )
-from cron_pipelines.clients.http import Backoff, ServiceClient
+from cron_pipelines.clients.http import Backoff, ServiceBudget, ServiceClient
 from cron_pipelines.clients.mongo_service import MongoServiceClient
 from cron_pipelines.clients.sql_service import SqlServiceClient
 from cron_pipelines.clients.tokens import TokenIssuer
@@ -194,6 +195,29 @@ def test_transient_failures_that_outlast_the_retries_fail_clearly(services: Serv
     assert "sql-service: GET /v1/dues status=502 code=bad_gateway" in message
     assert "attempts=4" in message and "request_id=" in message
     assert services.sql_requests.count(path="/v1/dues") == 4
+
+
+def test_the_budget_is_charged_for_failed_tries_and_waits_only(services: ServiceWorld, sleeps: list[float]) -> None:
+    _seed_dues(services, 3)
+    services.sql_faults.add(method="GET", path="/v1/dues", status=503, times=1)
+    services.sql_faults.add(method="GET", path="/v1/dues", delay=0.3)  # slow but answered: free
+    budget = ServiceBudget(60.0)
+    with _sql(services, sleeps, budget=budget) as client:
+        assert len(list(client.iter_dues(statuses=["pending"]))) == 3
+    assert sleeps and budget.spent == pytest.approx(sleeps[0], abs=0.25)  # the 503's try and its wait
+
+
+def test_a_spent_budget_fails_the_next_try_naming_the_service_and_the_last_failure(
+    services: ServiceWorld, sleeps: list[float]
+) -> None:
+    services.sql_faults.add(method="GET", path="/v1/dues", status=503, times=10, code="overloaded")
+    budget = ServiceBudget(0.001)  # the first failed try spends it
+    with _sql(services, sleeps, budget=budget) as client, pytest.raises(ServiceBudgetExhausted) as raised:
+        list(client.iter_dues(statuses=["pending"]))
+    message = str(raised.value)
+    assert message.startswith("sql-service: GET /v1/dues status=503 code=overloaded")
+    assert "(SERVICE_STEP_DEADLINE_SECONDS=0.001); last failure: injected fault: status 503" in message
+    assert services.sql_requests.count(path="/v1/dues") == 1 and sleeps == []
 
 
 def test_a_service_that_is_down_is_retried_then_reported() -> None:

@@ -140,6 +140,76 @@ def test_a_server_that_trickles_is_cut_off_by_the_request_deadline(world: JobWor
     assert len(hostile.requests) == 2
 
 
+def test_fresh_cursors_over_the_same_items_are_a_protocol_error_within_a_few_pages(
+    world: JobWorld, hostile: HostileService
+) -> None:
+    hostile.mode, hostile.items, hostile.page_size = "fresh_cursor_same_items", _items(5), 5
+    started = time.monotonic()
+    result = world.run("send_payment_reminders", D)
+
+    assert not result.success and time.monotonic() - started < 30
+    errors = failure_messages(result)
+    assert "sql-service: GET /v1/dues" in errors
+    assert "3 pages in a row added no new item, the last with next_cursor '4': the pages do not advance" in errors
+    assert len(hostile.requests) == 4  # the first page, then three that add nothing
+    assert [event for event in result.all_events if event.event_type_value == "STEP_UP_FOR_RETRY"] == []
+    # The stream failed before its first batch was full: nothing claimed, so a later run sends it all.
+    assert world.mails() == [] and world.ledger() == {}
+
+
+def test_a_listing_longer_than_the_page_limit_is_refused(world: JobWorld, hostile: HostileService) -> None:
+    world.configure(SERVICE_MAX_PAGES="4")
+    hostile.items, hostile.page_size = _items(10), 2
+    result = world.run("send_payment_reminders", D)
+    assert not result.success
+    assert "more than 4 pages (SERVICE_MAX_PAGES), cursor '8'" in failure_messages(result)
+    assert len(hostile.requests) == 4
+    _assert_each_key_mailed_at_most_once_and_nothing_left_claimed(world)
+
+
+def test_a_service_that_throttles_forever_fails_the_step_within_its_budget_whatever_the_retries(
+    world: JobWorld, hostile: HostileService
+) -> None:
+    # Retry-After is honoured up to 60 s; here each wait would spend the step's whole budget.
+    world.configure(
+        SERVICE_STEP_DEADLINE_SECONDS="8", SERVICE_MAX_ATTEMPTS="5", STEP_MAX_RETRIES="3", STEP_RETRY_DELAY_SECONDS="0"
+    )
+    hostile.mode = "throttle"
+    started = time.monotonic()
+    result = world.run("send_payment_reminders", D)
+
+    elapsed = time.monotonic() - started
+    assert not result.success and elapsed < 20, elapsed
+    errors = failure_messages(result)
+    assert "sql-service: GET /v1/dues status=429 code=rate_limited" in errors
+    assert "its whole budget (SERVICE_STEP_DEADLINE_SECONDS=8)" in errors
+    assert [event for event in result.all_events if event.event_type_value == "STEP_UP_FOR_RETRY"] == []
+    assert world.mails() == [] and world.ledger() == {}
+
+
+def test_step_retries_share_the_budget_of_time_lost_to_a_failing_service(
+    world: JobWorld, hostile: HostileService
+) -> None:
+    """Each attempt gives up on its own (503s outlast the request's tries); the retries continue from what it lost."""
+    world.configure(
+        SERVICE_STEP_DEADLINE_SECONDS="6",
+        SERVICE_MAX_ATTEMPTS="2",
+        SERVICE_REQUEST_DEADLINE_SECONDS="2",
+        STEP_MAX_RETRIES="5",
+        STEP_RETRY_DELAY_SECONDS="0",
+    )
+    hostile.mode = "trickle"  # every try times out after 2 s: 4 s lost per attempt
+    started = time.monotonic()
+    result = world.run("send_payment_reminders", D)
+
+    elapsed = time.monotonic() - started
+    assert not result.success and elapsed < 15, elapsed
+    retries = [event for event in result.all_events if event.event_type_value == "STEP_UP_FOR_RETRY"]
+    assert len(retries) == 1  # the second attempt had 2 s left: one try, then the budget was spent
+    assert "its whole budget (SERVICE_STEP_DEADLINE_SECONDS=6)" in failure_messages(result)
+    assert len(hostile.requests) == 3
+
+
 @pytest.mark.parametrize(
     ("mode", "reason"),
     [

@@ -175,4 +175,7 @@ def test_claims_stuck_after_a_run_died_are_reported_within_minutes_and_mailed_on
     body = mail.message.get_body(("plain",)).get_content()
     assert "left 3 notification(s) `claimed`" in body
     assert "payment_reminder:due_0:2026-12-01:3  Message-ID <planned.0@example.com>" in body
-    assert f"cron-pipelines settle --run {dead.run_id} --as failed" in body
+    # It leads with finding out what was delivered, and says what resending the whole run risks.
+    assert body.index("look each") < body.index("cron-pipelines settle --key KEY --as sent")
+    assert f"cron-pipelines settle --run {dead.run_id} --as failed\n--i-accept-duplicates" in body
+    assert "the delivered ones arrive twice" in body

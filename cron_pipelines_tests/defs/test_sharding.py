@@ -203,7 +203,7 @@ def test_terminate_stops_every_shard_and_records_what_was_and_was_not_sent(world
     assert [key for key, record in ledger.items() if record["status"] == "claimed"] == []
     mailed = set(world.sent_keys())
     assert {key for key, record in ledger.items() if record["status"] == "sent"} == mailed
-    assert {record["status"] for key, record in ledger.items() if key not in mailed} <= {"failed"}
+    assert {record["status"] for key, record in ledger.items() if key not in mailed} <= {"released"}
     assert world.instance.get_run_by_id(run.run_id).status in (
         dg.DagsterRunStatus.CANCELED,
         dg.DagsterRunStatus.CANCELING,
@@ -290,11 +290,12 @@ def test_a_shard_s_ledger_outage_is_journaled_as_that_shard_s_and_settled_by_its
     assert result.success, failure_messages(result)
     assert world.sent_keys() == expected
     assert {record["status"] for record in world.ledger().values()} == {"sent"}
-    journals = [
+    observations = [
         entry.dagster_event.asset_observation_data.asset_observation.metadata
         for entry in world.instance.all_logs(result.run_id)
         if entry.dagster_event is not None and entry.dagster_event.event_type_value == "ASSET_OBSERVATION"
     ]
+    journals = [entry for entry in observations if "delivery_journal" in entry]
     assert len(journals) == 2 and journals[0]["unrecorded_outcomes"].value > 0
     assert journals[1]["unrecorded_outcomes"].value == journals[1]["unanswered_claims"].value == 0  # settled
     assert journals[0]["delivery_shard"].value == journals[1]["delivery_shard"].value  # by the same shard

@@ -112,6 +112,34 @@ def test_a_failed_key_is_claimed_again_as_a_fresh_attempt(demo_store: DemoStore,
     assert demo_store.get_notification("key_1") == record
 
 
+def test_a_released_key_is_claimed_again_without_counting_an_attempt(
+    demo_store: DemoStore, mongo: httpx.Client
+) -> None:
+    [first] = _claim(mongo, claim("key_1"))
+    released = {"idempotency_key": "key_1", "status": "released", "error": "421 closing", "at": "2026-11-28T09:00:00Z"}
+    assert mongo.post("/v1/notifications/outcomes", json={"items": [released]}).json()["results"][0]["outcome"] == (
+        "updated"
+    )
+    assert demo_store.get_notification("key_1")["status"] == "released"
+    for _ in range(3):  # however often the server failed meanwhile
+        [again] = _claim(mongo, claim("key_1"))
+        assert (again["outcome"], again["record"]["attempts"]) == ("claimed", first["record"]["attempts"])
+        mongo.post("/v1/notifications/outcomes", json={"items": [released]})
+    failed = {**released, "status": "failed", "error": "451 try later"}
+    mongo.post("/v1/notifications/outcomes", json={"items": [failed]})
+    [after_failure] = _claim(mongo, claim("key_1"))
+    assert after_failure["record"]["attempts"] == first["record"]["attempts"] + 1  # a message failure counts
+
+
+def test_a_v1_1_ledger_refuses_released_outcomes_and_listings(services: ServiceWorld, mongo: httpx.Client) -> None:
+    services.speak_contract("1.1")
+    _claim(mongo, claim("key_1"))
+    released = {"idempotency_key": "key_1", "status": "released", "at": "2026-11-28T09:00:00Z"}
+    assert_error(mongo.post("/v1/notifications/outcomes", json={"items": [released]}), 400, "invalid_request")
+    assert_error(mongo.get("/v1/notifications", params={"status": "released"}), 400, "invalid_parameter")
+    assert mongo.get("/v1/notifications", params={"status": "claimed"}).status_code == 200
+
+
 def test_claiming_the_same_key_twice_in_one_batch_claims_it_once(mongo: httpx.Client) -> None:
     first, second = _claim(mongo, claim("key_1"), claim("key_1", run_id="other-run"))
     assert (first["outcome"], second["outcome"]) == ("claimed", "duplicate")

@@ -180,7 +180,7 @@ def test_a_killed_run_worker_is_failed_at_once_and_its_bounded_window_is_settled
     assert _wait_for_status(first, (dg.DagsterRunStatus.FAILURE,), 90) == dg.DagsterRunStatus.FAILURE
 
     stuck = {key: record for key, record in _ledger(services).items() if record["status"] == "claimed"}
-    assert 0 < len(stuck) <= 300  # three batches of DELIVERY_BATCH_SIZE
+    assert 0 < len(stuck) <= 100  # two batches of DELIVERY_BATCH_SIZE (50), by default
     assert {record["run_id"] for record in stuck.values()} == {first}
 
     # Run retries re-launch the day; the stuck claims wait for the operator, never resent by themselves.
@@ -194,14 +194,16 @@ def test_a_killed_run_worker_is_failed_at_once_and_its_bounded_window_is_settled
     mailed = Counter(key for mail in _reminders(smtp) for key in mail.notification_ids)
     assert set(mailed.values()) == {1}
 
-    # The operator looks the planned Message-IDs up in the mail log, then settles.
+    # The operator looks the planned Message-IDs up in the mail log, then settles each key by what it found.
     delivered_ids = {mail.message["Message-ID"] for mail in _reminders(smtp)}
     delivered = [key for key, record in stuck.items() if record["metadata"]["planned_message_id"] in delivered_ids]
+    undelivered = [key for key in stuck if key not in delivered]
     if delivered:
         assert (
             _cli(stack, "settle", *[arg for key in delivered for arg in ("--key", key)], "--as", "sent").returncode == 0
         )
-    settled = _cli(stack, "settle", "--run", first, "--as", "failed")
+    assert _cli(stack, "settle", "--run", first, "--as", "failed").returncode == 2  # it would resend delivered ones
+    settled = _cli(stack, "settle", *[arg for key in undelivered for arg in ("--key", key)], "--as", "failed")
     assert settled.returncode == 0, settled.stdout + settled.stderr
 
     last = _launch(stack)
@@ -212,6 +214,29 @@ def test_a_killed_run_worker_is_failed_at_once_and_its_bounded_window_is_settled
     mailed = Counter(key for mail in _reminders(smtp) for key in mail.notification_ids)
     assert len(mailed) == COUNT and set(mailed.values()) == {1}
     assert {record["status"] for record in _ledger(services).values()} == {"sent"}
+
+
+@pytest.fixture
+def paced_stack(postgres_home: PostgresHome, smtp: SmtpSink, services: ServicesProcess) -> Iterator[Stack]:
+    """The stack with the relay's pace set low: 0.5 messages a second."""
+    settings = {**services.environment(), "MAIL_MAX_CONNECTIONS": str(CONNECTIONS), "MAIL_RATE_LIMIT_PER_SECOND": "0.5"}
+    with running_stack(postgres_home, smtp, **settings) as running:
+        wait_until(lambda: "send_payment_reminders" in json.dumps(running.graphql(JOB_NAMES)), 120, "the code location")
+        yield running
+
+
+def test_terminate_stops_a_run_waiting_on_the_rate_limit_within_two_seconds(
+    paced_stack: Stack, smtp: SmtpSink, services: ServicesProcess
+) -> None:
+    run = _launch(paced_stack)
+    wait_until(lambda: len(_reminders(smtp)) >= 2, 120, "the first paced reminders")
+    answer = paced_stack.graphql(TERMINATE, runId=run)["terminateRun"]
+    assert answer["__typename"] == "TerminateRunSuccess", answer
+    asked = time.monotonic()
+    assert _wait_for_status(run, (dg.DagsterRunStatus.CANCELED,), 30) == dg.DagsterRunStatus.CANCELED
+    assert time.monotonic() - asked < 2.0
+    _assert_stopped_cleanly(run, smtp, services)
+    assert {record["status"] for record in _ledger(services).values()} <= {"sent", "released"}
 
 
 def test_services_down_for_12_seconds_mid_run_lose_nothing(

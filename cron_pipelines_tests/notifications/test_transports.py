@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import os
+import ssl
 import threading
 import time
 from email import policy
@@ -14,6 +15,7 @@ import pytest
 from cron_pipelines.models.notification import Notification, NotificationKind
 from cron_pipelines.notifications.composition import MessageComposer, OutgoingMessage
 from cron_pipelines.notifications.transports import (
+    MailServerUnavailable,
     OutboxTransport,
     SendResult,
     SmtpSettings,
@@ -298,6 +300,128 @@ def test_rate_limit_is_never_exceeded_in_any_second_at_the_server(smtp_sink: Smt
     assert busiest <= 40
     assert elapsed >= 2.0  # 120 messages at 40 per second need three windows
     assert busiest >= 35  # and the cap is used, not undershot
+
+
+def test_a_stop_wakes_sends_waiting_for_the_rate_limit_at_once(smtp_sink: SmtpSink) -> None:
+    transport = _smtp(smtp_sink, max_connections=2, rate_limit_per_second=0.5)  # one message every 2 s
+    reported: dict[int, SendResult] = {}
+    done = threading.Event()
+
+    def on_result(index: int, result: SendResult) -> None:
+        reported[index] = result
+        if len(reported) == 4:
+            done.set()
+
+    try:
+        transport.send_each(_messages(4), on_result)
+        smtp_sink.wait_for(1)
+        stopped_at = time.monotonic()
+        transport.stop()
+        assert done.wait(5)
+        waited = time.monotonic() - stopped_at
+    finally:
+        transport.close()
+    assert waited < 0.5, waited  # not the 2-6 s the pace would have taken
+    assert sorted(result.outcome for result in reported.values()) == ["sent", "stopped", "stopped", "stopped"]
+    assert len(smtp_sink.received) == 1
+
+
+def test_a_session_lost_after_the_end_of_data_is_unknown_and_never_sent_again(smtp_sink: SmtpSink) -> None:
+    smtp_sink.hang_up_after_data_for.add("u1@example.com")
+    transport = _smtp(smtp_sink, max_connections=1)
+    try:
+        results = _send(transport, _messages(3))
+    finally:
+        transport.close()
+    assert [result.outcome for result in results] == ["sent", "unknown", "sent"]
+    assert "dropped the session after the end of data, before its answer" in (results[1].error or "")
+    # The server kept it: sending it again on a new session would deliver it twice.
+    assert [mail.notification_id for mail in smtp_sink.wait_for(3)] == [message.key for message in _messages(3)]
+
+
+def test_a_session_lost_before_the_message_is_handed_over_is_sent_again_on_a_new_one(smtp_sink: SmtpSink) -> None:
+    transport = _smtp(smtp_sink, max_connections=1)
+    messages = _messages(2)
+    try:
+        assert _send(transport, messages[:1])[0].outcome == "sent"
+        smtp_sink.restart()  # the idle session is gone; the next MAIL FROM finds it closed
+        assert _send(transport, messages[1:])[0].outcome == "sent"
+    finally:
+        transport.close()
+    assert [mail.notification_id for mail in smtp_sink.wait_for(2)] == [message.key for message in messages]
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        ("421 4.3.2 Service shutting down", "refused the sender no-reply@example.com: 421 4.3.2 Service shutting down"),
+        ("530 5.7.0 Authentication required", "refused the sender no-reply@example.com: 530 5.7.0"),
+    ],
+)
+def test_a_refused_sender_is_the_servers_failure_not_the_messages(
+    smtp_sink: SmtpSink, reply: str, expected: str
+) -> None:
+    smtp_sink.sender_reply = reply
+    transport = _smtp(smtp_sink, max_connections=1)
+    try:
+        results = _send(transport, _messages(3))
+    finally:
+        transport.close()
+    assert {result.outcome for result in results} == {"unavailable"}
+    assert expected in (results[0].error or "")
+    assert smtp_sink.received == []
+
+
+def test_a_421_to_rcpt_is_the_servers_failure(smtp_sink: SmtpSink) -> None:
+    smtp_sink.recipient_reply = "421 4.7.0 Too many errors, closing"
+    transport = _smtp(smtp_sink, max_connections=1)
+    try:
+        results = _send(transport, _messages(2))
+    finally:
+        transport.close()
+    assert [result.outcome for result in results] == ["unavailable", "unavailable"]
+    assert "closed: 421 4.7.0 Too many errors, closing" in (results[0].error or "")
+
+
+def test_the_check_before_claiming_tells_a_refused_login_and_sender_from_an_unreachable_server() -> None:
+    with SmtpSink(credentials=("mailer", "s3cret-password")) as sink:
+        wrong = _smtp(sink)
+        wrong._all[0]._settings = SmtpSettings(
+            host=sink.host, port=sink.port, username="mailer", password="wrong", timeout=5
+        )
+        anonymous = SmtpTransport(SmtpSettings(host=sink.host, port=sink.port, timeout=5, sender="a@example.com"))
+        for transport, expected in (
+            (wrong, "SMTP login refused by"),
+            (anonymous, "refused the sender a@example.com: 530"),
+        ):
+            with pytest.raises(MailServerUnavailable, match=expected) as raised:
+                transport.check()
+            transport.close()
+            assert raised.value.permanent  # trying again in a minute cannot help: no step retries
+        assert sink.received == []
+    unreachable = SmtpTransport(SmtpSettings(host="127.0.0.1", port=free_port(), timeout=5))
+    with pytest.raises(MailServerUnavailable, match="cannot connect to SMTP server") as raised:
+        unreachable.check()
+    unreachable.close()
+    assert not raised.value.permanent
+
+
+def test_a_relay_with_a_private_ca_is_trusted_through_its_ca_file(tmp_path: Path) -> None:
+    tls = self_signed_localhost(tmp_path)
+    with SmtpSink(starttls_context=tls.server_context()) as sink:
+        settings = {"host": "localhost", "port": sink.port, "security": "starttls", "timeout": 5}
+        untrusted = SmtpTransport(SmtpSettings(**settings))
+        with pytest.raises(MailServerUnavailable, match="TLS certificate not trusted .*SMTP_CA_FILE") as raised:
+            untrusted.check()
+        untrusted.close()
+        assert raised.value.permanent
+        trusted = SmtpTransport(
+            SmtpSettings(**settings, ssl_context=ssl.create_default_context(cafile=str(tls.certificate)))
+        )
+        try:
+            assert [result.outcome for result in _send(trusted, _messages(1))] == ["sent"]
+        finally:
+            trusted.close()
 
 
 # --- results reported by the sending threads ---------------------------------

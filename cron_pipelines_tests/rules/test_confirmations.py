@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
-from cron_pipelines.models.notification import Notification
-from cron_pipelines.models.payloads import InactiveUser, NotificationRecord, Verification
+from cron_pipelines.models.notification import Notification, NotificationKind
+from cron_pipelines.models.payloads import ClaimResult, InactiveUser, NotificationRecord, Verification
 from cron_pipelines.rules.calendar import BusinessDay
-from cron_pipelines.rules.confirmations import confirmation_from_record, confirmation_skip_reason
+from cron_pipelines.rules.confirmations import claimed_before, confirmation_from_record, confirmation_skip_reason
 from cron_pipelines.rules.inactivity import account_deactivated
 from cron_pipelines.rules.verifications import Decision, verification_result
 
@@ -16,23 +18,22 @@ DECISION = {"applied": "updated", "already": "unchanged"}
 
 
 @pytest.mark.parametrize("outcomes", [DEACTIVATION, DECISION], ids=["deactivation", "decision"])
-@pytest.mark.parametrize("attempts", [1, 2, 5])
-def test_a_write_applied_now_is_confirmed(outcomes: dict[str, str], attempts: int) -> None:
-    assert confirmation_skip_reason(outcomes["applied"], **outcomes, claim_attempts=attempts) is None
+@pytest.mark.parametrize("before", [False, True])
+def test_a_write_applied_now_is_confirmed(outcomes: dict[str, str], before: bool) -> None:
+    assert confirmation_skip_reason(outcomes["applied"], **outcomes, claimed_before=before) is None
 
 
 @pytest.mark.parametrize("outcomes", [DEACTIVATION, DECISION], ids=["deactivation", "decision"])
 def test_already_applied_on_a_first_claim_is_skipped(outcomes: dict[str, str]) -> None:
-    reason = confirmation_skip_reason(outcomes["already"], **outcomes, claim_attempts=1)
+    reason = confirmation_skip_reason(outcomes["already"], **outcomes, claimed_before=False)
 
     assert reason == f"not sent: the service answered `{outcomes['already']}`"
 
 
 @pytest.mark.parametrize("outcomes", [DEACTIVATION, DECISION], ids=["deactivation", "decision"])
-@pytest.mark.parametrize("attempts", [2, 3])
-def test_already_applied_on_a_retried_claim_is_still_confirmed(outcomes: dict[str, str], attempts: int) -> None:
-    # The earlier, failed send belonged to the run that made the change: the email is still owed.
-    assert confirmation_skip_reason(outcomes["already"], **outcomes, claim_attempts=attempts) is None
+def test_already_applied_on_a_claim_that_takes_up_an_earlier_one_is_still_confirmed(outcomes: dict[str, str]) -> None:
+    # The earlier, failed or released send belonged to the run that made the change: the email is still owed.
+    assert confirmation_skip_reason(outcomes["already"], **outcomes, claimed_before=True) is None
 
 
 @pytest.mark.parametrize(
@@ -44,16 +45,35 @@ def test_already_applied_on_a_retried_claim_is_still_confirmed(outcomes: dict[st
         ("not_found", DECISION),
     ],
 )
-@pytest.mark.parametrize("attempts", [1, 2])
-def test_other_outcomes_are_skipped_naming_the_outcome(outcome: str, outcomes: dict[str, str], attempts: int) -> None:
-    reason = confirmation_skip_reason(outcome, **outcomes, claim_attempts=attempts)
+@pytest.mark.parametrize("before", [False, True])
+def test_other_outcomes_are_skipped_naming_the_outcome(outcome: str, outcomes: dict[str, str], before: bool) -> None:
+    reason = confirmation_skip_reason(outcome, **outcomes, claimed_before=before)
 
     assert reason == f"not sent: the service answered `{outcome}`"
 
 
 def test_the_already_outcome_of_another_write_does_not_count() -> None:
     # `unchanged` is not the `already` outcome of a deactivation.
-    assert confirmation_skip_reason("unchanged", **DEACTIVATION, claim_attempts=2) is not None
+    assert confirmation_skip_reason("unchanged", **DEACTIVATION, claimed_before=True) is not None
+
+
+@pytest.mark.parametrize(
+    ("resent", "attempts", "expected"),
+    [(False, 1, False), (False, 2, True), (True, 1, True)],
+    ids=["first-claim", "failed-claimed-again", "released-rebuilt-from-the-ledger"],
+)
+def test_a_claim_takes_up_an_earlier_one_when_rebuilt_from_the_ledger_or_counted_again(
+    resent: bool, attempts: int, expected: bool
+) -> None:
+    notification = Notification(
+        key="account_deactivated:x", kind=NotificationKind.ACCOUNT_DEACTIVATED, user_id="u", email=None, name=None
+    )
+    claim = ClaimResult(
+        idempotency_key=notification.key,
+        outcome="claimed",
+        record=_record("account_deactivated", {}, attempts=attempts),
+    )
+    assert claimed_before(replace(notification, resent=resent), claim) is expected
 
 
 # --- a failed confirmation rebuilt from its ledger record ---------------------------------------------
@@ -67,9 +87,9 @@ def _record(kind: str, metadata: dict, **fields: object) -> NotificationRecord:
             "user_id": "usr_9",
             "recipient": "a@example.com",
             "status": "claimed",
-            "attempts": 2,
             "claimed_at": "2026-11-28T09:00:00Z",
             "metadata": metadata,
+            "attempts": 2,
             **fields,
         }
     )
@@ -101,7 +121,8 @@ def test_a_deactivation_email_is_rebuilt_exactly_from_its_record() -> None:
 
     rebuilt = confirmation_from_record(_first_send(original))
 
-    assert rebuilt == original  # same key, kind, recipient, name, context and metadata: the same email
+    # Same key, kind, recipient, name, context and metadata: the same email, known to have been claimed before.
+    assert rebuilt == replace(original, resent=True)
 
 
 def test_a_verification_result_is_rebuilt_exactly_from_its_record() -> None:
@@ -119,7 +140,7 @@ def test_a_verification_result_is_rebuilt_exactly_from_its_record() -> None:
         verification, Decision("rejected", "5 failed attempts"), BusinessDay.from_partition_key("2026-11-28", "UTC")
     )
 
-    assert confirmation_from_record(_first_send(original)) == original
+    assert confirmation_from_record(_first_send(original)) == replace(original, resent=True)
 
 
 @pytest.mark.parametrize(

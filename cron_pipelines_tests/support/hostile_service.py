@@ -33,6 +33,8 @@ MODES = (
     "wrong_content_type",
     "redirect",
     "hostile_error",  # a 400 whose error message carries a newline, a fake log line and ANSI codes
+    "fresh_cursor_same_items",  # every page the first page again, each with a cursor never seen before
+    "throttle",  # 429 with Retry-After: 999999 to every request, forever
 )
 HOSTILE_TEXT = "bad\n2026-11-30 12:00:00 INFO all good, nothing to see\x1b[2J\x1b[31m"
 
@@ -82,6 +84,8 @@ class HostileService:
         if self.mode == "oversized_page":
             return items, None
         limit = min(limit, self.page_size)
+        if self.mode == "fresh_cursor_same_items":
+            return items[:limit], str(offset + 1)
         page = items[offset : offset + limit]
         if self.mode == "repeated_item" and offset == 0 and page:
             page = [page[0], *page]
@@ -129,6 +133,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(400, json.dumps(body).encode())
         elif mode == "redirect":
             self._send(302, b"", {"Location": "http://evil.example/v1/dues"})
+        elif mode == "throttle":
+            body = b'{"error": {"code": "rate_limited", "message": "slow down"}}'
+            self._send(429, body, {"Retry-After": "999999"})
         else:
             items, cursor = service.page(offset, limit)
             self._send(200, json.dumps({"items": items, "next_cursor": cursor}).encode())

@@ -6,6 +6,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from fastapi import FastAPI
+
 from cron_pipelines.clients.tokens import TokenIssuer
 from cron_pipelines.notifications.unsubscribe import UnsubscribeTokens
 from demo_services.auth import TokenVerifier
@@ -35,6 +37,11 @@ class ServiceWorld:
     mongo_requests: RequestLog
     issuer: TokenIssuer
     unsubscribe_url: str  # the one-click endpoint, accepting tokens signed with UNSUBSCRIBE_TEST_KEY
+    mongo_app: FastAPI
+
+    def speak_contract(self, version: str) -> None:
+        """Make mongo-service answer as a service of that contract version would ("1.1": no §9)."""
+        self.mongo_app.state.contract_version = version
 
     def auth_headers(self, service: str) -> dict[str, str]:
         """Headers carrying a valid token for `service` ("sql-service" or "mongo-service")."""
@@ -67,4 +74,5 @@ def start_service_world(store: DemoStore, issuer: TokenIssuer, *, host: str = "1
             mongo_requests=mongo_requests,
             issuer=issuer,
             unsubscribe_url=f"{mongo.url}/unsubscribe/",
+            mongo_app=mongo_app,
         )

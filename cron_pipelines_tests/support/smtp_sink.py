@@ -1,9 +1,10 @@
 """A real SMTP server (aiosmtpd) on loopback that keeps what it receives.
 
 It can refuse chosen recipients for good (550) or for now (451), with a reply text of
-the test's choosing, offer SMTPUTF8 or not, require a login, speak STARTTLS or
-implicit TLS, add latency to every command like a remote provider, and be restarted
-on the same port to drop every open session.
+the test's choosing, refuse every sender from the N-th message on (the server's own
+failure), offer SMTPUTF8 or not, require a login, speak STARTTLS or implicit TLS, add
+latency to every command like a remote provider, and be restarted on the same port to
+drop every open session.
 """
 
 from __future__ import annotations
@@ -69,6 +70,9 @@ class _Handler:
 
     async def handle_MAIL(self, server, session: Session, envelope: Envelope, address: str, options) -> str:
         await self._latency()
+        sink = self.sink
+        if sink.sender_reply is not None and sink.count >= sink.refuse_senders_after:
+            return sink.sender_reply  # the server's own failure, e.g. 421 shutting down or 530 auth required
         self.sink._sessions.add(session.peer)  # the client's (address, port): one per connection
         envelope.mail_from = address
         envelope.mail_options.extend(options)
@@ -78,6 +82,8 @@ class _Handler:
         await self._latency()
         with self.sink._lock:
             self.sink.rcpt_attempts[address] += 1
+        if self.sink.recipient_reply is not None:
+            return self.sink.recipient_reply
         if address in self.sink.refused_recipients:
             return "550 5.1.1 <%s>: mailbox unavailable%s" % (address, self.sink.refusal_text)
         if address in self.sink.temporarily_refused_recipients:
@@ -90,6 +96,8 @@ class _Handler:
         self.sink._record(
             ReceivedMail(envelope.mail_from, tuple(envelope.rcpt_tos), envelope.original_content, time.time())
         )
+        if set(envelope.rcpt_tos) & self.sink.hang_up_after_data_for:
+            server.transport.close()  # taken, and the session lost before the answer
         return "250 Message accepted for delivery"
 
 
@@ -110,6 +118,13 @@ class SmtpSink:
         self.refused_recipients: set[str] = set()
         self.temporarily_refused_recipients: set[str] = set()
         self.refusal_text = ""  # appended to refusals, e.g. to inject escape codes
+        # With a reply set, MAIL FROM gets it once `refuse_senders_after` messages have arrived.
+        self.sender_reply: str | None = None
+        self.refuse_senders_after = 0
+        # With a reply set, every RCPT gets it (e.g. 421: the server closing).
+        self.recipient_reply: str | None = None
+        # For these recipients the server keeps the message, then drops the session before answering.
+        self.hang_up_after_data_for: set[str] = set()
         self.smtputf8 = smtputf8
         self.rcpt_attempts: Counter[str] = Counter()
         self.latency = latency

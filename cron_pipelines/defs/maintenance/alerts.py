@@ -201,9 +201,13 @@ class StuckClaims:
             lines.append(f"... and {more} more (cron-pipelines audit --run {run_id} --status claimed)")
         lines += [
             "",
-            "Settle them after checking the mail server's logs:",
-            f"  cron-pipelines settle --run {run_id} --as failed   # not delivered: a later run sends them",
-            f"  cron-pipelines settle --run {run_id} --as sent     # delivered",
+            "Some of them may have been delivered before the run died. Find out which first: look each",
+            "Message-ID above up in the mail server's log (e.g. grep -F '<id>' /var/log/mail.log on Postfix,",
+            "or the provider's message search). Then settle each one:",
+            "  cron-pipelines settle --key KEY --as sent     # in the mail log: delivered, never sent again",
+            "  cron-pipelines settle --key KEY --as failed   # not in the mail log: a later run sends it",
+            f"Settling the whole run `--as failed` (cron-pipelines settle --run {run_id} --as failed",
+            "--i-accept-duplicates) sends every one of them again: the delivered ones arrive twice.",
         ]
         return "\n".join(lines)
 

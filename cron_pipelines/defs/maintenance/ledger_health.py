@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 import dagster as dg
 
 from cron_pipelines.defs.daily import DailyOptions, daily_job
-from cron_pipelines.defs.delivery import Stopwatch, business_day_of, no_retry_on_permanent_errors, summary_metadata
+from cron_pipelines.defs.delivery import Stopwatch, business_day_of, guarded_step, summary_metadata
 from cron_pipelines.defs.services_data import NOTIFICATION_LEDGER
 from cron_pipelines.models.records import InvalidRecord, InvalidTally
 from cron_pipelines.resources import MetricsResource, MongoServiceResource
@@ -94,7 +94,7 @@ def definitions(options: DailyOptions) -> dg.Definitions:
                 description="Warns when notifications were claimed and never sent, failed or skipped.",
             )
         ],
-    )(no_retry_on_permanent_errors(ledger_health))
+    )(guarded_step(ledger_health))
     return daily_job(
         JOB,
         [asset],

@@ -11,7 +11,7 @@ from cron_pipelines.defs.delivery import (
     DeliveryThresholds,
     Stopwatch,
     business_day_of,
-    no_retry_on_permanent_errors,
+    guarded_step,
     prefixed,
     summary_metadata,
 )
@@ -95,9 +95,7 @@ def definitions(options: DailyOptions) -> dg.Definitions:
         "group_name": "payments",
         "owners": ["team:payments"],
     }
-    marks = dg.asset(key=OVERDUE_MARKS, deps=[DUES], kinds={"python", "sql"}, **common)(
-        no_retry_on_permanent_errors(overdue_marks)
-    )
+    marks = dg.asset(key=OVERDUE_MARKS, deps=[DUES], kinds={"python", "sql"}, **common)(guarded_step(overdue_marks))
     notices = delivery_asset(
         overdue_notices,
         key=OVERDUE_NOTICES,

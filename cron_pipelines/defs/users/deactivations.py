@@ -15,7 +15,7 @@ from cron_pipelines.defs.delivery import (
     delivery_check_result,
     delivery_check_spec,
     delivery_step,
-    no_retry_on_permanent_errors,
+    guarded_step,
     prefixed,
     resend_failed_confirmations,
     summary_metadata,
@@ -28,7 +28,7 @@ from cron_pipelines.models.records import InvalidRecord
 from cron_pipelines.notifications.pipeline import Gate
 from cron_pipelines.resources import MailerResource, MetricsResource, MongoServiceResource
 from cron_pipelines.rules import inactivity as rules
-from cron_pipelines.rules.confirmations import confirmation_skip_reason
+from cron_pipelines.rules.confirmations import claimed_before, confirmation_skip_reason
 
 JOB = "deactivate_inactive_users"
 INACTIVE_USER_DEACTIVATIONS = dg.AssetKey("inactive_user_deactivations")
@@ -100,14 +100,14 @@ def _deactivation_gate(client: MongoServiceClient, write_outcomes: Counter[str])
             for notification, _ in owned
         ]
         reasons = []
-        for (_, claim), (_, result) in zip(owned, client.deactivate_users(requests), strict=True):
+        for (notification, claim), (_, result) in zip(owned, client.deactivate_users(requests), strict=True):
             write_outcomes[result.outcome] += 1
             reasons.append(
                 confirmation_skip_reason(
                     result.outcome,
                     applied="deactivated",
                     already="already_inactive",
-                    claim_attempts=claim.record.attempts,
+                    claimed_before=claimed_before(notification, claim),
                 )
             )
         return reasons
@@ -125,7 +125,7 @@ def definitions(options: DailyOptions) -> dg.Definitions:
         retry_policy=options.retry_policy,
         group_name="user_lifecycle",
         owners=["team:accounts"],
-    )(no_retry_on_permanent_errors(inactive_user_deactivations))
+    )(guarded_step(inactive_user_deactivations))
     return daily_job(
         JOB,
         [asset],

@@ -10,7 +10,7 @@ from cron_pipelines.defs.delivery import (
     delivery_check_result,
     delivery_check_spec,
     delivery_step,
-    no_retry_on_permanent_errors,
+    guarded_step,
     summary_metadata,
 )
 from cron_pipelines.defs.services_data import NOTIFICATION_LEDGER, USER_ACTIVITY
@@ -57,7 +57,7 @@ def definitions(options: DailyOptions) -> dg.Definitions:
         retry_policy=options.retry_policy,
         group_name="user_lifecycle",
         owners=["team:accounts"],
-    )(no_retry_on_permanent_errors(inactivity_warnings))
+    )(guarded_step(inactivity_warnings))
     return daily_job(
         JOB,
         [asset],

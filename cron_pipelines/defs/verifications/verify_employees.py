@@ -21,7 +21,7 @@ from cron_pipelines.defs.delivery import (
     delivery_check_result,
     delivery_check_spec,
     delivery_step,
-    no_retry_on_permanent_errors,
+    guarded_step,
     prefixed,
     resend_failed_confirmations,
     summary_metadata,
@@ -40,7 +40,7 @@ from cron_pipelines.models.records import InvalidRecord
 from cron_pipelines.notifications.pipeline import DeliveryStats, Gate
 from cron_pipelines.resources import MailerResource, MetricsResource, MongoServiceResource, SqlServiceResource
 from cron_pipelines.rules import verifications as rules
-from cron_pipelines.rules.confirmations import confirmation_skip_reason
+from cron_pipelines.rules.confirmations import claimed_before, confirmation_skip_reason
 
 JOB = "verify_employees"
 STEP = "verify_employees_assets"
@@ -160,11 +160,14 @@ def _decision_gate(client: SqlServiceClient, write_outcomes: Counter[str]) -> Ga
             for notification, _ in owned
         ]
         reasons = []
-        for (_, claim), (_, result) in zip(owned, client.decide_verifications(requests), strict=True):
+        for (notification, claim), (_, result) in zip(owned, client.decide_verifications(requests), strict=True):
             write_outcomes[result.outcome] += 1
             reasons.append(
                 confirmation_skip_reason(
-                    result.outcome, applied="updated", already="unchanged", claim_attempts=claim.record.attempts
+                    result.outcome,
+                    applied="updated",
+                    already="unchanged",
+                    claimed_before=claimed_before(notification, claim),
                 )
             )
         return reasons
@@ -275,7 +278,7 @@ def definitions(options: DailyOptions) -> dg.Definitions:
         check_specs=[delivery_check_spec(DECISIONS), delivery_check_spec(REMINDERS)],
         partitions_def=options.partitions_def,
         retry_policy=options.retry_policy,
-    )(no_retry_on_permanent_errors(verify_employees))
+    )(guarded_step(verify_employees))
     sensor = build_verification_attempts_sensor(
         options.settings.cron_timezone, options.settings.verification_sensor_lookback_hours
     )
