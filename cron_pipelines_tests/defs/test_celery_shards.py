@@ -7,6 +7,7 @@ instance in PostgreSQL, as workers on other machines would.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
@@ -29,6 +30,15 @@ from cron_pipelines_tests.support.smtp_sink import SmtpSink
 REPOSITORY = Path(__file__).resolve().parents[2]
 REDIS_PORT = int(os.environ.get("CRON_PIPELINES_TEST_REDIS_PORT", "6379"))
 REDIS_DB = 11  # the tests' own database on the shared server, emptied before each test
+
+
+def _terminated_with_this_process() -> None:
+    """In the worker, before exec: SIGTERM when the test process dies, however it dies.
+
+    A worker outliving an interrupted test run would take the next run's tasks from the
+    shared Redis queue and fail them with the old code (prctl PR_SET_PDEATHSIG, Linux).
+    """
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
 
 
 class CeleryWorkers:
@@ -66,6 +76,7 @@ class CeleryWorkers:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=_terminated_with_this_process,
         )
         self.processes[name] = process
         return process
