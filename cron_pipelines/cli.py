@@ -396,11 +396,11 @@ PREVIEW_LOCALES = ("en", "en-IN", "de-DE")
 
 def command_preview(settings: Settings, args: argparse.Namespace) -> int:
     """Render sample notifications as the mailer would send them: one .eml and one .html each."""
+    from cron_pipelines.delivery.channels.email.composer import MessageComposer
+    from cron_pipelines.delivery.channels.email.unsubscribe import UnsubscribeLinks, UnsubscribeTokens
     from cron_pipelines.models.notification import DIGEST_KINDS
     from cron_pipelines.models.reader import known_locale
-    from cron_pipelines.notifications.composition import MessageComposer
-    from cron_pipelines.notifications.samples import sample_digest, sample_notifications
-    from cron_pipelines.notifications.unsubscribe import UnsubscribeLinks, UnsubscribeTokens
+    from cron_pipelines.rules.samples import sample_digest, sample_notifications
 
     locales = PREVIEW_LOCALES if args.locale == "all" else (args.locale,)
     unknown = [locale for locale in locales if known_locale(locale) is None]

@@ -33,3 +33,9 @@ def printable(value: object, limit: int = DEFAULT_LIMIT) -> str:
 def without_bidi_controls(text: str) -> str:
     """`text` without the bidirectional overrides and isolates that can disguise a name."""
     return BIDI_CONTROLS.sub("", text)
+
+
+def as_markdown_block(text: str) -> str:
+    """`text` in a fenced block longer than any run of backticks in it: shown, never interpreted."""
+    fence = "`" * max(3, max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    return f"{fence}text\n{text}\n{fence}"

@@ -36,7 +36,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 
 from cron_pipelines.clients.tokens import MIN_HS256_SECRET_BYTES, Algorithm
-from cron_pipelines.notifications.transports import SmtpSecurity
+from cron_pipelines.delivery.channels.email.smtp import SmtpSecurity
 from cron_pipelines.safe_text import printable
 from cron_pipelines.secrets import Secret, SecretFileError, read_secret_file
 

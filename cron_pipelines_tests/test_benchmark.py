@@ -14,8 +14,8 @@ import pytest
 
 from benchmarks.baseline import build_message
 from benchmarks.run import DEFAULT_BATCH_SIZE, Measurement, time_ratio
+from cron_pipelines.delivery.channels.email.composer import MessageComposer
 from cron_pipelines.models.payloads import Due
-from cron_pipelines.notifications.composition import MessageComposer
 from cron_pipelines.rules.payments import PaymentReminderPolicy, payment_reminder
 
 PROJECT = Path(__file__).resolve().parents[1]

@@ -14,8 +14,9 @@ LAYERS: list[tuple[str, ...]] = [
     ("cron_pipelines.safe_text", "cron_pipelines.secrets", "cron_pipelines.models"),
     ("cron_pipelines.log_format", "cron_pipelines.clients"),
     ("cron_pipelines.rules",),
-    ("cron_pipelines.notifications",),
+    ("cron_pipelines.delivery",),
     ("cron_pipelines.settings", "cron_pipelines.resources"),
+    ("cron_pipelines.factory",),
     ("cron_pipelines.deployment", "cron_pipelines.defs"),
     ("cron_pipelines.health", "cron_pipelines.cli", "cron_pipelines.definitions"),
 ]

@@ -23,11 +23,11 @@ from cron_pipelines.clients.errors import (
     ServiceRequestError,
 )
 from cron_pipelines.clients.http import ServiceBudget
+from cron_pipelines.delivery.channels.base import ChannelUnavailable, Transport
+from cron_pipelines.delivery.pipeline import SAMPLE_EMAIL, Gate, Journal, NotificationPipeline, RunInfo
+from cron_pipelines.factory.sharding import Shard
 from cron_pipelines.models.notification import NotificationKind
 from cron_pipelines.models.records import InvalidRecord
-from cron_pipelines.notifications.pipeline import SAMPLE_EMAIL, Gate, Journal, NotificationPipeline, RunInfo
-from cron_pipelines.notifications.sharding import Shard
-from cron_pipelines.notifications.transports import MailServerUnavailable, MailTransport
 from cron_pipelines.resources import MailerResource, MetricsResource, MongoServiceResource, ServiceResource
 from cron_pipelines.rules.calendar import BusinessDay
 from cron_pipelines.rules.confirmations import confirmation_from_record
@@ -68,7 +68,7 @@ def _guarded(context: Any, services: Sequence[ServiceResource]) -> Iterator[None
         yield
     except PERMANENT_ERRORS as exc:
         raise dg.Failure(description=str(exc), allow_retries=False) from exc
-    except MailServerUnavailable as exc:
+    except ChannelUnavailable as exc:
         if exc.permanent:
             raise dg.Failure(description=str(exc), allow_retries=False) from exc
         raise
@@ -162,7 +162,7 @@ class DeliveryStep:
         mongo_service: MongoServiceResource,
         mailer: MailerResource,
         metrics: MetricsResource,
-        transport: MailTransport,
+        transport: Transport,
         inherited: Journal,
         shard: Shard,
     ) -> None:
@@ -348,9 +348,12 @@ def delivery_step(
     and recorded every claim; the step then fails without retries and the run is canceled.
     """
     shard = step_shard(context)
-    metrics.label_shard(shard)
+    if not shard.is_whole:
+        metrics.label_shard(shard.mapping_key)
     inherited = latest_journal(context.instance, context.run.run_id, _journal_asset(context), shard) or Journal()
-    transport = mailer.open_transport(shard)
+    transport = mailer.open_transport(
+        connections=shard.connections(mailer.max_connections), rate=shard.rate(mailer.rate_limit_per_second)
+    )
     step = DeliveryStep(context, mongo_service, mailer, metrics, transport, inherited, shard)
     try:
         with contextlib.nullcontext() if shard.is_whole else _stopped_with_the_run(context, step):

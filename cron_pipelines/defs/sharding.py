@@ -30,8 +30,8 @@ from cron_pipelines.defs.delivery import (
     delivery_check_spec,
     guarded_step,
 )
-from cron_pipelines.notifications.pipeline import SAMPLE_EMAIL
-from cron_pipelines.notifications.sharding import MAX_SHARDS, Shard
+from cron_pipelines.delivery.pipeline import SAMPLE_EMAIL
+from cron_pipelines.factory.sharding import MAX_SHARDS, Shard
 from cron_pipelines.resources import MailerResource
 
 SHARD_KEY = "shard"

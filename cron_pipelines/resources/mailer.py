@@ -9,16 +9,11 @@ from pathlib import Path
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from cron_pipelines.notifications.composition import MessageComposer
-from cron_pipelines.notifications.sharding import Shard
-from cron_pipelines.notifications.transports import (
-    MailTransport,
-    OutboxTransport,
-    SmtpSecurity,
-    SmtpSettings,
-    SmtpTransport,
-)
-from cron_pipelines.notifications.unsubscribe import UnsubscribeLinks, UnsubscribeTokens
+from cron_pipelines.delivery.channels.base import Transport
+from cron_pipelines.delivery.channels.email.composer import MessageComposer
+from cron_pipelines.delivery.channels.email.outbox import OutboxTransport
+from cron_pipelines.delivery.channels.email.smtp import SmtpSecurity, SmtpSettings, SmtpTransport
+from cron_pipelines.delivery.channels.email.unsubscribe import UnsubscribeLinks, UnsubscribeTokens
 from cron_pipelines.secrets import Secret
 from cron_pipelines.settings import MailerBackend
 
@@ -67,8 +62,9 @@ class MailerResource(ConfigurableResource):
         tokens = UnsubscribeTokens(signing_key, self.unsubscribe_issuer)
         return UnsubscribeLinks(self.unsubscribe_base_url, tokens)
 
-    def open_transport(self, shard: Shard = Shard()) -> MailTransport:
-        """A transport for one run or step, with `shard`'s share of the connections and rate; the caller closes it."""
+    def open_transport(self, connections: int, rate: float | None) -> Transport:
+        """A transport for one step with these SMTP sessions and messages per second (all of MAIL_MAX_CONNECTIONS
+        and MAIL_RATE_LIMIT_PER_SECOND, or a shard's share); the caller closes it."""
         if self.backend == "outbox":
             return OutboxTransport(Path(self.outbox_dir))
         if self.backend == "smtp":
@@ -84,7 +80,7 @@ class MailerResource(ConfigurableResource):
             )
             return SmtpTransport(
                 settings,
-                max_connections=shard.connections(self.max_connections),
-                rate_limit_per_second=shard.rate(self.rate_limit_per_second),
+                max_connections=connections,
+                rate_limit_per_second=rate,
             )
         raise ValueError(f"unknown mailer backend {self.backend!r}")

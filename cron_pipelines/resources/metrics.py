@@ -17,8 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, push_to_gat
 from pydantic import Field, PrivateAttr
 
 from cron_pipelines.clients.http import ServiceClient
-from cron_pipelines.notifications.pipeline import DeliveryStats
-from cron_pipelines.notifications.sharding import Shard
+from cron_pipelines.delivery.pipeline import DeliveryStats
 
 logger = logging.getLogger("cron_pipelines.metrics")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -120,10 +119,9 @@ class MetricsResource(ConfigurableResource):
         for client in clients:
             client.observer = self.run
 
-    def label_shard(self, shard: Shard) -> None:
-        """This step delivers one shard of a fanned-out delivery: its metrics are pushed as that shard's."""
-        if not shard.is_whole:
-            self.run.shards.add(shard.mapping_key)
+    def label_shard(self, shard: str) -> None:
+        """This step delivers one shard of a fanned-out delivery (`2_of_4`): its metrics are pushed as that shard's."""
+        self.run.shards.add(shard)
 
     def track(self, stats: DeliveryStats) -> None:
         """Count these notifications when the run ends, whether it succeeds or fails."""

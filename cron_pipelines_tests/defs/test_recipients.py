@@ -11,8 +11,8 @@ import httpx
 import jwt
 import pytest
 
+from cron_pipelines.delivery.channels.email.unsubscribe import UnsubscribeTokens
 from cron_pipelines.models.payloads import OptOut, PreferenceQuery
-from cron_pipelines.notifications.unsubscribe import UnsubscribeTokens
 from cron_pipelines_tests.demo_services.helpers import attempt, due, user, verification
 from cron_pipelines_tests.support.job_world import JobWorld, check_result, metadata
 from cron_pipelines_tests.support.services import UNSUBSCRIBE_TEST_KEY

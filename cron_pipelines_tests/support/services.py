@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from fastapi import FastAPI
 
 from cron_pipelines.clients.tokens import TokenIssuer
-from cron_pipelines.notifications.unsubscribe import UnsubscribeTokens
+from cron_pipelines.delivery.channels.email.unsubscribe import UnsubscribeTokens
 from demo_services.auth import TokenVerifier
 from demo_services.faults import FaultInjector, RequestLog
 from demo_services.mongo_app import SERVICE as MONGO_SERVICE

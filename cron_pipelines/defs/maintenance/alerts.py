@@ -10,11 +10,11 @@ import dagster as dg
 from dagster._core.execution.plan.objects import StepFailureData
 
 from cron_pipelines.defs.daily import DailyOptions
+from cron_pipelines.delivery.ledger.stale import StaleClaimPolicy, is_stale_claim
+from cron_pipelines.delivery.pipeline import NotificationPipeline, RunInfo
 from cron_pipelines.models.notification import Notification, NotificationKind
 from cron_pipelines.models.payloads import PLANNED_MESSAGE_ID, NotificationRecord, format_instant
-from cron_pipelines.notifications.pipeline import NotificationPipeline, RunInfo
 from cron_pipelines.resources import MailerResource, MongoServiceResource
-from cron_pipelines.rules.ledger import StaleClaimPolicy, is_stale_claim
 from cron_pipelines.safe_text import printable
 
 RUN_FAILURE_SENSOR = "run_failure_alert_sensor"
@@ -67,7 +67,7 @@ def send_ops_alert(
         },
         metadata={"failed_job": run.job_name},
     )
-    transport = mailer.open_transport()
+    transport = mailer.open_transport(mailer.max_connections, mailer.rate_limit_per_second)
     try:
         pipeline = NotificationPipeline(
             ledger=mongo_service.client,

@@ -22,10 +22,10 @@ from cron_pipelines.defs.delivery import (
 )
 from cron_pipelines.defs.services_data import NOTIFICATION_LEDGER, USER_ACTIVITY
 from cron_pipelines.defs.users.inactivity_warnings import InactivityConfig
+from cron_pipelines.delivery.pipeline import Gate
 from cron_pipelines.models.notification import Notification, NotificationKind
 from cron_pipelines.models.payloads import ClaimResult, Deactivation, InactiveUser
 from cron_pipelines.models.records import InvalidRecord
-from cron_pipelines.notifications.pipeline import Gate
 from cron_pipelines.resources import MailerResource, MetricsResource, MongoServiceResource
 from cron_pipelines.rules import inactivity as rules
 from cron_pipelines.rules.confirmations import claimed_before, confirmation_skip_reason

@@ -27,6 +27,7 @@ from cron_pipelines.defs.delivery import (
     summary_metadata,
 )
 from cron_pipelines.defs.services_data import NOTIFICATION_LEDGER, VERIFICATION_ATTEMPTS, VERIFICATIONS
+from cron_pipelines.delivery.pipeline import DeliveryStats, Gate
 from cron_pipelines.models.notification import Notification, NotificationKind
 from cron_pipelines.models.payloads import (
     ClaimResult,
@@ -37,7 +38,6 @@ from cron_pipelines.models.payloads import (
     parse_instant,
 )
 from cron_pipelines.models.records import InvalidRecord
-from cron_pipelines.notifications.pipeline import DeliveryStats, Gate
 from cron_pipelines.resources import MailerResource, MetricsResource, MongoServiceResource, SqlServiceResource
 from cron_pipelines.rules import verifications as rules
 from cron_pipelines.rules.confirmations import claimed_before, confirmation_skip_reason

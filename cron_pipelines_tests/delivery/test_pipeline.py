@@ -6,7 +6,7 @@ import gc
 
 import pytest
 
-from cron_pipelines.notifications.pipeline import DELIVERY_GC_THRESHOLD, _collector_spared
+from cron_pipelines.delivery.pipeline import DELIVERY_GC_THRESHOLD, _collector_spared
 
 
 def test_overlapping_deliveries_give_objects_back_only_when_the_last_one_ends() -> None:

@@ -50,6 +50,16 @@ from pydantic import ValidationError
 
 from cron_pipelines.clients.http import chunked
 from cron_pipelines.clients.mongo_service import MongoServiceClient
+from cron_pipelines.delivery.channels.base import (
+    ChannelUnavailable,
+    OutgoingMessage,
+    SendResult,
+    Transport,
+    UnsendableNotification,
+)
+from cron_pipelines.delivery.channels.email.composer import MessageComposer
+from cron_pipelines.delivery.channels.email.mime import preview_text
+from cron_pipelines.delivery.policies.digests import MAX_DIGEST_ITEMS, DigestSpill
 from cron_pipelines.models.notification import DIGEST_KINDS, Notification, is_optional
 from cron_pipelines.models.payloads import (
     CLAIM_TOKEN,
@@ -61,18 +71,9 @@ from cron_pipelines.models.payloads import (
     format_instant,
 )
 from cron_pipelines.models.records import InvalidRecord, InvalidTally, describe_validation_error
-from cron_pipelines.notifications.composition import (
-    MessageComposer,
-    OutgoingMessage,
-    UnsendableNotification,
-    as_markdown_block,
-    preview_text,
-)
-from cron_pipelines.notifications.digests import MAX_DIGEST_ITEMS, DigestSpill
-from cron_pipelines.notifications.transports import MailServerUnavailable, MailTransport, SendResult
-from cron_pipelines.safe_text import printable
+from cron_pipelines.safe_text import as_markdown_block, printable
 
-logger = logging.getLogger("cron_pipelines.notifications")
+logger = logging.getLogger("cron_pipelines.delivery")
 
 # The counts every notification asset reports (README, "Auditing"): claim outcomes, then ledger statuses.
 COUNTS = (
@@ -277,7 +278,7 @@ class NotificationPipeline:
         *,
         ledger: MongoServiceClient,
         composer: MessageComposer,
-        transport: MailTransport,
+        transport: Transport,
         run: RunInfo,
         stats: DeliveryStats | None = None,
         log: logging.Logger | logging.LoggerAdapter = logger,
@@ -779,8 +780,8 @@ class NotificationPipeline:
             self.journal.unanswered_claims.update(batch.pending_claims)
             batch.pending_claims.clear()
 
-    def _server_unavailable(self) -> MailServerUnavailable:
-        return MailServerUnavailable(
+    def _server_unavailable(self) -> ChannelUnavailable:
+        return ChannelUnavailable(
             f"the mail server failed, not the messages: {self._last_unavailable_error}. Every claimed notification "
             "it did not take is recorded `released`: a later run sends it without counting an attempt"
         )

@@ -1,173 +1,42 @@
-"""Where composed messages go: an outbox folder of `.eml` files, or an SMTP server.
+"""Email over SMTP: reused sessions in parallel threads, each refusal charged to the message or the server.
 
-Both send in background threads and answer each message with one result, so the
-notification pipeline records every outcome the same way (docs/services.md, "The mail"):
-- `sent`;
-- `bounced`: the message refused for good (a 5xx reply to RCPT, DATA or the end of
-  data, or an address that needs SMTPUTF8 where the server lacks it): never tried again;
-- `failed`: the message refused for now (a 4xx reply to RCPT or DATA): a later run
-  tries again, and it counts as one of the message's attempts;
-- `unavailable`: the server failed, not the message (it cannot be reached, TLS or the
-  login fails, it refuses the sender, it closes with 421, the session is lost before
-  the message was handed over); the rest of the batch is marked so without trying,
-  and the pipeline records them `released` and fails the step;
-- `unknown`: the session was lost after the end of data, before the server's answer:
-  it may have taken the message, so nothing is recorded (at most once) and the claim is
-  left for an operator, as after a crash;
-- `stopped`: not handed to the server because the run is being stopped.
+The server failed, not the message (`unavailable`): it cannot be reached, TLS or the login
+fails, it refuses the sender, it closes with 421, or the session is lost before the message
+was handed over. The message failed: a 5xx to RCPT, DATA or the end of data is a bounce, a
+4xx a failure for now. A session lost after the end of data, before the answer, may have
+delivered it: `unknown`, never sent again.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
-import os
 import re
 import smtplib
 import ssl
 import threading
-import time
-import uuid
-from abc import ABC, abstractmethod
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from pathlib import Path
 from queue import Queue
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Literal
 
-from cron_pipelines.notifications.composition import OutgoingMessage
+from cron_pipelines.delivery.channels.base import (
+    STOPPED,
+    ChannelUnavailable,
+    RateLimiter,
+    SendResult,
+    ThreadedTransport,
+)
+from cron_pipelines.delivery.channels.email.mime import MailMessage
 from cron_pipelines.safe_text import printable
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
-
-SendOutcome = Literal["sent", "bounced", "failed", "unavailable", "unknown", "stopped"]
-STOPPED = "not sent: the run was stopped before this message was handed to the mail server"
-
-
-@dataclass(frozen=True)
-class SendResult:
-    key: str
-    outcome: SendOutcome
-    error: str | None = None
-
-
-# Called from a sending thread with the message's index in its batch and its result.
-ResultCallback = Callable[[int, SendResult], None]
-
-logger = logging.getLogger("cron_pipelines.notifications")
-
-
-class MailTransport(Protocol):
-    def check(self) -> None:
-        """Raise MailServerUnavailable unless a message could be handed over now (before anything is claimed)."""
-
-    def send_each(self, messages: Sequence[OutgoingMessage], on_result: ResultCallback) -> None:
-        """Hand the messages over in the background; `on_result` is called once per message as its result is known."""
-
-    def stop(self) -> None:
-        """From now on hand no message to the server; those not yet handed come back `stopped`."""
-
-    def close(self) -> None: ...
-
-
-class _ThreadedTransport(ABC):
-    """Sends each message on one of `workers` threads, in the order given when there is one.
-
-    No thread waits for the results: the sending thread reports each one itself, which in a
-    long run saves a thread wake-up, and a turn of the GIL, per message.
-    """
-
-    def __init__(self, workers: int, thread_name_prefix: str) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=thread_name_prefix)
-        self._stopped = threading.Event()
-
-    @abstractmethod
-    def _send_one(self, message: OutgoingMessage) -> SendResult:
-        """Hand one message over (or not, once stopped); never raises for a refusal."""
-
-    @abstractmethod
-    def check(self) -> None: ...
-
-    def stop(self) -> None:
-        self._stopped.set()
-
-    def send_each(self, messages: Sequence[OutgoingMessage], on_result: ResultCallback) -> None:
-        for index, message in enumerate(messages):
-            self._pool.submit(self._send_and_report, index, message, on_result)
-
-    def _send_and_report(self, index: int, message: OutgoingMessage, on_result: ResultCallback) -> None:
-        try:
-            result = self._send_one(message)
-        except Exception as exc:  # a bug here must not leave the message without a result
-            logger.exception("sending %s failed unexpectedly", message.key)
-            result = SendResult(message.key, "failed", f"not sent: {type(exc).__name__}: {printable(exc, 200)}")
-        on_result(index, result)
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True)
-
-
-class OutboxTransport(_ThreadedTransport):
-    """One `.eml` file per message, written atomically by one thread; names sort by time of writing.
-
-    Messages hold names and addresses: the folder is 0700 and each file 0600, whatever the umask.
-    """
-
-    def __init__(self, directory: Path) -> None:
-        super().__init__(1, "outbox")
-        self.directory = Path(directory)
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if self.directory.stat().st_uid == os.geteuid():
-            self.directory.chmod(0o700)
-        self._sequence = 0
-
-    def check(self) -> None:
-        if not os.access(self.directory, os.W_OK | os.X_OK):
-            raise MailServerUnavailable(f"outbox {self.directory} is not writable", permanent=True)
-
-    def _send_one(self, message: OutgoingMessage) -> SendResult:
-        if self._stopped.is_set():
-            return SendResult(message.key, "stopped", STOPPED)
-        try:
-            self._write(message)
-        except OSError as exc:
-            # A full or read-only disk fails every later message the same way.
-            return SendResult(message.key, "unavailable", f"outbox not writable: {exc.strerror}")
-        return SendResult(message.key, "sent")
-
-    def _write(self, message: OutgoingMessage) -> None:
-        self._sequence += 1
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
-        name = f"{stamp}-{os.getpid()}-{self._sequence:06d}-{uuid.uuid4().hex[:8]}.eml"
-        temporary = self.directory / f".{name}.tmp"
-        with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as handle:
-            handle.write(message.data)
-        # A reader never sees a half-written message: the rename is atomic.
-        os.replace(temporary, self.directory / name)
-
 
 SmtpSecurity = Literal["none", "starttls", "ssl"]
 
 # Dropped sessions, resets and timeouts; every smtplib error is an OSError too, so the
 # clauses that handle server replies must come before this one.
 _CONNECTION_ERRORS = (smtplib.SMTPServerDisconnected, OSError)
-
-
-class MailServerUnavailable(Exception):
-    """The mail server failed, not a message: it could not be reached, or refused us as a client.
-
-    `permanent` when trying again in a minute cannot help (the login or the sender refused, a
-    TLS certificate not trusted): the step then fails without retries.
-    """
-
-    def __init__(self, message: str, *, permanent: bool = False) -> None:
-        super().__init__(message)
-        self.permanent = permanent
 
 
 def _reply_text(code: int, reply: bytes | str) -> str:
@@ -181,54 +50,6 @@ def _refusal(code: int, reply: bytes | str, key: str, what: str) -> SendResult:
     if 500 <= code < 600:
         return SendResult(key, "bounced", f"bounced: {what}: {_reply_text(code, reply)}")
     return SendResult(key, "failed", f"{what}: {_reply_text(code, reply)}")
-
-
-class RateLimiter:
-    """At most `per_second` messages in any one-second window, as the mail server counts them.
-
-    A send may start only while fewer than the allowed number are in flight or finished
-    within the window. Every message arrives at the server after it starts and before it
-    finishes, so no window at the server can hold more, whatever threads or the GIL do.
-    `stop()` wakes every waiting send at once: a slow pace never delays a Terminate.
-    """
-
-    def __init__(self, per_second: float) -> None:
-        self._permits = max(1, int(per_second))
-        self._window = self._permits / per_second
-        self._finished: deque[float] = deque()
-        self._in_flight = 0
-        self._stopped = False
-        self._changed = threading.Condition()
-
-    def stop(self) -> None:
-        with self._changed:
-            self._stopped = True
-            self._changed.notify_all()
-
-    @contextmanager
-    def slot(self) -> Iterator[bool]:
-        """Waits for a permit: True once granted, False (nothing to send) once stopped."""
-        with self._changed:
-            while True:
-                if self._stopped:
-                    break
-                now = time.monotonic()
-                while self._finished and self._finished[0] <= now - self._window:
-                    self._finished.popleft()
-                if self._in_flight + len(self._finished) < self._permits:
-                    self._in_flight += 1
-                    break
-                self._changed.wait(self._finished[0] + self._window - now if self._finished else None)
-        if self._stopped:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            with self._changed:
-                self._in_flight -= 1
-                self._finished.append(time.monotonic())
-                self._changed.notify_all()
 
 
 # An address the composer validated and normalised (no display name, brackets, spaces or quotes).
@@ -323,24 +144,24 @@ class _SmtpConnection:
             if settings.username:
                 smtp.login(settings.username, settings.password or "")
         except smtplib.SMTPAuthenticationError as exc:
-            raise MailServerUnavailable(
+            raise ChannelUnavailable(
                 f"SMTP login refused by {self._server}: {_reply_text(exc.smtp_code, exc.smtp_error)}",
                 permanent=True,
             ) from None
         except ssl.SSLCertVerificationError as exc:
-            raise MailServerUnavailable(
+            raise ChannelUnavailable(
                 f"SMTP server {self._server}: TLS certificate not trusted ({printable(exc.verify_message, 200)}); "
                 "see SMTP_CA_FILE",
                 permanent=True,
             ) from None
         except (smtplib.SMTPException, OSError) as exc:
-            raise MailServerUnavailable(
+            raise ChannelUnavailable(
                 f"cannot connect to SMTP server {self._server}: {type(exc).__name__}: {printable(exc, 200)}"
             ) from None
         return smtp
 
     def check(self) -> None:
-        """Open the session and have the sender accepted (MAIL FROM, then RSET): MailServerUnavailable if not."""
+        """Open the session and have the sender accepted (MAIL FROM, then RSET): ChannelUnavailable if not."""
         if self._smtp is None:
             self._smtp = self._open()
         sender = self._settings.sender
@@ -350,28 +171,26 @@ class _SmtpConnection:
             self._smtp.ehlo_or_helo_if_needed()
             code, reply = self._smtp.mail(sender)
             if code != 250:
-                raise MailServerUnavailable(
+                raise ChannelUnavailable(
                     f"SMTP server {self._server} refused the sender {sender}: {_reply_text(code, reply)}",
                     permanent=500 <= code < 600,
                 )
             self._smtp.rset()
         except smtplib.SMTPResponseException as exc:  # HELO refused
             self._discard()
-            raise MailServerUnavailable(
+            raise ChannelUnavailable(
                 f"SMTP server {self._server} refused the session: {_reply_text(exc.smtp_code, exc.smtp_error)}"
             ) from None
         except _CONNECTION_ERRORS as exc:
             self._discard()
-            raise MailServerUnavailable(
-                f"SMTP server {self._server} dropped the session: {type(exc).__name__}"
-            ) from None
+            raise ChannelUnavailable(f"SMTP server {self._server} dropped the session: {type(exc).__name__}") from None
 
-    def send(self, message: OutgoingMessage) -> SendResult:
+    def send(self, message: MailMessage) -> SendResult:
         for attempt in (1, 2):
             if self._smtp is None:
                 try:
                     self._smtp = self._open()
-                except MailServerUnavailable as exc:
+                except ChannelUnavailable as exc:
                     return SendResult(message.key, "unavailable", str(exc))
             smtp = self._smtp
             smtp.end_of_data_sent = False
@@ -392,7 +211,7 @@ class _SmtpConnection:
                     )
         raise AssertionError("unreachable")
 
-    def _send_on(self, smtp: _Smtp, message: OutgoingMessage) -> SendResult:
+    def _send_on(self, smtp: _Smtp, message: MailMessage) -> SendResult:
         options: tuple[str, ...] = ()
         if message.smtputf8:
             smtp.ehlo_or_helo_if_needed()
@@ -459,7 +278,7 @@ class _SmtpConnection:
                 self._discard()
 
 
-class SmtpTransport(_ThreadedTransport):
+class SmtpTransport(ThreadedTransport[MailMessage]):
     """Sends through up to `max_connections` reused SMTP sessions in parallel.
 
     Each session sends one message at a time; a batch is spread over the sessions so
@@ -493,7 +312,7 @@ class SmtpTransport(_ThreadedTransport):
             self._connections.put(connection)
         self._checked = True
 
-    def _send_one(self, message: OutgoingMessage) -> SendResult:
+    def _send_one(self, message: MailMessage) -> SendResult:
         if self._server_down.is_set():
             return SendResult(message.key, "unavailable", self._down_reason)
         connection = self._connections.get()

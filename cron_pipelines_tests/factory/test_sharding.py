@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import pytest
 
+from cron_pipelines.factory.sharding import MAX_SHARDS, Shard, shard_index
 from cron_pipelines.models.records import InvalidRecord
-from cron_pipelines.notifications.sharding import MAX_SHARDS, Shard, shard_index
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ def test_every_user_falls_in_exactly_one_shard_and_the_shards_are_balanced() -> 
 
 def test_the_hash_is_the_same_in_every_process() -> None:
     # Python's own hash() is salted per process: it would put a user in different shards on two workers.
-    program = "from cron_pipelines.notifications.sharding import shard_index; print([shard_index(f'usr_{n}', 7) for n in range(50)])"
+    program = "from cron_pipelines.factory.sharding import shard_index; print([shard_index(f'usr_{n}', 7) for n in range(50)])"
     outputs = {
         subprocess.run(
             [sys.executable, "-c", program],

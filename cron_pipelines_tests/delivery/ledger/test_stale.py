@@ -8,8 +8,8 @@ from zoneinfo import ZoneInfo
 import pytest
 from pydantic import ValidationError
 
+from cron_pipelines.delivery.ledger.stale import StaleClaimPolicy, is_stale_claim
 from cron_pipelines.models.payloads import NotificationRecord, format_instant
-from cron_pipelines.rules.ledger import StaleClaimPolicy, is_stale_claim
 
 AS_OF = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 POLICY = StaleClaimPolicy()

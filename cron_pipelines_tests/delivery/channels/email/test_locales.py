@@ -12,15 +12,15 @@ from pathlib import Path
 import pytest
 from pydantic import TypeAdapter
 
+from cron_pipelines.delivery.channels.email.composer import MessageComposer
+from cron_pipelines.delivery.channels.email.formatting import TEMPLATE_LANGUAGES, days, long_date, money, money_list
+from cron_pipelines.delivery.channels.email.unsubscribe import UnsubscribeLinks, UnsubscribeTokens
 from cron_pipelines.models.notification import DIGEST_KINDS, NotificationKind
 from cron_pipelines.models.payloads import DueUser
 from cron_pipelines.models.reader import LocaleTag, TimezoneName
-from cron_pipelines.notifications.composition import MessageComposer
-from cron_pipelines.notifications.formatting import TEMPLATE_LANGUAGES, days, long_date, money, money_list
-from cron_pipelines.notifications.samples import sample_notifications
-from cron_pipelines.notifications.unsubscribe import UnsubscribeLinks, UnsubscribeTokens
+from cron_pipelines.rules.samples import sample_notifications
 
-TEMPLATES = Path(__file__).resolve().parents[2] / "cron_pipelines" / "notifications" / "templates"
+TEMPLATES = Path(__file__).resolve().parents[4] / "cron_pipelines" / "delivery" / "channels" / "email" / "templates"
 LOCALES = ("en", "en_IN", "en_US", "de", "de_DE", "de_AT")
 DAY = date(2026, 11, 28)
 

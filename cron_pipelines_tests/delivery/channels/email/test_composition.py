@@ -10,13 +10,10 @@ from email import policy
 import pytest
 from email_validator import EmailNotValidError, validate_email
 
+from cron_pipelines.delivery.channels.base import UnsendableNotification
+from cron_pipelines.delivery.channels.email.composer import MessageComposer
+from cron_pipelines.delivery.channels.email.mime import Recipient, check_recipient
 from cron_pipelines.models.notification import Notification, NotificationKind
-from cron_pipelines.notifications.composition import (
-    MessageComposer,
-    Recipient,
-    UnsendableNotification,
-    check_recipient,
-)
 
 KIND_CONTEXTS = {
     NotificationKind.PAYMENT_REMINDER: {

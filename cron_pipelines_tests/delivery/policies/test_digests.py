@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import date
 from pathlib import Path
 
+from cron_pipelines.delivery.policies.digests import DigestSpill
 from cron_pipelines.models.notification import Notification, NotificationKind
-from cron_pipelines.notifications.digests import DigestSpill
 
 
 def _reminder(key: str, user_id: str, *, email: str | None = None) -> Notification:

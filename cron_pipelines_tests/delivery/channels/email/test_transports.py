@@ -12,16 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from cron_pipelines.delivery.channels.base import ChannelUnavailable, OutgoingMessage, SendResult
+from cron_pipelines.delivery.channels.email.composer import MessageComposer
+from cron_pipelines.delivery.channels.email.mime import MailMessage
+from cron_pipelines.delivery.channels.email.outbox import OutboxTransport
+from cron_pipelines.delivery.channels.email.smtp import SmtpSettings, SmtpTransport, _SmtpConnection
 from cron_pipelines.models.notification import Notification, NotificationKind
-from cron_pipelines.notifications.composition import MessageComposer, OutgoingMessage
-from cron_pipelines.notifications.transports import (
-    MailServerUnavailable,
-    OutboxTransport,
-    SendResult,
-    SmtpSettings,
-    SmtpTransport,
-    _SmtpConnection,
-)
 from cron_pipelines_tests.support.certificates import self_signed_localhost
 from cron_pipelines_tests.support.smtp_sink import SmtpSink, free_port
 
@@ -164,7 +160,7 @@ def test_the_wire_carries_the_same_envelope_and_message_whichever_path_smtplib_t
     # Bare addresses and dot-free messages skip smtplib's re-parsing and dot-stuffing; the rest
     # take smtplib's own path. The server must receive the same either way.
     transport = _smtp(smtp_sink, max_connections=1)
-    message = OutgoingMessage("k1", "payment_reminder", sender, "u1@example.com", "<m1@example.com>", body)
+    message = MailMessage("k1", "payment_reminder", "u1@example.com", "<m1@example.com>", body, sender=sender)
     try:
         assert [result.outcome for result in _send(transport, [message])] == ["sent"]
     finally:
@@ -394,13 +390,13 @@ def test_the_check_before_claiming_tells_a_refused_login_and_sender_from_an_unre
             (wrong, "SMTP login refused by"),
             (anonymous, "refused the sender a@example.com: 530"),
         ):
-            with pytest.raises(MailServerUnavailable, match=expected) as raised:
+            with pytest.raises(ChannelUnavailable, match=expected) as raised:
                 transport.check()
             transport.close()
             assert raised.value.permanent  # trying again in a minute cannot help: no step retries
         assert sink.received == []
     unreachable = SmtpTransport(SmtpSettings(host="127.0.0.1", port=free_port(), timeout=5))
-    with pytest.raises(MailServerUnavailable, match="cannot connect to SMTP server") as raised:
+    with pytest.raises(ChannelUnavailable, match="cannot connect to SMTP server") as raised:
         unreachable.check()
     unreachable.close()
     assert not raised.value.permanent
@@ -411,7 +407,7 @@ def test_a_relay_with_a_private_ca_is_trusted_through_its_ca_file(tmp_path: Path
     with SmtpSink(starttls_context=tls.server_context()) as sink:
         settings = {"host": "localhost", "port": sink.port, "security": "starttls", "timeout": 5}
         untrusted = SmtpTransport(SmtpSettings(**settings))
-        with pytest.raises(MailServerUnavailable, match="TLS certificate not trusted .*SMTP_CA_FILE") as raised:
+        with pytest.raises(ChannelUnavailable, match="TLS certificate not trusted .*SMTP_CA_FILE") as raised:
             untrusted.check()
         untrusted.close()
         assert raised.value.permanent
