@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "cron_pipelines"
 
 # Lowest first; a module may import from its own layer and the ones before it.
 LAYERS: list[tuple[str, ...]] = [
-    ("cron_pipelines.safe_text", "cron_pipelines.secrets", "cron_pipelines.models"),
+    ("cron_pipelines.safe_text", "cron_pipelines.secrets", "cron_pipelines.batching", "cron_pipelines.models"),
     ("cron_pipelines.log_format", "cron_pipelines.clients"),
     ("cron_pipelines.rules",),
     ("cron_pipelines.delivery",),

@@ -34,6 +34,7 @@ import httpcore
 import httpx
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from cron_pipelines.batching import chunked
 from cron_pipelines.clients.errors import (
     ServiceAuthError,
     ServiceBudgetExhausted,
@@ -172,13 +173,6 @@ class RequestObserver(Protocol):
     def request_finished(self, *, service: str, endpoint: str, status: str, seconds: float) -> None: ...
 
     def request_retried(self, *, service: str, endpoint: str) -> None: ...
-
-
-def chunked(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
-    """Consecutive lists of at most `size` items, without materialising the input."""
-    iterator = iter(items)
-    while chunk := list(itertools.islice(iterator, size)):
-        yield chunk
 
 
 # -- one deadline per request -------------------------------------------------------

@@ -7,8 +7,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
+from cron_pipelines.batching import chunked
 from cron_pipelines.clients.errors import ServiceRequestError
-from cron_pipelines.clients.http import MAX_BATCH_ITEMS, BatchReply, ServiceClient, chunked
+from cron_pipelines.clients.http import MAX_BATCH_ITEMS, BatchReply, ServiceClient
 from cron_pipelines.models.payloads import (
     ClaimResult,
     Deactivation,

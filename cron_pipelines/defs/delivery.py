@@ -24,7 +24,10 @@ from cron_pipelines.clients.errors import (
 )
 from cron_pipelines.clients.http import ServiceBudget
 from cron_pipelines.delivery.channels.base import ChannelUnavailable, Transport
-from cron_pipelines.delivery.pipeline import SAMPLE_EMAIL, Gate, Journal, NotificationPipeline, RunInfo
+from cron_pipelines.delivery.ledger.journal import Journal
+from cron_pipelines.delivery.ledger.session import RunInfo
+from cron_pipelines.delivery.pipeline import Gate, NotificationPipeline
+from cron_pipelines.delivery.stats import SAMPLE_EMAIL
 from cron_pipelines.factory.sharding import Shard
 from cron_pipelines.models.notification import NotificationKind
 from cron_pipelines.models.records import InvalidRecord
@@ -187,7 +190,7 @@ class DeliveryStep:
     def pipeline(self) -> NotificationPipeline:
         pipeline = NotificationPipeline(
             ledger=self._mongo_service.client,
-            composer=self._mailer.composer,
+            channel=self._mailer.composer,
             transport=self._transport,
             run=run_info(self._context),
             log=self._context.log,
@@ -207,11 +210,11 @@ class DeliveryStep:
             self._context.log.warning(
                 "recording %d outcome(s) an earlier attempt could not", len(self._inherited.outcomes)
             )
-            self.pipeline().record_journaled(self._inherited.outcomes)
+            self.pipeline().session.record_journaled(self._inherited.outcomes)
 
     def release_inherited(self) -> None:
         if self._inherited_tokens:
-            (self._pipelines[0] if self._pipelines else self.pipeline()).release_inherited()
+            (self._pipelines[0] if self._pipelines else self.pipeline()).session.release_inherited()
 
     @property
     def left_claimed(self) -> int:

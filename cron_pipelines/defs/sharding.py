@@ -30,7 +30,7 @@ from cron_pipelines.defs.delivery import (
     delivery_check_spec,
     guarded_step,
 )
-from cron_pipelines.delivery.pipeline import SAMPLE_EMAIL
+from cron_pipelines.delivery.stats import SAMPLE_EMAIL
 from cron_pipelines.factory.sharding import MAX_SHARDS, Shard
 from cron_pipelines.resources import MailerResource
 

@@ -249,11 +249,13 @@ class VerificationAttempt(ServiceModel):
 # `released` (contract v1.2): the mail server failed, not the message; claimable again without an attempt.
 NotificationStatus = Literal["claimed", "sent", "failed", "skipped", "released"]
 # What this project adds to every claim's metadata (docs/services.md, "The ledger"):
-# the batch's token, which recognises a claim whose answer was lost, and the Message-ID
-# the email will carry, which an operator can look up in the mail server's logs.
+# the batch's token, which recognises a claim whose answer was lost, the Message-ID the
+# message will carry, which an operator can look up in the mail server's logs, and the channel.
 CLAIM_TOKEN = "claim_token"
 PLANNED_MESSAGE_ID = "planned_message_id"
-DELIVERY_METADATA = frozenset({CLAIM_TOKEN, PLANNED_MESSAGE_ID})
+# The channel the notification goes out on (`email`, `webhook`): its ledger record names it.
+CHANNEL = "channel"
+DELIVERY_METADATA = frozenset({CLAIM_TOKEN, PLANNED_MESSAGE_ID, CHANNEL})
 
 
 class NotificationClaim(KeyedModel):

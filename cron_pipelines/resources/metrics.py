@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, push_to_gat
 from pydantic import Field, PrivateAttr
 
 from cron_pipelines.clients.http import ServiceClient
-from cron_pipelines.delivery.pipeline import DeliveryStats
+from cron_pipelines.delivery.stats import DeliveryStats
 
 logger = logging.getLogger("cron_pipelines.metrics")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)

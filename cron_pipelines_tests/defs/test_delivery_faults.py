@@ -13,7 +13,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from cron_pipelines.delivery.pipeline import DELIVERY_GC_THRESHOLD, DeliveryStats
+from cron_pipelines.delivery.runtime import DELIVERY_GC_THRESHOLD
+from cron_pipelines.delivery.stats import DeliveryStats
 from cron_pipelines.models.payloads import format_instant
 from cron_pipelines_tests.demo_services.helpers import due, user
 from cron_pipelines_tests.support.job_world import JobWorld, check_result, failure_messages, metadata

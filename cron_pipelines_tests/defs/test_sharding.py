@@ -12,7 +12,7 @@ from dagster._core.definitions.reconstruct import ReconstructableRepository
 
 from cron_pipelines.defs.delivery import JOURNAL_METADATA_KEY, JOURNAL_SHARD_KEY, latest_journal
 from cron_pipelines.defs.sharding import merge_shard_reports, shard_breakdown
-from cron_pipelines.delivery.pipeline import Journal
+from cron_pipelines.delivery.ledger.journal import Journal
 from cron_pipelines.factory.sharding import Shard
 from cron_pipelines_tests.demo_services.helpers import due, user
 from cron_pipelines_tests.support.job_world import JobWorld, check_result, failure_messages, metadata

@@ -6,12 +6,12 @@ import gc
 
 import pytest
 
-from cron_pipelines.delivery.pipeline import DELIVERY_GC_THRESHOLD, _collector_spared
+from cron_pipelines.delivery.runtime import DELIVERY_GC_THRESHOLD, collector_spared
 
 
 def test_overlapping_deliveries_give_objects_back_only_when_the_last_one_ends() -> None:
     thresholds = gc.get_threshold()
-    first, second = _collector_spared(), _collector_spared()
+    first, second = collector_spared(), collector_spared()
     first.__enter__()
     assert gc.get_freeze_count() > 0 and gc.get_threshold()[0] == DELIVERY_GC_THRESHOLD
     second.__enter__()
@@ -23,6 +23,6 @@ def test_overlapping_deliveries_give_objects_back_only_when_the_last_one_ends() 
 
 def test_a_delivery_that_raises_gives_the_objects_back() -> None:
     thresholds = gc.get_threshold()
-    with pytest.raises(RuntimeError), _collector_spared():
+    with pytest.raises(RuntimeError), collector_spared():
         raise RuntimeError("the ledger is down")
     assert (gc.get_freeze_count(), gc.get_threshold()) == (0, thresholds)

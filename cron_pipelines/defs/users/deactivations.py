@@ -6,7 +6,7 @@ from typing import get_args
 
 import dagster as dg
 
-from cron_pipelines.clients.http import chunked
+from cron_pipelines.batching import chunked
 from cron_pipelines.clients.mongo_service import MongoServiceClient
 from cron_pipelines.defs.daily import DailyOptions, daily_job
 from cron_pipelines.defs.delivery import (

@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 import dagster as dg
 from pydantic import Field
 
-from cron_pipelines.clients.http import chunked
+from cron_pipelines.batching import chunked
 from cron_pipelines.clients.sql_service import SqlServiceClient
 from cron_pipelines.defs.daily import SCHEDULED_RUN_PRIORITY, DailyOptions, daily_job
 from cron_pipelines.defs.delivery import (
@@ -27,7 +27,8 @@ from cron_pipelines.defs.delivery import (
     summary_metadata,
 )
 from cron_pipelines.defs.services_data import NOTIFICATION_LEDGER, VERIFICATION_ATTEMPTS, VERIFICATIONS
-from cron_pipelines.delivery.pipeline import DeliveryStats, Gate
+from cron_pipelines.delivery.pipeline import Gate
+from cron_pipelines.delivery.stats import DeliveryStats
 from cron_pipelines.models.notification import Notification, NotificationKind
 from cron_pipelines.models.payloads import (
     ClaimResult,

@@ -103,8 +103,10 @@ class Channel(Protocol):
     def new_message_id(self) -> str:
         """A fresh message id, planned before the claim so the ledger holds it even if the run dies."""
 
-    def compose(self, notifications: Sequence[Notification], message_id: str | None) -> OutgoingMessage:
-        """One message carrying `notifications` (one, or a digest of several); UnsendableNotification if not."""
+    def message(
+        self, notifications: Sequence[Notification], message_id: str | None, *, digest: bool
+    ) -> OutgoingMessage:
+        """The message for one notification, or the `digest` of several; UnsendableNotification if it must not go."""
 
     def preview(self, message: OutgoingMessage) -> str:
         """What the reader saw of `message`, personal data masked: for the run's metadata."""

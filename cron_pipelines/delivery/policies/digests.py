@@ -15,10 +15,12 @@ from __future__ import annotations
 import pickle
 import sqlite3
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from cron_pipelines.models.notification import Notification
+from cron_pipelines.delivery.policies import Decisions
+from cron_pipelines.delivery.policies.preferences import PreferenceBook
+from cron_pipelines.models.notification import DIGEST_KINDS, Notification, is_optional
 
 # A reader with more than this many dues in one run gets several digests of this size.
 MAX_DIGEST_ITEMS = 50
@@ -86,3 +88,51 @@ class DigestSpill:
     def close(self) -> None:
         self._database.close()
         self._directory.cleanup()
+
+
+class DigestReaders:
+    """A notification of a digest kind whose reader reads digests is held back: it waits in the spill.
+
+    When the stream is done, `digests` hands each reader's waiting notifications of a kind out
+    together; they are claimed together and sent as one email (docs/services.md, "Recipients").
+    The spill is opened at the first such notification and closed by `close`.
+    """
+
+    def __init__(self, book: PreferenceBook, on_repeat: Callable[[Notification], None]) -> None:
+        self._book = book
+        self._on_repeat = on_repeat  # a key the spill already holds: counted `repeated_in_source`
+        self._spill: DigestSpill | None = None
+
+    def decide(self, notifications: Sequence[Notification]) -> Decisions:
+        preferences = self._book.of(notifications)
+        waiting = [
+            notification
+            for notification in notifications
+            if notification.kind in DIGEST_KINDS
+            and is_optional(notification.kind)
+            and notification.skip_reason is None
+            and (preference := preferences.get(str(notification.user_id))) is not None
+            and preference.digest
+        ]
+        if not waiting:
+            return Decisions()
+        if self._spill is None:
+            self._spill = DigestSpill()
+        for repeated in self._spill.add(waiting):
+            self._on_repeat(repeated)
+        return Decisions(holds={notification.key for notification in waiting})
+
+    def digests(self, max_items: int = MAX_DIGEST_ITEMS) -> Iterator[tuple[Notification, ...]]:
+        """The held notifications, one tuple per reader, kind and address (nothing if none was held)."""
+        if self._spill is not None:
+            yield from self._spill.digests(max_items)
+
+    @property
+    def unread(self) -> int:
+        """Held and never handed out (the delivery stopped first): none of them was claimed."""
+        return 0 if self._spill is None else self._spill.size - self._spill.read
+
+    def close(self) -> None:
+        if self._spill is not None:
+            spill, self._spill = self._spill, None
+            spill.close()

@@ -11,13 +11,14 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, Template, select_autoescape
 
-from cron_pipelines.delivery.channels.base import UnsendableNotification
+from cron_pipelines.delivery.channels.base import OutgoingMessage, UnsendableNotification
 from cron_pipelines.delivery.channels.email.formatting import DEFAULT_LOCALE, JINJA_FILTERS, TEMPLATE_LANGUAGES
 from cron_pipelines.delivery.channels.email.mime import (
     MailMessage,
     address_header,
     check_recipient,
     header_text,
+    preview_text,
     serialize_message,
 )
 from cron_pipelines.delivery.channels.email.unsubscribe import UnsubscribeLinks
@@ -42,11 +43,13 @@ class _TemplateEnvironment(Environment):
 
 
 class MessageComposer:
-    """Renders notifications into complete MIME messages from the Jinja2 templates, in the reader's language.
+    """The email channel's composer: notifications into complete MIME messages, in the reader's language.
 
     Templates live under `templates/<language>/<kind>/`; a reader's locale picks the most
     specific one there is (`de_DE` → `de` → `en`), and Babel formats their figures.
     """
+
+    name = "email"
 
     def __init__(self, mail_from: str, unsubscribe: UnsubscribeLinks | None = None) -> None:
         self._unsubscribe = unsubscribe
@@ -68,6 +71,13 @@ class MessageComposer:
     def new_message_id(self) -> str:
         """A fresh Message-ID, planned before the claim so the ledger holds it even if the run dies."""
         return make_msgid(domain=self._msgid_domain)
+
+    def message(self, notifications: Sequence[Notification], message_id: str | None, *, digest: bool) -> MailMessage:
+        """One notification's email, or the digest of several (one reader, one kind)."""
+        return self.compose_digest(notifications, message_id) if digest else self.compose(notifications[0], message_id)
+
+    def preview(self, message: OutgoingMessage) -> str:
+        return preview_text(message)
 
     def compose(self, notification: Notification, message_id: str | None = None) -> MailMessage:
         context = {**_reader_values(notification.context), "notification_id": notification.key}
