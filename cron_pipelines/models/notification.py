@@ -1,4 +1,4 @@
-"""What a notification is: one email a business rule decided to send, and its kind."""
+"""What a notification is: one message a business rule decided to send, on some channel, and its kind."""
 
 from __future__ import annotations
 
@@ -31,15 +31,19 @@ def is_optional(kind: str) -> bool:
 
 @dataclass(frozen=True)
 class Notification:
-    """One email a business rule decided to send; `key` is its idempotency key (docs/services.md, "The business rules")."""
+    """One message a business rule decided to send; `key` is its idempotency key (docs/services.md, "The business rules").
+
+    Channel-neutral: the channel it goes out on composes it for `address` (an email's recipient,
+    a webhook's URL), and its ledger record names the channel.
+    """
 
     key: str
     kind: NotificationKind
     user_id: str | None
-    email: str | None
+    address: str | None  # where it goes: an e-mail address, a webhook URL (the channel decides)
     name: str | None
     # What the template shows: typed values (dates, amounts in minor units), formatted
-    # for the reader's `locale` when the email is composed.
+    # for the reader's `locale` when the message is composed.
     context: Mapping[str, Any] = field(default_factory=dict)
     # Why it is sent (ids, dates, offsets): stored with the ledger record for auditors.
     metadata: Mapping[str, Any] = field(default_factory=dict)

@@ -27,6 +27,8 @@ MAX_INSTANT_CHARACTERS = 64
 # printable ASCII without spaces.
 Id = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_CHARACTERS, pattern=r"^[\x21-\x7e]+$")]
 EmailText = Annotated[str, StringConstraints(max_length=MAX_EMAIL_CHARACTERS)]
+# Where a notification went, whatever the channel: an e-mail address, a webhook's origin.
+RecipientText = Annotated[str, StringConstraints(max_length=MAX_EMAIL_CHARACTERS)]
 NameText = Annotated[str, StringConstraints(max_length=MAX_NAME_CHARACTERS)]
 DescriptionText = Annotated[str, StringConstraints(max_length=MAX_DESCRIPTION_CHARACTERS)]
 _ID = TypeAdapter(Id)
@@ -262,7 +264,7 @@ class NotificationClaim(KeyedModel):
     idempotency_key: str = Field(min_length=1, max_length=512, pattern=r"^[\x21-\x7e]+$")
     kind: str = Field(min_length=1, max_length=64)
     user_id: Id | None = None
-    recipient: EmailText | None = None
+    recipient: RecipientText | None = None
     run_id: str | None = None
     job_name: str | None = None
     partition_key: str | None = None

@@ -80,7 +80,7 @@ def confirmation_from_record(record: NotificationRecord) -> Notification:
         key=record.idempotency_key,
         kind=kind,
         user_id=record.user_id,
-        email=record.recipient,
+        address=record.recipient,
         name=name if isinstance(name, str) else None,
         context=context if isinstance(context, dict) else {},
         metadata=metadata,

@@ -65,7 +65,7 @@ def sample_notifications(
             key="ops_alert:sample-run",
             kind=NotificationKind.OPS_ALERT,
             user_id=None,
-            email="ops@example.com",
+            address="ops@example.com",
             name=None,
             context={
                 "headline": "run failed",

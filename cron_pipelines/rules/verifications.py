@@ -91,7 +91,7 @@ def verification_result(verification: Verification, decision: Decision, business
             key=verification_result_key(verification.id, decision.status),
             kind=NotificationKind.VERIFICATION_RESULT,
             user_id=verification.employee_id,
-            email=verification.email,
+            address=verification.email,
             name=verification.full_name,
             context={"status": decision.status, "requested_date": _requested_date(verification, business_day)},
             metadata={"verification_id": verification.id, "status": decision.status, "reason": decision.reason},
@@ -110,7 +110,7 @@ def verification_reminder(
         key=verification_reminder_key(verification.id, reminder.days_since_request),
         kind=NotificationKind.VERIFICATION_REMINDER,
         user_id=verification.employee_id,
-        email=verification.email,
+        address=verification.email,
         name=verification.full_name,
         context={
             "days_since_request": reminder.days_since_request,

@@ -66,7 +66,7 @@ def test_a_claim_takes_up_an_earlier_one_when_rebuilt_from_the_ledger_or_counted
     resent: bool, attempts: int, expected: bool
 ) -> None:
     notification = Notification(
-        key="account_deactivated:x", kind=NotificationKind.ACCOUNT_DEACTIVATED, user_id="u", email=None, name=None
+        key="account_deactivated:x", kind=NotificationKind.ACCOUNT_DEACTIVATED, user_id="u", address=None, name=None
     )
     claim = ClaimResult(
         idempotency_key=notification.key,
@@ -102,7 +102,7 @@ def _first_send(notification: Notification) -> NotificationRecord:
         {**notification.metadata, "claim_token": "abc"},
         idempotency_key=notification.key,
         user_id=notification.user_id,
-        recipient=notification.email,
+        recipient=notification.address,
     )
 
 

@@ -206,7 +206,7 @@ def test_warning_notification_fields() -> None:
     notification = inactivity_warning(make_user("2026-08-01T12:00:00Z"), business_day(), POLICY)
 
     assert notification.kind is NotificationKind.INACTIVITY_WARNING
-    assert (notification.user_id, notification.email, notification.name) == ("usr_9", "a@example.com", "Asha Rao")
+    assert (notification.user_id, notification.address, notification.name) == ("usr_9", "a@example.com", "Asha Rao")
     assert notification.skip_reason is None
     assert notification.context == {"last_active_date": date(2026, 8, 1), "deactivation_date": date(2026, 12, 5)}
     assert notification.metadata["deactivation_date"] == "2026-12-05"
@@ -424,7 +424,7 @@ def test_account_deactivated_key_and_content() -> None:
 
     assert notification.key == "account_deactivated:usr_9:2026-08-01T20:00:00+05:30"
     assert notification.kind is NotificationKind.ACCOUNT_DEACTIVATED
-    assert (notification.user_id, notification.email, notification.name) == ("usr_9", "a@example.com", "Asha Rao")
+    assert (notification.user_id, notification.address, notification.name) == ("usr_9", "a@example.com", "Asha Rao")
     assert notification.context == {"last_active_date": date(2026, 8, 1)}
     # With what a later run needs to send it again from the ledger alone.
     assert notification.metadata == {

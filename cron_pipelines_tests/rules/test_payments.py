@@ -95,7 +95,7 @@ def test_pending_due_gets_a_reminder_on_each_policy_offset(days_before: int, exp
     assert notification.key == expected_key
     assert notification.kind is NotificationKind.PAYMENT_REMINDER
     assert notification.user_id == "usr_9"
-    assert notification.email == "a@example.com"
+    assert notification.address == "a@example.com"
     assert notification.name == "Asha Rao"
     assert notification.skip_reason is None
     assert notification.context["days_before"] == days_before
@@ -230,7 +230,7 @@ def test_reminder_keeps_a_missing_recipient_for_the_mailer_to_skip() -> None:
     notification = payment_reminder(make_due(due_date=D, email=None, full_name=None), D, DEFAULT_REMINDERS)
 
     assert notification is not None
-    assert (notification.email, notification.name, notification.skip_reason) == (None, None, None)
+    assert (notification.address, notification.name, notification.skip_reason) == (None, None, None)
 
 
 # --- payment reminders: malformed dues ----------------------------------------------------
@@ -255,7 +255,7 @@ def test_malformed_due_on_a_reminder_day_becomes_a_recorded_skip(days_before: in
     assert item.kind is NotificationKind.PAYMENT_REMINDER
     assert item.skip_reason == "malformed due record: amount_cents: Input should be a valid integer"
     assert item.user_id == "usr_9"
-    assert item.email == "a@example.com"
+    assert item.address == "a@example.com"
     assert item.metadata["due_id"] == "due_bad"
     assert item.metadata["due_date"] == days_from_d(days_before).isoformat()
 
@@ -268,7 +268,7 @@ def test_malformed_due_skip_tolerates_a_missing_user() -> None:
 
     assert isinstance(item, Notification)
     assert item.key == "payment_reminder:due_bad:2026-12-01:3"
-    assert (item.user_id, item.email) == (None, None)
+    assert (item.user_id, item.address) == (None, None)
     assert item.skip_reason == "malformed due record: currency: too long"
 
 
@@ -370,7 +370,7 @@ def test_overdue_due_gets_a_notice_on_each_policy_offset(days_past_due: int, exp
     assert notification is not None
     assert notification.key == expected_key
     assert notification.kind is NotificationKind.OVERDUE_NOTICE
-    assert (notification.user_id, notification.email, notification.name) == ("usr_9", "a@example.com", "Asha Rao")
+    assert (notification.user_id, notification.address, notification.name) == ("usr_9", "a@example.com", "Asha Rao")
     assert notification.skip_reason is None
     assert notification.context == {
         "amount_cents": 125000,

@@ -272,7 +272,7 @@ def test_result_notification_key_and_content(status: str) -> None:
 
     assert notification.key == f"verification_result:ver_7:{status}"
     assert notification.kind is NotificationKind.VERIFICATION_RESULT
-    assert (notification.user_id, notification.email, notification.name) == ("emp_3", "e@example.com", "Emp Three")
+    assert (notification.user_id, notification.address, notification.name) == ("emp_3", "e@example.com", "Emp Three")
     assert notification.context == {"status": status, "requested_date": date(2026, 11, 21)}
     assert notification.metadata == {
         "verification_id": "ver_7",
@@ -291,7 +291,7 @@ def test_reminder_notification_key_and_content(days: int) -> None:
 
     assert notification.key == f"verification_reminder:ver_7:{days}"
     assert notification.kind is NotificationKind.VERIFICATION_REMINDER
-    assert (notification.user_id, notification.email, notification.name) == ("emp_3", "e@example.com", "Emp Three")
+    assert (notification.user_id, notification.address, notification.name) == ("emp_3", "e@example.com", "Emp Three")
     assert notification.context == {
         "days_since_request": days,
         "requested_date": date(2026, 11, 21),

@@ -55,7 +55,7 @@ def send_ops_alert(
         key=key,
         kind=NotificationKind.OPS_ALERT,
         user_id=None,
-        email=recipient,
+        address=recipient,
         name=None,
         context={
             "headline": headline,

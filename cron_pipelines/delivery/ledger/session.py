@@ -127,7 +127,7 @@ class LedgerSession:
                         idempotency_key=notification.key,
                         kind=notification.kind,
                         user_id=notification.user_id,
-                        recipient=notification.email,
+                        recipient=notification.address,
                         run_id=self._run.run_id,
                         job_name=self._run.job_name,
                         partition_key=self._run.partition_key,

@@ -57,7 +57,7 @@ class DigestSpill:
                     notification.key,
                     notification.user_id,
                     notification.kind,
-                    notification.email or "",
+                    notification.address or "",
                     pickle.dumps(notification, protocol=pickle.HIGHEST_PROTOCOL),
                 ),
             ).rowcount

@@ -112,7 +112,7 @@ class MessageComposer:
         for notification in notifications:
             if not _KEY_PATTERN.fullmatch(notification.key):
                 raise UnsendableNotification("idempotency key is not printable ASCII without spaces")
-        recipient = check_recipient(first.email, first.name)
+        recipient = check_recipient(first.address, first.name)
         unsubscribe_url = (
             self._unsubscribe.url(first.user_id, first.kind)
             if self._unsubscribe is not None and first.user_id is not None and is_optional(first.kind)

@@ -70,7 +70,7 @@ def _notification(
         key=key or f"{kind.value}:x_1:2026-12-05:7",
         kind=kind,
         user_id="usr_1",
-        email=email_address,
+        address=email_address,
         name=name,
         context={**KIND_CONTEXTS[kind], **context},
     )

@@ -31,7 +31,7 @@ def _messages(count: int, *, prefix: str = "u") -> list[OutgoingMessage]:
                 key=f"account_deactivated:{prefix}{index}:2026-08-01T00:00:00Z",
                 kind=NotificationKind.ACCOUNT_DEACTIVATED,
                 user_id=f"{prefix}{index}",
-                email=f"{prefix}{index}@example.com",
+                address=f"{prefix}{index}@example.com",
                 name=f"User {index}",
                 context={"last_active_date": "2026-08-01"},
             )
