@@ -160,6 +160,8 @@ class Settings(BaseModel):
     mail_max_attempts: int = Field(5, ge=1, le=100)
     # 50: two batches are claimed and not yet recorded at once, so a hard crash leaves at most 100.
     delivery_batch_size: int = Field(50, ge=1, le=500)
+    # Source records decided together where a job reads in chunks (deactivations, verifications).
+    source_chunk_size: int = Field(100, ge=1, le=1000)
 
     cron_timezone: str = "UTC"
     partitions_start_date: date = date(2026, 1, 1)

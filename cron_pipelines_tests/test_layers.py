@@ -16,8 +16,9 @@ LAYERS: list[tuple[str, ...]] = [
     ("cron_pipelines.rules",),
     ("cron_pipelines.delivery",),
     ("cron_pipelines.settings", "cron_pipelines.resources"),
+    ("cron_pipelines.deployment",),
     ("cron_pipelines.factory",),
-    ("cron_pipelines.deployment", "cron_pipelines.defs"),
+    ("cron_pipelines.defs",),
     ("cron_pipelines.health", "cron_pipelines.cli", "cron_pipelines.definitions"),
 ]
 

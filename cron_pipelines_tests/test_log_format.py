@@ -11,9 +11,9 @@ import dagster as dg
 import pytest
 
 from cron_pipelines.log_format import JsonLogFormatter, mask_emails
-from cron_pipelines_tests.conftest import TEST_JWT_SECRET
 from cron_pipelines_tests.demo_services.helpers import due, user
 from cron_pipelines_tests.support.job_world import JobWorld, job_environment
+from cron_pipelines_tests.support.keys import TEST_JWT_SECRET
 from cron_pipelines_tests.support.services import ServiceWorld
 from cron_pipelines_tests.support.smtp_sink import SmtpSink
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
+from cron_pipelines.resources.delivery import DeliveryResource
 from cron_pipelines.resources.mailer import MailerResource
 from cron_pipelines.resources.metrics import MetricsResource
 from cron_pipelines.resources.services import (
@@ -22,6 +23,7 @@ from cron_pipelines.resources.services import (
 from cron_pipelines.settings import Settings, SettingsError
 
 __all__ = [
+    "DeliveryResource",
     "InternalJwtResource",
     "MailerResource",
     "MetricsResource",
@@ -92,13 +94,16 @@ def build_resources(settings: Settings) -> dict[str, Any]:
             smtp_ca_file=str(settings.smtp_ca_file) if settings.smtp_ca_file else None,
             max_connections=settings.mail_max_connections,
             rate_limit_per_second=settings.mail_rate_limit_per_second,
-            max_attempts=settings.mail_max_attempts,
-            delivery_batch_size=settings.delivery_batch_size,
             unsubscribe_base_url=settings.unsubscribe_base_url,
             unsubscribe_signing_key=settings.secret(
                 "UNSUBSCRIBE_SIGNING_KEY", _plain(settings.unsubscribe_signing_key)
             ),
             unsubscribe_issuer=settings.internal_jwt_issuer,
+        ),
+        "delivery": DeliveryResource(
+            batch_size=settings.delivery_batch_size,
+            max_attempts=settings.mail_max_attempts,
+            source_chunk_size=settings.source_chunk_size,
         ),
         "metrics": MetricsResource(pushgateway_url=settings.prometheus_pushgateway_url),
     }

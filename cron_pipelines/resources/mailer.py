@@ -21,8 +21,8 @@ from cron_pipelines.settings import MailerBackend
 class MailerResource(ConfigurableResource):
     """Sends notification emails through `backend`: `outbox` (files) or `smtp`.
 
-    Its values come from Settings (MAILER_BACKEND, MAIL_*, SMTP_*, DELIVERY_BATCH_SIZE),
-    where each is defined and validated."""
+    The email channel's resource: its composer and its transports. Its values come from
+    Settings (MAILER_BACKEND, MAIL_*, SMTP_*), where each is defined and validated."""
 
     backend: MailerBackend = Field(description="`outbox` (one .eml file per message) or `smtp` (MAILER_BACKEND).")
     mail_from: str = Field(description="From header (MAIL_FROM).")
@@ -38,12 +38,6 @@ class MailerResource(ConfigurableResource):
     )
     max_connections: int = Field(description="Parallel SMTP sessions (MAIL_MAX_CONNECTIONS).")
     rate_limit_per_second: float | None = Field(description="MAIL_RATE_LIMIT_PER_SECOND.")
-    max_attempts: int = Field(
-        description="Claims of one notification before a failing one is skipped (MAIL_MAX_ATTEMPTS)."
-    )
-    delivery_batch_size: int = Field(
-        description="Notifications claimed per request, and outcomes recorded at least this often (DELIVERY_BATCH_SIZE).",
-    )
     unsubscribe_base_url: str | None = Field(
         description="One-click unsubscribe endpoint of optional emails (UNSUBSCRIBE_BASE_URL); none: no header."
     )
@@ -51,7 +45,7 @@ class MailerResource(ConfigurableResource):
     unsubscribe_issuer: str = Field(description="`iss` of unsubscribe tokens (INTERNAL_JWT_ISSUER).")
 
     @cached_property
-    def composer(self) -> MessageComposer:
+    def channel(self) -> MessageComposer:
         return MessageComposer(self.mail_from, self.unsubscribe_links)
 
     @property
@@ -76,7 +70,7 @@ class MailerResource(ConfigurableResource):
                 password=self.smtp_password.reveal(),
                 timeout=self.smtp_timeout_seconds,
                 ssl_context=ssl.create_default_context(cafile=self.smtp_ca_file) if self.smtp_ca_file else None,
-                sender=self.composer.sender,
+                sender=self.channel.sender,
             )
             return SmtpTransport(
                 settings,

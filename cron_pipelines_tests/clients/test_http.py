@@ -25,8 +25,8 @@ from cron_pipelines.clients.sql_service import SqlServiceClient
 from cron_pipelines.clients.tokens import TokenIssuer
 from cron_pipelines.models.payloads import Due, NotificationClaim
 from cron_pipelines.models.records import InvalidRecord
-from cron_pipelines_tests.conftest import TEST_JWT_SECRET
 from cron_pipelines_tests.demo_services.helpers import due, user
+from cron_pipelines_tests.support.keys import TEST_JWT_SECRET
 from cron_pipelines_tests.support.services import ServiceWorld
 from demo_services.server import ServiceServer
 

@@ -16,9 +16,8 @@ import jwt
 import pytest
 
 from cron_pipelines.clients.tokens import Algorithm, TokenIssuer
-from cron_pipelines_tests.conftest import TEST_JWT_SECRET
 from cron_pipelines_tests.demo_services.helpers import assert_error
-from cron_pipelines_tests.support.keys import private_key_pem
+from cron_pipelines_tests.support.keys import TEST_JWT_SECRET, private_key_pem
 from cron_pipelines_tests.support.services import ServiceWorld
 from demo_services import DemoStore, ServiceServer, create_mongo_app, create_sql_app
 from demo_services.auth import TokenVerifier

@@ -16,7 +16,7 @@ import pytest
 from fastapi import FastAPI
 
 from cron_pipelines.clients.tokens import TokenIssuer
-from cron_pipelines_tests.conftest import TEST_JWT_SECRET
+from cron_pipelines_tests.support.keys import TEST_JWT_SECRET
 from demo_services import DemoStore, ServiceServer, create_sql_app, seed_demo_data
 from demo_services.auth import TokenVerifier
 

@@ -22,9 +22,9 @@ from dagster_k8s.models import k8s_model_from_dict
 from cron_pipelines.defs import build_definitions
 from cron_pipelines.deployment.executors import K8S_STEP_POD
 from cron_pipelines.settings import SECRET_VARIABLES, Settings, load_settings
-from cron_pipelines_tests.conftest import TEST_JWT_SECRET
 from cron_pipelines_tests.deploy.conftest import PROJECT, PostgresHome
 from cron_pipelines_tests.support.certificates import self_signed_localhost
+from cron_pipelines_tests.support.keys import TEST_JWT_SECRET
 
 # Every variable the code location reads (its settings), except DAGSTER_HOME, which each
 # image or process sets for itself.

@@ -21,10 +21,10 @@ import dagster as dg
 import pytest
 
 from cron_pipelines.deployment.run_launcher import worker_pid
-from cron_pipelines_tests.conftest import TEST_JWT_SECRET
 from cron_pipelines_tests.demo_services.helpers import due, user
 from cron_pipelines_tests.deploy.conftest import PostgresHome
 from cron_pipelines_tests.deploy.stack import ServicesProcess, Stack, alive, running_stack
+from cron_pipelines_tests.support.keys import TEST_JWT_SECRET
 from cron_pipelines_tests.support.postgres import restart_postgres
 from cron_pipelines_tests.support.smtp_sink import SmtpSink
 from cron_pipelines_tests.support.webserver import JOB_NAMES, LAUNCH_PARTITION, wait_until

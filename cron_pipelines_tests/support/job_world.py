@@ -16,7 +16,7 @@ import dagster as dg
 
 from cron_pipelines.defs import build_definitions
 from cron_pipelines.settings import Settings, load_settings
-from cron_pipelines_tests.conftest import TEST_JWT_SECRET
+from cron_pipelines_tests.support.keys import TEST_JWT_SECRET
 from cron_pipelines_tests.support.services import ServiceWorld
 from cron_pipelines_tests.support.smtp_sink import ReceivedMail, SmtpSink
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+# The HS256 key the tests mint service tokens with (and the stand-ins verify).
+TEST_JWT_SECRET = "test-secret-" + "0123456789abcdef0123456789abcdef"
+
 
 def private_key_pem(algorithm: str) -> str:
     if algorithm == "RS256":

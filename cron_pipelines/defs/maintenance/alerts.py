@@ -9,10 +9,10 @@ from datetime import UTC, datetime
 import dagster as dg
 from dagster._core.execution.plan.objects import StepFailureData
 
-from cron_pipelines.defs.daily import DailyOptions
 from cron_pipelines.delivery.ledger.session import RunInfo
 from cron_pipelines.delivery.ledger.stale import StaleClaimPolicy, is_stale_claim
 from cron_pipelines.delivery.pipeline import NotificationPipeline
+from cron_pipelines.factory.daily import DailyOptions
 from cron_pipelines.models.notification import Notification, NotificationKind
 from cron_pipelines.models.payloads import PLANNED_MESSAGE_ID, NotificationRecord, format_instant
 from cron_pipelines.resources import MailerResource, MongoServiceResource
@@ -72,7 +72,7 @@ def send_ops_alert(
     try:
         pipeline = NotificationPipeline(
             ledger=mongo_service.client,
-            channel=mailer.composer,
+            channel=mailer.channel,
             transport=transport,
             run=RunInfo(run_id=run.run_id, job_name=sender, partition_key=partition_key),
             log=log,

@@ -5,10 +5,11 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
-from cron_pipelines.defs.daily import DailyOptions, daily_job
-from cron_pipelines.defs.delivery import Stopwatch, business_day_of, guarded_step, summary_metadata
 from cron_pipelines.defs.services_data import NOTIFICATION_LEDGER
 from cron_pipelines.delivery.ledger.stale import StaleClaimPolicy, is_stale_claim
+from cron_pipelines.factory.daily import DailyOptions, daily_job
+from cron_pipelines.factory.guard import guarded_step
+from cron_pipelines.factory.summary import Stopwatch, business_day_of, summary_metadata
 from cron_pipelines.models.records import InvalidRecord, InvalidTally
 from cron_pipelines.resources import MetricsResource, MongoServiceResource
 

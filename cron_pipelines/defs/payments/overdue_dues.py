@@ -2,24 +2,18 @@
 
 from collections import Counter
 from collections.abc import Iterator
-from typing import Any
 
 import dagster as dg
 
-from cron_pipelines.defs.daily import DailyOptions, daily_job
-from cron_pipelines.defs.delivery import (
-    DeliveryThresholds,
-    Stopwatch,
-    business_day_of,
-    guarded_step,
-    prefixed,
-    summary_metadata,
-)
-from cron_pipelines.defs.payments.dues import notify_about_dues
+from cron_pipelines.defs.payments._dues import deliver_dues
 from cron_pipelines.defs.services_data import DUES, NOTIFICATION_LEDGER
-from cron_pipelines.defs.sharding import delivery_asset
+from cron_pipelines.factory.checks import DeliveryConfig
+from cron_pipelines.factory.daily import DailyOptions, daily_job
+from cron_pipelines.factory.guard import guarded_step
+from cron_pipelines.factory.notification_asset import Delivery, NotificationAssetSpec, notification_asset
+from cron_pipelines.factory.summary import Stopwatch, business_day_of, prefixed, summary_metadata
 from cron_pipelines.models.records import InvalidRecord, InvalidTally
-from cron_pipelines.resources import MailerResource, MetricsResource, MongoServiceResource, SqlServiceResource
+from cron_pipelines.resources import MetricsResource, SqlServiceResource
 from cron_pipelines.rules import payments as rules
 
 JOB = "mark_overdue_dues"
@@ -27,7 +21,7 @@ OVERDUE_MARKS = dg.AssetKey("overdue_marks")
 OVERDUE_NOTICES = dg.AssetKey("overdue_notices")
 
 
-class OverdueNoticesConfig(dg.Config, rules.OverduePolicy, DeliveryThresholds):
+class OverdueNoticesConfig(DeliveryConfig, rules.OverduePolicy):
     pass
 
 
@@ -67,48 +61,46 @@ def overdue_marks(
     )
 
 
-def overdue_notices(
-    context: dg.AssetExecutionContext,
-    config: OverdueNoticesConfig,
-    sql_service: SqlServiceResource,
-    mongo_service: MongoServiceResource,
-    mailer: MailerResource,
-    metrics: MetricsResource,
-) -> dg.MaterializeResult:
-    """Tells users their due is overdue, on the configured days past due (notice_days_past_due)."""
-    return notify_about_dues(
-        context,
+def overdue_notices(delivery: Delivery, config: OverdueNoticesConfig, sql_service: SqlServiceResource) -> None:
+    deliver_dues(
+        delivery,
         "overdue",
         config.notice_window,
         lambda dues, day: rules.overdue_notices(dues, day, config),
         sql_service,
-        mongo_service,
-        mailer,
-        metrics,
     )
 
 
 def definitions(options: DailyOptions) -> dg.Definitions:
-    common: dict[str, Any] = {
-        "partitions_def": options.partitions_def,
-        "retry_policy": options.retry_policy,
-        "group_name": "payments",
-        "owners": ["team:payments"],
-    }
-    marks = dg.asset(key=OVERDUE_MARKS, deps=[DUES], kinds={"python", "sql"}, **common)(guarded_step(overdue_marks))
-    notices = delivery_asset(
+    marks = dg.asset(
+        key=OVERDUE_MARKS,
+        deps=[DUES],
+        kinds={"python", "sql"},
+        partitions_def=options.partitions_def,
+        retry_policy=options.retry_policy,
+        group_name="payments",
+        owners=["team:payments"],
+    )(guarded_step(overdue_marks))
+    notices = notification_asset(
         overdue_notices,
-        key=OVERDUE_NOTICES,
-        shards=options.delivery_shards,
-        deps=[OVERDUE_MARKS, NOTIFICATION_LEDGER],
-        kinds={"python", "email"},
-        **common,
+        specs=[
+            NotificationAssetSpec(
+                OVERDUE_NOTICES,
+                "Tells users their due is overdue, on the configured days past due (notice_days_past_due).",
+                deps=[OVERDUE_MARKS, NOTIFICATION_LEDGER],
+            )
+        ],
+        config=OverdueNoticesConfig,
+        options=options,
+        group_name="payments",
+        owners=["team:payments"],
+        resources=["sql_service"],
+        shardable=True,
     )
     return daily_job(
         JOB,
         [marks, notices],
         at=(6, 0),
         options=options,
-        sharded=True,
         description="Mark past-due dues overdue, then send notices on the configured days past due.",
     )

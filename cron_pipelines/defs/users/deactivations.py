@@ -8,25 +8,17 @@ import dagster as dg
 
 from cron_pipelines.batching import chunked
 from cron_pipelines.clients.mongo_service import MongoServiceClient
-from cron_pipelines.defs.daily import DailyOptions, daily_job
-from cron_pipelines.defs.delivery import (
-    Stopwatch,
-    business_day_of,
-    delivery_check_result,
-    delivery_check_spec,
-    delivery_step,
-    guarded_step,
-    prefixed,
-    resend_failed_confirmations,
-    summary_metadata,
-)
 from cron_pipelines.defs.services_data import NOTIFICATION_LEDGER, USER_ACTIVITY
 from cron_pipelines.defs.users.inactivity_warnings import InactivityConfig
 from cron_pipelines.delivery.pipeline import Gate
+from cron_pipelines.factory.confirmations import resend_failed_confirmations
+from cron_pipelines.factory.daily import DailyOptions, daily_job
+from cron_pipelines.factory.notification_asset import Delivery, NotificationAssetSpec, notification_asset
+from cron_pipelines.factory.summary import prefixed
 from cron_pipelines.models.notification import Notification, NotificationKind
 from cron_pipelines.models.payloads import ClaimResult, Deactivation, InactiveUser
 from cron_pipelines.models.records import InvalidRecord
-from cron_pipelines.resources import MailerResource, MetricsResource, MongoServiceResource
+from cron_pipelines.resources import MongoServiceResource
 from cron_pipelines.rules import inactivity as rules
 from cron_pipelines.rules.confirmations import claimed_before, confirmation_skip_reason
 
@@ -35,59 +27,42 @@ INACTIVE_USER_DEACTIVATIONS = dg.AssetKey("inactive_user_deactivations")
 
 
 def inactive_user_deactivations(
-    context: dg.AssetExecutionContext,
-    config: InactivityConfig,
-    mongo_service: MongoServiceResource,
-    mailer: MailerResource,
-    metrics: MetricsResource,
-) -> dg.MaterializeResult:
-    """Deactivates users inactive for deactivate_after_days whose warning was sent warning_grace_days ago; warns the rest.
-
-    Claiming each candidate's warning key answers both questions in one batch: a
-    `claimed` warning was never sent (it is sent now), a `duplicate` carries the sent
-    warning's record and its date.
-    """
-    stopwatch = Stopwatch()
-    metrics.observe(mongo_service.client)
-    business_day = business_day_of(context)
-    cutoff = business_day.days_before_start(config.deactivate_after_days)
+    delivery: Delivery, config: InactivityConfig, mongo_service: MongoServiceResource
+) -> None:
+    """Claiming each candidate's warning key answers both questions in one batch: a `claimed`
+    warning was never sent (it is sent now), a `duplicate` carries the sent warning's record and its date."""
+    day = delivery.day
+    cutoff = day.days_before_start(config.deactivate_after_days)
     warning_states: Counter[str] = Counter()
     write_outcomes: Counter[str] = Counter()
     gate = _deactivation_gate(mongo_service.client, write_outcomes)
-    with delivery_step(context, mongo_service, mailer, metrics) as step:
-        pipeline = step.pipeline()
-        users = mongo_service.client.iter_inactive_users(last_active_before=cutoff)
-        for chunk in chunked(users, pipeline.batch_size):
-            candidates: dict[str, InactiveUser] = {}  # by id: a user listed twice is decided once
-            for user in chunk:
-                if isinstance(user, InvalidRecord):
-                    pipeline.stats.count_invalid(user)
-                elif rules.is_inactive(user, business_day, config.deactivate_after_days):
-                    candidates.setdefault(user.id, user)
-            warnings = [rules.inactivity_warning(user, business_day, config) for user in candidates.values()]
-            claims = pipeline.deliver_chunk(warnings)
-            eligible = []
-            for user, warning in zip(candidates.values(), warnings, strict=True):
-                claim = claims.get(warning.key)
-                if claim is None:  # not claimable (counted as invalid): nothing known about its warning
-                    continue
-                state = rules.warning_state(claim.outcome, claim.record, business_day, config)
-                warning_states[state] += 1
-                if state == "deactivate":
-                    eligible.append(user)
-            pipeline.deliver_chunk([rules.account_deactivated(user, business_day) for user in eligible], gate=gate)
-        resent = resend_failed_confirmations(pipeline, mongo_service, NotificationKind.ACCOUNT_DEACTIVATED, gate)
-    return dg.MaterializeResult(
-        metadata=summary_metadata(
-            business_day,
-            stopwatch,
-            inactive_before=cutoff.isoformat(),
-            **prefixed("write", write_outcomes, ("deactivated", "already_inactive", "active_again", "not_found")),
-            **prefixed("warning", warning_states, get_args(rules.WarningState)),
-            failed_confirmations_retried=resent,
-            **pipeline.metadata(),
-        ),
-        check_results=[delivery_check_result(context.asset_key, pipeline.metadata(), config)],
+    pipeline = delivery.pipeline()
+    users = mongo_service.client.iter_inactive_users(last_active_before=cutoff)
+    for chunk in chunked(users, delivery.source_chunk_size):
+        candidates: dict[str, InactiveUser] = {}  # by id: a user listed twice is decided once
+        for user in chunk:
+            if isinstance(user, InvalidRecord):
+                pipeline.stats.count_invalid(user)
+            elif rules.is_inactive(user, day, config.deactivate_after_days):
+                candidates.setdefault(user.id, user)
+        warnings = [rules.inactivity_warning(user, day, config) for user in candidates.values()]
+        claims = pipeline.deliver_chunk(warnings)
+        eligible = []
+        for user, warning in zip(candidates.values(), warnings, strict=True):
+            claim = claims.get(warning.key)
+            if claim is None:  # not claimable (counted as invalid): nothing known about its warning
+                continue
+            state = rules.warning_state(claim.outcome, claim.record, day, config)
+            warning_states[state] += 1
+            if state == "deactivate":
+                eligible.append(user)
+        pipeline.deliver_chunk([rules.account_deactivated(user, day) for user in eligible], gate=gate)
+    resent = resend_failed_confirmations(pipeline, mongo_service, NotificationKind.ACCOUNT_DEACTIVATED, gate)
+    delivery.report(
+        inactive_before=cutoff.isoformat(),
+        **prefixed("write", write_outcomes, ("deactivated", "already_inactive", "active_again", "not_found")),
+        **prefixed("warning", warning_states, get_args(rules.WarningState)),
+        failed_confirmations_retried=resent,
     )
 
 
@@ -116,16 +91,23 @@ def _deactivation_gate(client: MongoServiceClient, write_outcomes: Counter[str])
 
 
 def definitions(options: DailyOptions) -> dg.Definitions:
-    asset = dg.asset(
-        key=INACTIVE_USER_DEACTIVATIONS,
-        deps=[USER_ACTIVITY, NOTIFICATION_LEDGER],
-        kinds={"python", "email", "mongodb"},
-        check_specs=[delivery_check_spec(INACTIVE_USER_DEACTIVATIONS)],
-        partitions_def=options.partitions_def,
-        retry_policy=options.retry_policy,
+    asset = notification_asset(
+        inactive_user_deactivations,
+        specs=[
+            NotificationAssetSpec(
+                INACTIVE_USER_DEACTIVATIONS,
+                "Deactivates users inactive for deactivate_after_days whose warning was sent warning_grace_days ago; "
+                "warns the rest.",
+                deps=[USER_ACTIVITY, NOTIFICATION_LEDGER],
+                kinds=frozenset({"python", "email", "mongodb"}),
+            )
+        ],
+        config=InactivityConfig,
+        options=options,
         group_name="user_lifecycle",
         owners=["team:accounts"],
-    )(guarded_step(inactive_user_deactivations))
+        resources=["mongo_service"],
+    )
     return daily_job(
         JOB,
         [asset],

@@ -3,7 +3,7 @@
 import hashlib
 import json
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -13,22 +13,14 @@ from pydantic import Field
 
 from cron_pipelines.batching import chunked
 from cron_pipelines.clients.sql_service import SqlServiceClient
-from cron_pipelines.defs.daily import SCHEDULED_RUN_PRIORITY, DailyOptions, daily_job
-from cron_pipelines.defs.delivery import (
-    DeliveryThresholds,
-    Stopwatch,
-    business_day_of,
-    delivery_check_result,
-    delivery_check_spec,
-    delivery_step,
-    guarded_step,
-    prefixed,
-    resend_failed_confirmations,
-    summary_metadata,
-)
 from cron_pipelines.defs.services_data import NOTIFICATION_LEDGER, VERIFICATION_ATTEMPTS, VERIFICATIONS
 from cron_pipelines.delivery.pipeline import Gate
 from cron_pipelines.delivery.stats import DeliveryStats
+from cron_pipelines.factory.checks import DeliveryConfig
+from cron_pipelines.factory.confirmations import resend_failed_confirmations
+from cron_pipelines.factory.daily import SCHEDULED_RUN_PRIORITY, DailyOptions, daily_job
+from cron_pipelines.factory.notification_asset import Delivery, NotificationAssetSpec, notification_asset
+from cron_pipelines.factory.summary import prefixed
 from cron_pipelines.models.notification import Notification, NotificationKind
 from cron_pipelines.models.payloads import (
     ClaimResult,
@@ -39,7 +31,7 @@ from cron_pipelines.models.payloads import (
     parse_instant,
 )
 from cron_pipelines.models.records import InvalidRecord
-from cron_pipelines.resources import MailerResource, MetricsResource, MongoServiceResource, SqlServiceResource
+from cron_pipelines.resources import MongoServiceResource, SqlServiceResource
 from cron_pipelines.rules import verifications as rules
 from cron_pipelines.rules.confirmations import claimed_before, confirmation_skip_reason
 
@@ -50,7 +42,7 @@ DECISIONS = dg.AssetKey("verification_decisions")
 REMINDERS = dg.AssetKey("verification_reminders")
 
 
-class VerifyEmployeesConfig(dg.Config, rules.VerificationPolicy, DeliveryThresholds):
+class VerifyEmployeesConfig(DeliveryConfig, rules.VerificationPolicy):
     verification_ids: list[str] = Field(
         default=[],
         description="Only these verifications (set by verification_attempts_sensor); empty: every pending one.",
@@ -58,77 +50,56 @@ class VerifyEmployeesConfig(dg.Config, rules.VerificationPolicy, DeliveryThresho
 
 
 def verify_employees(
-    context: dg.AssetExecutionContext,
+    delivery: Delivery,
     config: VerifyEmployeesConfig,
     sql_service: SqlServiceResource,
     mongo_service: MongoServiceResource,
-    mailer: MailerResource,
-    metrics: MetricsResource,
-) -> Iterator[dg.MaterializeResult]:
+) -> None:
     """Decides pending verifications (verified, rejected, expired) and reminds the undecided ones on the configured days."""
-    stopwatch = Stopwatch()
-    metrics.observe(sql_service.client, mongo_service.client)
-    business_day = business_day_of(context)
-    as_of = business_day.as_of(datetime.now(UTC))
+    day = delivery.day
+    as_of = day.as_of(datetime.now(UTC))
     only = set(config.verification_ids)
     decided: Counter[str] = Counter()
     write_outcomes: Counter[str] = Counter()
     unassessed = 0
     gate = _decision_gate(sql_service.client, write_outcomes)
-    with delivery_step(context, mongo_service, mailer, metrics) as step:
-        decisions = step.pipeline()
-        reminders = step.pipeline()
-        pending = sql_service.client.iter_verifications(statuses=["pending"])
-        for chunk in chunked(pending, decisions.batch_size):
-            verifications = []
-            for verification in chunk:
-                if isinstance(verification, InvalidRecord):
-                    decisions.stats.count_invalid(verification)
-                elif not only or verification.id in only:
-                    verifications.append(verification)
-            if not verifications:
+    decisions, reminders = delivery.pipeline(DECISIONS), delivery.pipeline(REMINDERS)
+    pending = sql_service.client.iter_verifications(statuses=["pending"])
+    for chunk in chunked(pending, delivery.source_chunk_size):
+        verifications = []
+        for verification in chunk:
+            if isinstance(verification, InvalidRecord):
+                decisions.stats.count_invalid(verification)
+            elif not only or verification.id in only:
+                verifications.append(verification)
+        if not verifications:
+            continue
+        attempts, unreadable = _attempts_by_verification(mongo_service, verifications, decisions.stats)
+        results, reminder_notifications = [], []
+        for verification in verifications:
+            if verification.id in unreadable:
+                unassessed += 1  # a malformed attempt might be the success: decide next time
                 continue
-            attempts, unreadable = _attempts_by_verification(mongo_service, verifications, decisions.stats)
-            results, reminder_notifications = [], []
-            for verification in verifications:
-                if verification.id in unreadable:
-                    unassessed += 1  # a malformed attempt might be the success: decide next time
-                    continue
-                verdict = rules.assess_verification(
-                    verification, attempts[verification.id], business_day, as_of, config
-                )
-                if isinstance(verdict, rules.Decision):
-                    decided[verdict.status] += 1
-                    results.append((verification, verdict))
-                elif isinstance(verdict, rules.Reminder):
-                    reminder_notifications.append(
-                        rules.verification_reminder(verification, verdict, business_day, config)
-                    )
-            decisions.deliver_chunk(
-                [rules.verification_result(verification, decision, business_day) for verification, decision in results],
-                gate=gate,
-            )
-            reminders.deliver_chunk(reminder_notifications)
-        resent = resend_failed_confirmations(decisions, mongo_service, NotificationKind.VERIFICATION_RESULT, gate)
+            verdict = rules.assess_verification(verification, attempts[verification.id], day, as_of, config)
+            if isinstance(verdict, rules.Decision):
+                decided[verdict.status] += 1
+                results.append((verification, verdict))
+            elif isinstance(verdict, rules.Reminder):
+                reminder_notifications.append(rules.verification_reminder(verification, verdict, day, config))
+        decisions.deliver_chunk(
+            [rules.verification_result(verification, decision, day) for verification, decision in results], gate=gate
+        )
+        reminders.deliver_chunk(reminder_notifications)
+    resent = resend_failed_confirmations(decisions, mongo_service, NotificationKind.VERIFICATION_RESULT, gate)
     common = {"only_verification_ids": len(only), "unassessed": unassessed}
-    yield dg.MaterializeResult(
-        asset_key=DECISIONS,
-        metadata=summary_metadata(
-            business_day,
-            stopwatch,
-            **prefixed("decision", decided, ("verified", "rejected", "expired")),
-            **prefixed("write", write_outcomes, ("updated", "unchanged", "invalid_state", "not_found")),
-            failed_confirmations_retried=resent,
-            **decisions.metadata(),
-            **common,
-        ),
-        check_results=[delivery_check_result(DECISIONS, decisions.metadata(), config)],
+    delivery.report(
+        DECISIONS,
+        **prefixed("decision", decided, ("verified", "rejected", "expired")),
+        **prefixed("write", write_outcomes, ("updated", "unchanged", "invalid_state", "not_found")),
+        failed_confirmations_retried=resent,
+        **common,
     )
-    yield dg.MaterializeResult(
-        asset_key=REMINDERS,
-        metadata=summary_metadata(business_day, stopwatch, **reminders.metadata(), **common),
-        check_results=[delivery_check_result(REMINDERS, reminders.metadata(), config)],
-    )
+    delivery.report(REMINDERS, **common)
 
 
 def _attempts_by_verification(
@@ -256,30 +227,29 @@ def build_verification_attempts_sensor(cron_timezone: str, lookback_hours: int) 
 
 
 def definitions(options: DailyOptions) -> dg.Definitions:
-    assets = dg.multi_asset(
+    deps = [VERIFICATIONS, VERIFICATION_ATTEMPTS, NOTIFICATION_LEDGER]
+    assets = notification_asset(
+        verify_employees,
         name=STEP,
         specs=[
-            dg.AssetSpec(
+            NotificationAssetSpec(
                 DECISIONS,
-                deps=[VERIFICATIONS, VERIFICATION_ATTEMPTS, NOTIFICATION_LEDGER],
-                kinds={"python", "email", "sql"},
-                group_name="verifications",
-                owners=["team:people"],
-                description="Pending verifications decided verified, rejected or expired, and the result emails.",
+                "Pending verifications decided verified, rejected or expired, and the result emails.",
+                deps=deps,
+                kinds=frozenset({"python", "email", "sql"}),
             ),
-            dg.AssetSpec(
+            NotificationAssetSpec(
                 REMINDERS,
-                deps=[VERIFICATIONS, VERIFICATION_ATTEMPTS, NOTIFICATION_LEDGER],
-                kinds={"python", "email"},
-                group_name="verifications",
-                owners=["team:people"],
-                description="Reminders to employees whose verification is still open on the configured days.",
+                "Reminders to employees whose verification is still open on the configured days.",
+                deps=deps,
             ),
         ],
-        check_specs=[delivery_check_spec(DECISIONS), delivery_check_spec(REMINDERS)],
-        partitions_def=options.partitions_def,
-        retry_policy=options.retry_policy,
-    )(guarded_step(verify_employees))
+        config=VerifyEmployeesConfig,
+        options=options,
+        group_name="verifications",
+        owners=["team:people"],
+        resources=["sql_service", "mongo_service"],
+    )
     sensor = build_verification_attempts_sensor(
         options.settings.cron_timezone, options.settings.verification_sensor_lookback_hours
     )

@@ -19,10 +19,8 @@ from zoneinfo import ZoneInfo
 import dagster as dg
 
 from cron_pipelines.deployment.executors import delivery_executor
+from cron_pipelines.factory.sharding import SHARDS_TAG
 from cron_pipelines.settings import Settings
-
-# The number of shards a run's delivery fans out over (defs/sharding.py).
-SHARDS_TAG = "cron_pipelines/shards"
 
 if TYPE_CHECKING:  # the public API has no name for the type define_asset_job returns
     from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
@@ -100,7 +98,7 @@ class DailyOptions:
     retry_policy: dg.RetryPolicy
     catchup_days: int
     settings: Settings
-    # Sharded notification jobs (defs/sharding.py): the default S, and where their steps run.
+    # Sharded notification jobs (factory/sharding.py): the default S, and where their steps run.
     delivery_shards: int = 1
     delivery_executor: dg.ExecutorDefinition = dg.in_process_executor
 
@@ -134,13 +132,13 @@ def daily_job(
     description: str,
     options: DailyOptions,
     sensors: Sequence[dg.SensorDefinition] = (),
-    sharded: bool = False,
 ) -> dg.Definitions:
     """A job that materializes `assets` for one business day, with its daily schedule at local `at`.
 
-    A `sharded` job's delivery fans out over DELIVERY_SHARDS steps when that is above 1.
+    A notification asset the factory fanned out over shards (a graph of steps) gets the
+    delivery executor, and the shard count as a tag a run may change.
     """
-    fanned_out = sharded and options.delivery_shards > 1
+    fanned_out = any(isinstance(asset.node_def, dg.GraphDefinition) for asset in assets)
     # Otherwise one process per run: every job has one or two steps, and the multiprocess
     # executor would spend seconds starting a process per step.
     job = dg.define_asset_job(

@@ -21,7 +21,7 @@ import dagster as dg
 import pytest
 import redis
 
-from cron_pipelines_tests.defs.test_sharding import DELIVER_STEP, JOB, D, _seed
+from cron_pipelines_tests.factory.test_sharded_delivery import DELIVER_STEP, JOB, D, _seed
 from cron_pipelines_tests.support.job_world import JobWorld, job_environment
 from cron_pipelines_tests.support.postgres import fresh_database
 from cron_pipelines_tests.support.services import ServiceWorld

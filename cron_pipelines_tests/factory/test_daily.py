@@ -10,7 +10,7 @@ import dagster as dg
 import pytest
 
 from cron_pipelines.defs import build_definitions
-from cron_pipelines.defs.daily import days_to_request
+from cron_pipelines.factory.daily import days_to_request
 from cron_pipelines.settings import load_settings
 
 JOB_NAMES = {

@@ -10,10 +10,8 @@ import dagster as dg
 import pytest
 from dagster._core.definitions.reconstruct import ReconstructableRepository
 
-from cron_pipelines.defs.delivery import JOURNAL_METADATA_KEY, JOURNAL_SHARD_KEY, latest_journal
-from cron_pipelines.defs.sharding import merge_shard_reports, shard_breakdown
-from cron_pipelines.delivery.ledger.journal import Journal
-from cron_pipelines.factory.sharding import Shard
+from cron_pipelines.delivery.ledger.journal import JOURNAL_METADATA_KEY, JOURNAL_SHARD_KEY, Journal, latest_journal
+from cron_pipelines.factory.sharding import Shard, merge_shard_reports, shard_breakdown
 from cron_pipelines_tests.demo_services.helpers import due, user
 from cron_pipelines_tests.support.job_world import JobWorld, check_result, failure_messages, metadata
 
@@ -327,6 +325,6 @@ def test_each_shard_reads_its_own_journal_and_never_another_shard_s(world: JobWo
 
     key = dg.AssetKey("payment_reminders")
     for shard in Shard.all_of(2):
-        journal = latest_journal(world.instance, run.run_id, key, shard)
+        journal = latest_journal(world.instance, run.run_id, key, shard.mapping_key)
         assert journal is not None and journal.unanswered_claims == owed[shard].unanswered_claims
     assert latest_journal(world.instance, run.run_id, key) is None  # the one step of an unsharded job has none
