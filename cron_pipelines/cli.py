@@ -64,11 +64,13 @@ def _instance(settings: Settings) -> DagsterInstance:
 
 def command_run(settings: Settings, args: argparse.Namespace) -> int:
     import dagster as dg
+    # dg.reconstructable needs a module-level job; a job of the code location by name needs the repository's
+    # own reconstruction, which dagster's public API does not export.
     from dagster._core.definitions.reconstruct import ReconstructableRepository
 
-    from cron_pipelines.defs import build_definitions
+    from cron_pipelines.definitions import definitions_for
 
-    definitions = build_definitions(settings)
+    definitions = definitions_for(settings)
     jobs = sorted(job.name for job in definitions.resolve_all_job_defs() if not job.name.startswith("__"))
     if args.job not in jobs:
         raise SystemExit(f"unknown job {args.job!r}; jobs: {', '.join(jobs)}")
@@ -180,8 +182,10 @@ def _run_window(instance: DagsterInstance, run_id: str) -> tuple[datetime, datet
 
 
 def command_audit(settings: Settings, args: argparse.Namespace) -> int:
+    from cron_pipelines.definitions import use_embedded_demo
     from cron_pipelines.resources import build_resources
 
+    use_embedded_demo(settings)
     instance = None
     try:
         instance = _instance(settings)
@@ -267,6 +271,7 @@ def _claimed_records(
 
 def command_settle(settings: Settings, args: argparse.Namespace) -> int:
     """Record stuck claims `sent` or `failed` after an operator checked the mail server's logs."""
+    from cron_pipelines.definitions import use_embedded_demo
     from cron_pipelines.models.payloads import PLANNED_MESSAGE_ID, NotificationOutcome, format_instant
     from cron_pipelines.resources import build_resources
     from cron_pipelines.safe_text import printable
@@ -280,6 +285,7 @@ def command_settle(settings: Settings, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    use_embedded_demo(settings)
     instance = _instance(settings)
     note = f"settled as {args.settle_as} by an operator ({os.environ.get('USER') or 'unknown user'})"
     if args.note:

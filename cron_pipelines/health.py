@@ -68,8 +68,10 @@ def check_daemon(instance: Any, now: float | None = None) -> CheckResult:
 
 
 def check_services(settings: Settings) -> list[CheckResult]:
+    from cron_pipelines.definitions import use_embedded_demo
     from cron_pipelines.resources import build_resources
 
+    use_embedded_demo(settings)
     resources = build_resources(settings)
     probes: dict[str, tuple[str, str, dict[str, Any]]] = {
         "sql_service": ("GET", "/v1/dues", {"status": "pending", "limit": 1}),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import threading
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -53,3 +54,8 @@ def embedded_service_url(service: str, db_path: Path, issuer: TokenIssuer, *, ti
             app = (create_sql_app if service != MONGO_SERVICE else create_mongo_app)(store, verifier)
             server = _servers[key] = ServiceServer(app).start()
         return server.url
+
+
+def embedded_services(db_path: Path, *, timezone: str) -> Callable[[str, TokenIssuer], str]:
+    """What `cron_pipelines.clients.in_process` starts a service with: this process's embedded stand-in."""
+    return lambda service, issuer: embedded_service_url(service, db_path, issuer, timezone=timezone)

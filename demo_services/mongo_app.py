@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse
 
+from cron_pipelines.delivery.channels.email.unsubscribe import UnsubscribeTokens, unsubscribe_app
 from cron_pipelines.models.payloads import (
     ClaimResult,
     Deactivation,
@@ -27,7 +28,6 @@ from cron_pipelines.models.payloads import (
     VerificationAttempt,
     parse_instant,
 )
-from cron_pipelines.notifications.unsubscribe import UnsubscribeTokens, unsubscribe_app
 from demo_services.auth import TokenVerifier
 from demo_services.common import (
     DEFAULT_PAGE_SIZE,

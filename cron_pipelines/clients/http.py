@@ -13,7 +13,6 @@ a page larger than asked for, or a cursor already followed, is a protocol error.
 
 from __future__ import annotations
 
-import contextvars
 import email.utils
 import functools
 import hashlib
@@ -44,6 +43,7 @@ from cron_pipelines.clients.errors import (
     ServiceUnavailable,
 )
 from cron_pipelines.clients.tokens import TokenIssuer
+from cron_pipelines.clients.transport import DeadlineTransport, current_deadline
 from cron_pipelines.log_format import request_log
 from cron_pipelines.models.payloads import KeyedModel
 from cron_pipelines.models.records import InvalidRecord, describe_validation_error
@@ -175,89 +175,6 @@ class RequestObserver(Protocol):
     def request_retried(self, *, service: str, endpoint: str) -> None: ...
 
 
-# -- one deadline per request -------------------------------------------------------
-
-# The monotonic time by which the current request must be done (None outside one).
-_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("cron_pipelines_deadline", default=None)
-
-
-def _within_deadline(timeout: float | None) -> float | None:
-    """`timeout` shortened to what is left of the request's deadline; ReadTimeout once it is past."""
-    deadline = _deadline.get()
-    if deadline is None:
-        return timeout
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise httpcore.ReadTimeout("the request's deadline has passed")
-    return left if timeout is None else min(timeout, left)
-
-
-class _DeadlineStream(httpcore.NetworkStream):
-    """A socket whose every read and write waits no longer than the request's deadline.
-
-    A per-read timeout alone lets a server that sends one byte a second hold a
-    request forever; capping each wait at the time left bounds the whole request.
-    """
-
-    def __init__(self, stream: httpcore.NetworkStream) -> None:
-        self._stream = stream
-
-    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self._stream.read(max_bytes, _within_deadline(timeout))
-
-    def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self._stream.write(buffer, _within_deadline(timeout))
-
-    def close(self) -> None:
-        self._stream.close()
-
-    def start_tls(
-        self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None
-    ) -> _DeadlineStream:
-        return _DeadlineStream(self._stream.start_tls(ssl_context, server_hostname, _within_deadline(timeout)))
-
-    def get_extra_info(self, info: str) -> Any:
-        return self._stream.get_extra_info(info)
-
-
-class _DeadlineBackend(httpcore.NetworkBackend):
-    def __init__(self) -> None:
-        self._backend = httpcore.SyncBackend()
-
-    def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Any = None,
-    ) -> httpcore.NetworkStream:
-        return _DeadlineStream(
-            self._backend.connect_tcp(host, port, _within_deadline(timeout), local_address, socket_options)
-        )
-
-    def connect_unix_socket(
-        self, path: str, timeout: float | None = None, socket_options: Any = None
-    ) -> httpcore.NetworkStream:
-        return _DeadlineStream(self._backend.connect_unix_socket(path, _within_deadline(timeout), socket_options))
-
-    def sleep(self, seconds: float) -> None:
-        self._backend.sleep(seconds)
-
-
-def _transport(max_connections: int) -> httpx.HTTPTransport:
-    transport = httpx.HTTPTransport()
-    # httpx takes no network backend, so its pool is rebuilt with one (same TLS defaults).
-    transport._pool = httpcore.ConnectionPool(
-        ssl_context=httpx.create_ssl_context(),
-        max_connections=max_connections,
-        max_keepalive_connections=max_connections,
-        keepalive_expiry=5.0,
-        network_backend=_DeadlineBackend(),
-    )
-    return transport
-
-
 # -- reading an answer ---------------------------------------------------------------
 
 
@@ -328,7 +245,14 @@ def _error_code_and_message(response: httpx.Response) -> tuple[str | None, str]:
     """The contract's error code and message, made printable; or a snippet of whatever came."""
     try:
         body = _read_body(response, MAX_ERROR_BODY_BYTES)
-    except (_TooLarge, ValueError, httpx.HTTPError, httpcore.TimeoutException):
+    except (
+        _TooLarge,
+        ValueError,
+        httpx.HTTPError,
+        httpcore.TimeoutException,
+        httpcore.NetworkError,
+        httpcore.ProtocolError,
+    ):
         return None, response.reason_phrase or "unreadable error body"
     try:
         error = _decode_json(body)["error"]
@@ -389,7 +313,7 @@ class ServiceClient:
         self._http = httpx.Client(
             base_url=base_url.rstrip("/"),
             timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
-            transport=_transport(max_connections),
+            transport=DeadlineTransport(max_connections),
             # gzip only: it is the one encoding whose inflated size is capped while reading.
             headers={"User-Agent": "cron-pipelines", "Accept": "application/json", "Accept-Encoding": "gzip"},
         )
@@ -506,7 +430,7 @@ class ServiceClient:
         headers = {"Authorization": f"Bearer {self._issuer.token_for(self.service)}", "X-Request-ID": request_id}
         if content is not None:
             headers["Content-Type"] = "application/json"
-        token = _deadline.set(time.monotonic() + self._request_deadline)
+        token = current_deadline.set(time.monotonic() + self._request_deadline)
         try:
             with self._http.stream(method, path, params=params, content=content, headers=headers) as response:
                 status = response.status_code
@@ -521,7 +445,7 @@ class ServiceClient:
         except (httpx.TransportError, httpcore.NetworkError, httpcore.ProtocolError) as exc:
             return _Attempt("connection_error", failure=f"connection failed ({type(exc).__name__})")
         finally:
-            _deadline.reset(token)
+            current_deadline.reset(token)
 
     def _decode(self, response: httpx.Response, method: str, path: str, request_id: str) -> Any:
         def violation(reason: str) -> ServiceProtocolError:

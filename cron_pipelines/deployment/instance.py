@@ -40,6 +40,7 @@ class ProductionInstance(dg.DagsterInstance):
 
     @staticmethod
     def config_defaults(base_dir: str) -> Any:
+        # An instance class's config defaults are InstanceRef's: not exported by dagster's public API.
         from dagster._core.instance.ref import InstanceRef
 
         return InstanceRef.config_defaults(base_dir)

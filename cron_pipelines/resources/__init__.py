@@ -11,6 +11,9 @@ from typing import Any
 
 from pydantic import SecretStr
 
+from cron_pipelines.clients.in_process import in_process_url
+from cron_pipelines.clients.mongo_service import MONGO_SERVICE
+from cron_pipelines.clients.sql_service import SQL_SERVICE
 from cron_pipelines.resources.delivery import DeliveryResource
 from cron_pipelines.resources.mailer import MailerResource
 from cron_pipelines.resources.metrics import MetricsResource
@@ -20,7 +23,7 @@ from cron_pipelines.resources.services import (
     ServiceResource,
     SqlServiceResource,
 )
-from cron_pipelines.settings import Settings, SettingsError
+from cron_pipelines.settings import Settings
 
 __all__ = [
     "DeliveryResource",
@@ -39,23 +42,12 @@ def _plain(value: SecretStr | None) -> str | None:
 
 
 def _service_resources(settings: Settings, options: dict[str, Any]) -> dict[str, Any]:
-    """The real services when their URLs are set; else the embedded stand-ins (the `demo` extra)."""
-    if settings.sql_service_url is not None and settings.mongo_service_url is not None:
-        return {
-            "sql_service": SqlServiceResource(base_url=settings.sql_service_url, **options),
-            "mongo_service": MongoServiceResource(base_url=settings.mongo_service_url, **options),
-        }
-    try:
-        from demo_services.resources import EmbeddedMongoServiceResource, EmbeddedSqlServiceResource
-    except ImportError as exc:
-        raise SettingsError(
-            "SQL_SERVICE_URL, MONGO_SERVICE_URL: unset, so the embedded demo services are used, but they are not "
-            f"installed ({exc.name} is missing): set the URLs, or install the `demo` extra"
-        ) from None
-    database, timezone = str(settings.demo_services_db_path), settings.cron_timezone
+    """The services at their URLs; with none set, the services this process serves itself (the demo)."""
+    sql_url = settings.sql_service_url or in_process_url(SQL_SERVICE)
+    mongo_url = settings.mongo_service_url or in_process_url(MONGO_SERVICE)
     return {
-        "sql_service": EmbeddedSqlServiceResource(demo_database=database, demo_timezone=timezone, **options),
-        "mongo_service": EmbeddedMongoServiceResource(demo_database=database, demo_timezone=timezone, **options),
+        "sql_service": SqlServiceResource(base_url=sql_url, **options),
+        "mongo_service": MongoServiceResource(base_url=mongo_url, **options),
     }
 
 

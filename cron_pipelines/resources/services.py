@@ -1,8 +1,8 @@
 """Dagster resources for the two internal services, on the one client core.
 
 Each resource holds configuration only; a run opens one pooled client per service
-in `setup_for_execution` and closes it at teardown. The embedded demo services are a
-variant of these resources, chosen where the definitions are built (demo_services.resources).
+in `setup_for_execution` and closes it at teardown. With no service URL set, `base_url`
+names a service this process serves itself (clients/in_process.py: the embedded demo).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from dagster import ConfigurableResource, InitResourceContext
 from pydantic import Field, PrivateAttr
 
 from cron_pipelines.clients.http import Backoff, ServiceClient
+from cron_pipelines.clients.in_process import resolve
 from cron_pipelines.clients.mongo_service import MONGO_SERVICE, MongoServiceClient
 from cron_pipelines.clients.sql_service import SQL_SERVICE, SqlServiceClient
 from cron_pipelines.clients.tokens import Algorithm, TokenIssuer
@@ -50,7 +51,9 @@ class ServiceResource(ConfigurableResource):
     client_class: ClassVar[Callable[..., ServiceClient]]
 
     auth: InternalJwtResource
-    base_url: str = Field(description="Service base URL (SQL_SERVICE_URL, MONGO_SERVICE_URL).")
+    base_url: str = Field(
+        description="Service base URL (SQL_SERVICE_URL, MONGO_SERVICE_URL), or in-process://<service> (the demo)."
+    )
     connect_timeout_seconds: float = Field(description="SERVICE_CONNECT_TIMEOUT_SECONDS.")
     read_timeout_seconds: float = Field(description="SERVICE_READ_TIMEOUT_SECONDS.")
     max_attempts: int = Field(description="Tries per request for transient failures (SERVICE_MAX_ATTEMPTS).")
@@ -69,7 +72,7 @@ class ServiceResource(ConfigurableResource):
         """A new client for this service; the caller closes it."""
         issuer = self.auth.build_issuer()
         return self.client_class(
-            base_url=self.service_url(issuer),
+            base_url=resolve(self.base_url, issuer),
             issuer=issuer,
             connect_timeout=self.connect_timeout_seconds,
             read_timeout=self.read_timeout_seconds,
@@ -78,10 +81,6 @@ class ServiceResource(ConfigurableResource):
             max_pages=self.max_pages,
             backoff=Backoff(max_attempts=self.max_attempts),
         )
-
-    def service_url(self, issuer: TokenIssuer) -> str:
-        """Where the service answers (the demo variant starts it here)."""
-        return self.base_url
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
         self._client = self.open_client()

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import dagster as dg
 import pytest
 
-from cron_pipelines.defs import build_definitions
+from cron_pipelines.definitions import definitions_for
 from cron_pipelines.settings import load_settings
 from cron_pipelines_tests.deploy.conftest import PostgresHome
 
@@ -42,7 +42,7 @@ def test_runs_and_materializations_are_read_back_from_postgres(
     postgres_home: PostgresHome, capfd: pytest.CaptureFixture[str]
 ) -> None:
     today = datetime.now(UTC).date().isoformat()
-    defs = build_definitions(load_settings())  # embedded demo services, outbox mail, under DAGSTER_HOME
+    defs = definitions_for(load_settings())  # embedded demo services, outbox mail, under DAGSTER_HOME
     with dg.DagsterInstance.get() as instance:
         result = defs.resolve_job_def("send_payment_reminders").execute_in_process(
             partition_key=today, instance=instance
@@ -77,7 +77,7 @@ def test_runs_and_materializations_are_read_back_from_postgres(
 
 def test_every_event_is_printed_as_a_json_line(postgres_home: PostgresHome, capfd: pytest.CaptureFixture[str]) -> None:
     today = datetime.now(UTC).date().isoformat()
-    defs = build_definitions(load_settings())
+    defs = definitions_for(load_settings())
     with dg.DagsterInstance.get() as instance:
         result = defs.resolve_job_def("maintenance").execute_in_process(partition_key=today, instance=instance)
     lines = [json.loads(line) for line in capfd.readouterr().out.splitlines() if line.startswith("{")]

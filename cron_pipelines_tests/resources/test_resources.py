@@ -11,7 +11,7 @@ import dagster as dg
 import pytest
 from pydantic import ValidationError
 
-from cron_pipelines.defs import build_definitions
+from cron_pipelines.definitions import definitions_for, use_embedded_demo
 from cron_pipelines.models.payloads import Due
 from cron_pipelines.resources import MailerResource, build_resources
 from cron_pipelines.settings import load_settings
@@ -23,6 +23,7 @@ def demo_settings(tmp_path: Path):
 
 
 def test_with_no_url_the_embedded_demo_is_served_seeded_and_shared(demo_settings, tmp_path: Path) -> None:
+    use_embedded_demo(demo_settings)
     resources = build_resources(demo_settings)
     with resources["sql_service"].process_config_and_initialize_cm() as sql:
         dues = [item for item in sql.client.iter_dues(statuses=["pending"])]
@@ -36,7 +37,7 @@ def test_with_no_url_the_embedded_demo_is_served_seeded_and_shared(demo_settings
 
 
 def test_each_job_runs_on_the_embedded_demo_and_fills_the_outbox(demo_settings, tmp_path: Path) -> None:
-    defs = build_definitions(demo_settings)
+    defs = definitions_for(demo_settings)
     today = datetime.now(UTC).date().isoformat()
     (tmp_path / "instance").mkdir()
     with dg.instance_for_test(temp_dir=str(tmp_path / "instance")) as instance:

@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import dagster as dg
-from dagster._core.execution.plan.objects import StepFailureData
 
 from cron_pipelines.delivery.ledger.session import RunInfo
 from cron_pipelines.delivery.ledger.stale import StaleClaimPolicy, is_stale_claim
@@ -27,8 +26,8 @@ def failure_summary(context: dg.RunFailureSensorContext) -> str:
     """The run's failure message and each failed step's error, bounded in length."""
     parts = [context.failure_event.message or "run failed"]
     for event in context.get_step_failure_events():
-        data = event.event_specific_data
-        error = data.error if isinstance(data, StepFailureData) else None
+        # A STEP_FAILURE event's data carries the step's error (dagster exports no name for its type).
+        error = getattr(event.event_specific_data, "error", None)
         if error is not None:
             parts.append(f"{event.step_key}: {error.message.strip()}")
     # Errors may quote a service or mail server: each line printable, nothing raw.
