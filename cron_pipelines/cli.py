@@ -64,6 +64,7 @@ def _instance(settings: Settings) -> DagsterInstance:
 
 def command_run(settings: Settings, args: argparse.Namespace) -> int:
     import dagster as dg
+
     # dg.reconstructable needs a module-level job; a job of the code location by name needs the repository's
     # own reconstruction, which dagster's public API does not export.
     from dagster._core.definitions.reconstruct import ReconstructableRepository

@@ -19,6 +19,7 @@ import signal
 from pathlib import Path
 
 import dagster as dg
+
 # The run launcher's health-check types: part of the RunLauncher interface, not exported by dagster's public API.
 from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
 
