@@ -166,6 +166,9 @@ class Settings(BaseModel):
     cron_timezone: str = "UTC"
     partitions_start_date: date = date(2026, 1, 1)
     ops_alert_email: str | None = None
+    # Failure alerts as a Slack-compatible webhook (contract §9), so a mail outage is still reported.
+    ops_alert_webhook_url: SecretStr | None = None
+    ops_alert_webhook_secret: SecretStr | None = None
 
     # One-click unsubscribe (docs/services.md, "Recipients"): both, or no header at all.
     unsubscribe_base_url: str | None = None
@@ -263,6 +266,7 @@ class Settings(BaseModel):
                 problems.append(f"INTERNAL_JWT_SECRET: {weakness}; generate one with `openssl rand -base64 48`")
         else:
             problems.extend(self._private_key_problems())
+        problems.extend(self._webhook_problems())
         if self.unsubscribe_base_url is not None and self.unsubscribe_signing_key is None:
             problems.append("UNSUBSCRIBE_SIGNING_KEY: required when UNSUBSCRIBE_BASE_URL is set")
         if self.unsubscribe_signing_key is not None:
@@ -296,6 +300,24 @@ class Settings(BaseModel):
         if problems:
             raise ValueError("\n".join(problems))
         return self
+
+    def _webhook_problems(self) -> list[str]:
+        problems = []
+        if self.ops_alert_webhook_url is not None:
+            url = self.ops_alert_webhook_url.get_secret_value()
+            if not re.fullmatch(r"https?://[\x21-\x7e]+", url):
+                problems.append("OPS_ALERT_WEBHOOK_URL: must be an https:// URL of printable ASCII characters")
+            elif url.startswith("http://") and not is_loopback_url(url):
+                problems.append(
+                    "OPS_ALERT_WEBHOOK_URL: must be https:// (the alert would cross the network in clear text)"
+                )
+        if self.ops_alert_webhook_secret is not None:
+            secret = self.ops_alert_webhook_secret.get_secret_value()
+            if len(secret.encode()) < MIN_HS256_SECRET_BYTES:
+                problems.append(f"OPS_ALERT_WEBHOOK_SECRET: must be at least {MIN_HS256_SECRET_BYTES} bytes")
+            if self.ops_alert_webhook_url is None:
+                problems.append("OPS_ALERT_WEBHOOK_SECRET: set, but OPS_ALERT_WEBHOOK_URL is not")
+        return problems
 
     def _private_key_problems(self) -> list[str]:
         algorithm = self.internal_jwt_algorithm
@@ -349,7 +371,16 @@ class Settings(BaseModel):
         return self.mail_outbox_dir or self.dagster_home / "outbox"
 
 
-_SECRET_FIELDS = frozenset({"internal_jwt_secret", "internal_jwt_private_key", "smtp_password"})
+_SECRET_FIELDS = frozenset(
+    {
+        "internal_jwt_secret",
+        "internal_jwt_private_key",
+        "smtp_password",
+        "unsubscribe_signing_key",
+        "ops_alert_webhook_url",
+        "ops_alert_webhook_secret",
+    }
+)
 
 
 def _describe(error: ErrorDetails) -> list[str]:
@@ -369,6 +400,9 @@ SECRET_VARIABLES = (
     "INTERNAL_JWT_PRIVATE_KEY",
     "SMTP_PASSWORD",
     "UNSUBSCRIBE_SIGNING_KEY",
+    # A chat tool's webhook URL holds its token.
+    "OPS_ALERT_WEBHOOK_URL",
+    "OPS_ALERT_WEBHOOK_SECRET",
     # A broker URL may hold its password.
     "CELERY_BROKER_URL",
     "CELERY_BACKEND_URL",

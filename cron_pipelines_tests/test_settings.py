@@ -254,3 +254,33 @@ def test_only_one_trailing_newline_is_stripped_from_a_secret_file(tmp_path: Path
     assert read_secret_file(str(secret_file)) == "smtp-pass\n"
     secret_file.write_bytes(b"smtp-pass\r\n")
     assert read_secret_file(str(secret_file)) == "smtp-pass"
+
+
+@pytest.mark.parametrize(
+    ("environment", "expected"),
+    [
+        ({"OPS_ALERT_WEBHOOK_URL": "http://hooks.example.com/x"}, "OPS_ALERT_WEBHOOK_URL: must be https://"),
+        ({"OPS_ALERT_WEBHOOK_URL": "https://hooks.example.com/x y"}, "OPS_ALERT_WEBHOOK_URL: must be an https:// URL"),
+        (
+            {"OPS_ALERT_WEBHOOK_URL": "https://hooks.example.com/x", "OPS_ALERT_WEBHOOK_SECRET": "short"},
+            "OPS_ALERT_WEBHOOK_SECRET: must be at least 32 bytes",
+        ),
+        (
+            {"OPS_ALERT_WEBHOOK_SECRET": STRONG_SECRET},
+            "OPS_ALERT_WEBHOOK_SECRET: set, but OPS_ALERT_WEBHOOK_URL is not",
+        ),
+    ],
+)
+def test_the_alert_webhook_is_refused_unless_it_is_safe(environment: dict[str, str], expected: str) -> None:
+    with pytest.raises(SettingsError) as raised:
+        load_settings(environment)
+    assert expected in str(raised.value)
+    assert "hooks.example.com/x" not in str(raised.value)  # the URL is a secret: never echoed
+
+
+def test_the_alert_webhook_url_may_come_from_a_file_and_loopback_may_be_plain_http(tmp_path: Path) -> None:
+    url_file = tmp_path / "hook"
+    url_file.write_text("https://hooks.slack.com/services/T0/B0/token\n")
+    settings = load_settings({"OPS_ALERT_WEBHOOK_URL_FILE": str(url_file)})
+    assert settings.secret("OPS_ALERT_WEBHOOK_URL", "x") == Secret(file=str(url_file))
+    assert load_settings({"OPS_ALERT_WEBHOOK_URL": "http://127.0.0.1:9000/hook"}).ops_alert_webhook_url is not None

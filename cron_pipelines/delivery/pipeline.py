@@ -52,6 +52,8 @@ DEFAULT_RECORD_INTERVAL_SECONDS = 1.0
 # write must happen between the claim and the send (deactivations, decisions).
 Gate = Callable[[Sequence[tuple[Notification, ClaimResult]]], Sequence[str | None]]
 Item = Notification | InvalidRecord | tuple[Notification, ...]
+# What a failure of each channel's receiving end is called in messages.
+SERVERS = {"email": "mail server", "webhook": "webhook server"}
 
 
 class NotificationPipeline:
@@ -86,7 +88,7 @@ class NotificationPipeline:
             log=log,
             inherited_tokens={} if inherited_tokens is None else inherited_tokens,
         )
-        self._sending = Dispatcher(transport, self.session, self.stats, log)
+        self._sending = Dispatcher(transport, self.session, self.stats, log, SERVERS.get(channel.name, channel.name))
         book = PreferenceBook(ledger)
         self._digests = DigestReaders(book, lambda n: self.stats.count("repeated_in_source", n.kind, n.key))
         # In this order: an opt-out wins over a digest.

@@ -27,8 +27,10 @@ class Dispatcher:
         session: LedgerSession,
         stats: DeliveryStats,
         log: logging.Logger | logging.LoggerAdapter,
+        server: str,
     ) -> None:
         self.transport = transport
+        self._server = server  # what a failure names: "the mail server"
         self._session = session
         self._stats = stats
         self._log = log
@@ -89,6 +91,6 @@ class Dispatcher:
 
     def server_failure(self) -> ChannelUnavailable:
         return ChannelUnavailable(
-            f"the mail server failed, not the messages: {self._unavailable_error}. Every claimed notification "
+            f"the {self._server} failed, not the messages: {self._unavailable_error}. Every claimed notification "
             "it did not take is recorded `released`: a later run sends it without counting an attempt"
         )

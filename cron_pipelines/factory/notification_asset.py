@@ -104,8 +104,12 @@ def notification_asset(
     name: str | None = None,
     shardable: bool = False,
     channels: Sequence[str] = ("email",),
+    partitioned: bool = True,
 ) -> dg.AssetsDefinition:
-    """The asset(s) of `specs`, delivered by `deliver` in one step (or fanned out, when `shardable`)."""
+    """The asset(s) of `specs`, delivered by `deliver` in one step (or fanned out, when `shardable`).
+
+    An asset that is not `partitioned` (the ops alerts) acts for today in CRON_TIMEZONE.
+    """
     resource_keys = {*DELIVERY_RESOURCES, *(CHANNEL_RESOURCES[channel] for channel in channels), *resources}
     keys = [spec.key for spec in specs]
 
@@ -127,9 +131,8 @@ def notification_asset(
                 context.resources.metrics,
             ) as step,
         ):
-            delivery = Delivery(
-                context, business_day_of(context), step, keys, context.resources.delivery.source_chunk_size
-            )
+            day = business_day_of(context) if partitioned else BusinessDay.today(options.settings.cron_timezone)
+            delivery = Delivery(context, day, step, keys, context.resources.delivery.source_chunk_size)
             deliver(delivery, cfg, **named)
         return {key: delivery.metadata(key, stopwatch) for key in keys}
 
@@ -169,7 +172,7 @@ def notification_asset(
             for spec in specs
         ],
         check_specs=[delivery_check_spec(key) for key in keys],
-        partitions_def=options.partitions_def,
+        partitions_def=options.partitions_def if partitioned else None,
         retry_policy=options.retry_policy,
         required_resource_keys=resource_keys,
         config_schema=config.to_fields_dict(),

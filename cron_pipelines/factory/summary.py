@@ -20,7 +20,8 @@ def business_day_of(context: dg.AssetExecutionContext | dg.OpExecutionContext) -
 
 
 def run_info(context: dg.AssetExecutionContext | dg.OpExecutionContext) -> RunInfo:
-    return RunInfo(run_id=context.run.run_id, job_name=context.job_name, partition_key=context.partition_key)
+    partition_key = context.partition_key if context.has_partition_key else None
+    return RunInfo(run_id=context.run.run_id, job_name=context.job_name, partition_key=partition_key)
 
 
 class Stopwatch:

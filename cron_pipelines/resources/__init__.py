@@ -23,6 +23,7 @@ from cron_pipelines.resources.services import (
     ServiceResource,
     SqlServiceResource,
 )
+from cron_pipelines.resources.webhook import OpsWebhookResource
 from cron_pipelines.settings import Settings
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "MailerResource",
     "MetricsResource",
     "MongoServiceResource",
+    "OpsWebhookResource",
     "ServiceResource",
     "SqlServiceResource",
     "build_resources",
@@ -96,6 +98,10 @@ def build_resources(settings: Settings) -> dict[str, Any]:
             batch_size=settings.delivery_batch_size,
             max_attempts=settings.mail_max_attempts,
             source_chunk_size=settings.source_chunk_size,
+        ),
+        "ops_webhook": OpsWebhookResource(
+            url=settings.secret("OPS_ALERT_WEBHOOK_URL", _plain(settings.ops_alert_webhook_url)),
+            signing_secret=settings.secret("OPS_ALERT_WEBHOOK_SECRET", _plain(settings.ops_alert_webhook_secret)),
         ),
         "metrics": MetricsResource(pushgateway_url=settings.prometheus_pushgateway_url),
     }

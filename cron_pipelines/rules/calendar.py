@@ -20,6 +20,11 @@ class BusinessDay:
     def from_partition_key(cls, partition_key: str, timezone: str) -> BusinessDay:
         return cls(date.fromisoformat(partition_key), ZoneInfo(timezone))
 
+    @classmethod
+    def today(cls, timezone: str, now: datetime | None = None) -> BusinessDay:
+        zone = ZoneInfo(timezone)
+        return cls((now or datetime.now(zone)).astimezone(zone).date(), zone)
+
     def start_of(self, day: date) -> datetime:
         """00:00 of `day` in the business time zone, as an aware datetime."""
         return datetime.combine(day, time(0), tzinfo=self.timezone)

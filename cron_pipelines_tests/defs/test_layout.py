@@ -33,7 +33,7 @@ def test_every_job_module_of_the_real_areas_is_found() -> None:
     names = {module.__name__.rpartition(".")[2] for module in job_modules()}
     assert names == {
         "payment_reminders", "overdue_dues", "inactivity_warnings", "deactivations", "verify_employees",
-        "ledger_health", "alerts",
+        "ledger_health", "ops_alerts",
     }  # fmt: skip
 
 

@@ -11,9 +11,8 @@ import dagster as dg
 import pytest
 
 from cron_pipelines.models.payloads import format_instant
-from cron_pipelines_tests.demo_services.helpers import attempt, due, user
+from cron_pipelines_tests.demo_services.helpers import attempt
 from cron_pipelines_tests.support.job_world import JobWorld, job_environment
-from cron_pipelines_tests.support.keys import TEST_JWT_SECRET
 from cron_pipelines_tests.support.services import ServiceWorld
 from cron_pipelines_tests.support.smtp_sink import SmtpSink
 
@@ -87,95 +86,3 @@ def test_attempts_at_the_same_instant_are_ordered_by_id(world: JobWorld) -> None
     assert second.run_requests[0].run_config["ops"]["verify_employees_assets"]["config"]["verification_ids"] == [
         "ver_b"
     ]
-
-
-def test_a_failed_run_mails_the_operators_once(world: JobWorld) -> None:
-    world.services.store.add_users([user("usr_1")])
-    world.services.store.add_dues([due("due_1", due_date="2026-12-01")])
-    world.configure(
-        INTERNAL_JWT_SECRET="a-different-secret-that-is-long-enough!!",
-        DAGSTER_WEBSERVER_URL="https://dagster.example.com",
-    )
-    failed = world.run("send_payment_reminders", "2026-11-28")
-    assert not failed.success
-    world.configure(INTERNAL_JWT_SECRET=TEST_JWT_SECRET)  # the alert itself goes through the ledger
-
-    sensor = world.defs.resolve_sensor_def("run_failure_alert_sensor")
-    run = world.instance.get_run_by_id(failed.run_id)
-    failure_event = next(
-        entry.dagster_event
-        for entry in world.instance.all_logs(failed.run_id)
-        if entry.dagster_event and entry.dagster_event.event_type_value == "PIPELINE_FAILURE"
-    )
-    resources = {name: world.defs.resources[name] for name in ("mongo_service", "mailer")}
-    for _ in range(2):  # a re-evaluated tick must not mail twice
-        with dg.build_run_status_sensor_context(
-            sensor_name="run_failure_alert_sensor",
-            dagster_event=failure_event,
-            dagster_instance=world.instance,
-            dagster_run=run,
-            resources=resources,
-        ).for_run_failure() as context:
-            sensor(context)
-
-    (mail,) = world.smtp.wait_for(1)
-    message = mail.message
-    assert mail.rcpt_tos == ("ops@example.com",)
-    assert message["X-Notification-Kind"] == "ops_alert"
-    assert message["X-Notification-Id"] == f"ops_alert:{failed.run_id}"
-    assert message["Subject"] == "[cron_pipelines] run failed: send_payment_reminders (2026-11-28)"
-    body = message.get_body(("plain",)).get_content()
-    assert f"https://dagster.example.com/runs/{failed.run_id}" in body
-    assert "sql-service: GET /v1/dues status=401" in body
-    assert world.ledger()[f"ops_alert:{failed.run_id}"]["status"] == "sent"
-
-
-def test_claims_stuck_after_a_run_died_are_reported_within_minutes_and_mailed_once_per_run(world: JobWorld) -> None:
-    dead = world.run("maintenance", "2026-11-28")  # any finished run of this instance stands for the dead one
-    twenty_minutes_ago = format_instant(datetime.now(UTC) - timedelta(minutes=20))
-    world.services.store.add_notifications(
-        [
-            {
-                "idempotency_key": f"payment_reminder:due_{n}:2026-12-01:3",
-                "kind": "payment_reminder",
-                "status": "claimed",
-                "run_id": dead.run_id,
-                "attempts": 1,
-                "claimed_at": twenty_minutes_ago,
-                "metadata": {"planned_message_id": f"<planned.{n}@example.com>"},
-            }
-            for n in range(3)
-        ]
-        + [
-            # Claimed a minute ago: a live run's batch on its way, not stuck.
-            {
-                "idempotency_key": "payment_reminder:due_fresh:2026-12-01:3",
-                "kind": "payment_reminder",
-                "status": "claimed",
-                "run_id": "live-run",
-                "attempts": 1,
-                "claimed_at": format_instant(datetime.now(UTC) - timedelta(minutes=1)),
-            },
-        ]
-    )
-    sensor = world.defs.resolve_sensor_def("stuck_claims_sensor")
-    resources = {name: world.defs.resources[name] for name in ("mongo_service", "mailer")}
-    reasons = []
-    for _ in range(2):  # the next tick reports again, and mails no second time
-        with dg.build_sensor_context(instance=world.instance, resources=resources) as context:
-            reasons.append(sensor(context))
-
-    assert all(isinstance(reason, dg.SkipReason) for reason in reasons)
-    assert f"3 in run {dead.run_id}" in reasons[0].skip_message and "live-run" not in reasons[0].skip_message
-    assert f"alert mailed for run(s) ['{dead.run_id}']" in reasons[0].skip_message
-    assert "alert mailed for run(s) none new" in reasons[1].skip_message
-    (mail,) = world.smtp.wait_for(1)
-    assert mail.notification_id == f"ops_alert:stuck_claims:{dead.run_id}"
-    assert mail.message["Subject"] == "[cron_pipelines] notifications stuck in `claimed`: maintenance (2026-11-28)"
-    body = mail.message.get_body(("plain",)).get_content()
-    assert "left 3 notification(s) `claimed`" in body
-    assert "payment_reminder:due_0:2026-12-01:3  Message-ID <planned.0@example.com>" in body
-    # It leads with finding out what was delivered, and says what resending the whole run risks.
-    assert body.index("look each") < body.index("cron-pipelines settle --key KEY --as sent")
-    assert f"cron-pipelines settle --run {dead.run_id} --as failed\n--i-accept-duplicates" in body
-    assert "the delivered ones arrive twice" in body
