@@ -98,7 +98,7 @@ def check_mail_address(value: str, variable: str) -> str:
 
 
 MailerBackend = Literal["smtp", "outbox"]
-# Where the steps of a sharded delivery run (README, "Scaling out").
+# Where the steps of a sharded delivery run (docs/production.md, "Scaling out").
 DeliveryExecutor = Literal["in_process", "multiprocess", "celery", "k8s"]
 
 
@@ -132,7 +132,7 @@ class Settings(BaseModel):
     service_max_response_bytes: int = Field(16 * 1024 * 1024, ge=64 * 1024)
     service_max_pages: int = Field(10_000, ge=1)
     # What one step may lose to failing service calls (failed tries and the waits between them),
-    # carried over to its retries: README, "Delivery guarantees", gives the worst case it bounds.
+    # carried over to its retries: docs/delivery.md, gives the worst case it bounds.
     service_step_deadline_seconds: float = Field(180.0, gt=0)
 
     internal_jwt_secret: SecretStr | None = None
@@ -176,7 +176,7 @@ class Settings(BaseModel):
 
     prometheus_pushgateway_url: str | None = None
 
-    # Sharded deliveries (README, "Scaling out"): S steps per notification job, run by this executor.
+    # Sharded deliveries (docs/production.md, "Scaling out"): S steps per notification job, run by this executor.
     delivery_shards: int = Field(1, ge=1, le=64)
     delivery_executor: DeliveryExecutor = "multiprocess"
     celery_broker_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")

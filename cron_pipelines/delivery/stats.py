@@ -12,7 +12,7 @@ from typing import Any
 from cron_pipelines.models.records import InvalidRecord, InvalidTally
 from cron_pipelines.safe_text import as_markdown_block, printable
 
-# The counts every notification asset reports (README, "Auditing"): claim outcomes, then ledger statuses.
+# The counts every notification asset reports (docs/operating.md, "Auditing"): claim outcomes, then ledger statuses.
 COUNTS = (
     "claimed", "duplicate", "sent", "failed", "released", "skipped", "opted_out", "invalid", "repeated_in_source",
     "digest_emails", "unknown",

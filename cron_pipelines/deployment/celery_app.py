@@ -1,4 +1,4 @@
-"""The Celery app of the shard workers (README, "Scaling out"), dagster-celery's own task on our broker:
+"""The Celery app of the shard workers (docs/production.md, "Scaling out"), dagster-celery's own task on our broker:
 
     celery -A cron_pipelines.deployment.celery_app worker -Q dagster --concurrency 2 --prefetch-multiplier 1
 

@@ -1,4 +1,4 @@
-"""Where the steps of a sharded delivery run: DELIVERY_EXECUTOR (README, "Scaling out").
+"""Where the steps of a sharded delivery run: DELIVERY_EXECUTOR (docs/production.md, "Scaling out").
 
 - `multiprocess`: one process per step on the run worker's machine (the default).
 - `celery`: each step is a task on Redis (CELERY_BROKER_URL), run by whichever Celery worker
@@ -18,7 +18,7 @@ from cron_pipelines.settings import Settings
 # Celery settings of both ends, on top of dagster-celery's defaults. A step's task is acknowledged
 # when it ends, not when a worker takes it, and requeued if the process running it dies (an OOM
 # kill, a lost pod): another worker runs the step again, and the ledger gives it only what the
-# lost attempt had not claimed (README, "Scaling out").
+# lost attempt had not claimed (docs/production.md, "Scaling out").
 CELERY_SETTINGS = {"task_acks_late": True, "task_reject_on_worker_lost": True, "worker_prefetch_multiplier": 1}
 
 

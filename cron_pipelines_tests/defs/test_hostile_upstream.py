@@ -100,7 +100,7 @@ def test_a_page_larger_than_the_limit_is_refused(world: JobWorld, hostile: Hosti
 
 # --- bounded time and memory -----------------------------------------------------------------
 
-# A run process of this project peaks near 150 MB (README, "Performance"), plus at most
+# A run process of this project peaks near 150 MB (docs/performance.md), plus at most
 # about twice the 16 MiB answer cap while one is being read; reading any of these answers
 # whole would take hundreds of megabytes (the page) or gigabytes (the bomb).
 MEMORY_BOUND_MB = 200

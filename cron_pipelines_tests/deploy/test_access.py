@@ -1,4 +1,4 @@
-"""Who reaches what on one machine (README, "Production"): both webservers on loopback only, the
+"""Who reaches what on one machine (docs/production.md): both webservers on loopback only, the
 read-only one refusing every mutation, the TLS proxy asking each role for its own password, no
 secret in any process but the code server, and nothing the deployment writes readable by others."""
 

@@ -1,5 +1,5 @@
 """What can be checked here of the container deployment (no Docker engine runs on this machine):
-the files parse, agree with each other, with the README and with the install the tests use, and
+the files parse, agree with each other, with the docs and with the install the tests use, and
 the instance configs load on PostgreSQL."""
 
 from __future__ import annotations
@@ -143,14 +143,14 @@ def test_compose_publishes_nothing_beyond_loopback_by_default_and_gives_webserve
     assert not set(launcher["env_vars"]) & SECRET_NAMES
 
 
-def test_compose_passes_on_every_variable_the_readme_documents() -> None:
+def test_compose_passes_on_every_variable_the_docs_document() -> None:
     compose = _yaml("docker-compose.yaml")
     shared = compose["x-dagster-env"]
     for name in ("code-server", "daemon"):
         assert shared.items() <= compose["services"][name]["environment"].items()
-    readme = (PROJECT / "README.md").read_text()
+    readme = (PROJECT / "docs" / "production.md").read_text()
     containers = re.search(r"\*\*Containers\*\*(.*?)\n## ", readme, re.S)
-    assert containers, "README has no **Containers** section"
+    assert containers, "docs/production.md has no **Containers** section"
     documented = {
         name
         for span in re.findall(r"`([^`]+)`", containers.group(1))
